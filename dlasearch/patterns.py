@@ -1,0 +1,337 @@
+"""Builders: a small declarative spec -> IR, for every aggregation pattern of the paper.
+
+Figure 1: ``chain`` (a), ``skip`` (b), ``ida`` (c), ``tree`` (d), ``reentrant`` (e),
+``hda`` (f); Figure 2: ``dla`` (IDA across stages + HDA within them).  Every
+pattern runs on the same backbone (stem, conv stages, block stages), so two
+specs differing only in ``pattern`` compare aggregation alone.
+
+Spec (a dict, e.g. from JSON/YAML)::
+
+    pattern: dla                   # one of PATTERNS (or its Figure-1 letter)
+    in_channels: 3
+    num_classes: 10
+    stem: {channels: 16, kernel: 7}               # 'base_layer', stride 1
+    conv_stages: [{convs: 1, channels: 16}, {convs: 1, channels: 32, stride: 2}]
+    stages:                                       # residual-block stages
+      - {blocks: 2, channels: 64, stride: 2}
+      - {blocks: 4, channels: 128, stride: 2}
+    block: basic                   # basic | bottleneck | bottleneckx
+    cardinality: 32                # bottleneckx groups
+    root_kernel: 1                 # aggregation conv kernel
+    residual_root: false           # aggregation adds its first input
+    task: classify                 # classify | segment (IDA-up head, per-pixel logits)
+    first_level: 1                 # segment: shallowest conv/block stage fed to IDA-up
+
+Tree patterns (tree, reentrant, hda, dla) need ``blocks`` a power of two >= 2.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from dlasearch.ir import BLOCK_TYPES, IR, IRError, validate
+
+PATTERNS = {"chain": "a", "skip": "b", "ida": "c", "tree": "d", "reentrant": "e", "hda": "f", "dla": "fig2"}
+LETTERS = {v: k for k, v in PATTERNS.items()}
+TREE_PATTERNS = ("tree", "reentrant", "hda", "dla")
+
+DEFAULTS: dict[str, Any] = {
+    "pattern": "dla", "in_channels": 3, "num_classes": 10,
+    "stem": {"channels": 16, "kernel": 7},
+    "conv_stages": [{"convs": 1, "channels": 16, "stride": 1}, {"convs": 1, "channels": 32, "stride": 2}],
+    "stages": [{"blocks": 2, "channels": 64, "stride": 2}, {"blocks": 4, "channels": 128, "stride": 2},
+               {"blocks": 4, "channels": 256, "stride": 2}, {"blocks": 2, "channels": 512, "stride": 2}],
+    "block": "basic", "cardinality": 32, "root_kernel": 1, "residual_root": False,
+    "task": "classify", "first_level": 1,
+}
+_STAGE_KEYS = {"stem": {"channels", "kernel"}, "conv_stages": {"convs", "channels", "stride"},
+               "stages": {"blocks", "channels", "stride"}}
+
+
+def _unknown(key: str, allowed, where: str) -> IRError:
+    close = difflib.get_close_matches(key, list(allowed), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return IRError(f"spec{where}: unknown key {key!r}{hint}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _int(v, where: str, lo: int = 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise IRError(f"spec.{where}={v!r}: expected an int >= {lo}")
+    return v
+
+
+def normalize(spec: dict) -> dict:
+    """Fill defaults and check every field; raise ``IRError`` naming the bad one."""
+    if not isinstance(spec, dict):
+        raise IRError(f"spec must be a mapping, got {type(spec).__name__}")
+    for k in spec:
+        if k not in DEFAULTS:
+            raise _unknown(k, DEFAULTS, "")
+    s = {**DEFAULTS, **spec}
+    pat = s["pattern"]
+    pat = LETTERS.get(pat, pat)
+    if pat not in PATTERNS:
+        raise IRError(f"spec.pattern={s['pattern']!r}: unknown pattern; allowed: "
+                      f"{', '.join(f'{k} ({v})' for k, v in PATTERNS.items())}")
+    s["pattern"] = pat
+    if s["block"] not in BLOCK_TYPES:
+        raise IRError(f"spec.block={s['block']!r}: allowed: {', '.join(BLOCK_TYPES)}")
+    if s["task"] not in ("classify", "segment"):
+        raise IRError(f"spec.task={s['task']!r}: allowed: classify, segment")
+    for k in ("in_channels", "num_classes", "cardinality"):
+        _int(s[k], k)
+    _int(s["root_kernel"], "root_kernel")
+    if s["root_kernel"] % 2 == 0:
+        raise IRError(f"spec.root_kernel={s['root_kernel']}: expected an odd int")
+    if not isinstance(s["residual_root"], bool):
+        raise IRError(f"spec.residual_root={s['residual_root']!r}: expected true or false")
+    stem = s["stem"]
+    if not isinstance(stem, dict):
+        raise IRError(f"spec.stem={stem!r}: expected a mapping with keys channels, kernel")
+    for k in stem:
+        if k not in _STAGE_KEYS["stem"]:
+            raise _unknown(k, _STAGE_KEYS["stem"], ".stem")
+    s["stem"] = {"kernel": 7, **stem}
+    _int(s["stem"].get("channels"), "stem.channels")
+    _int(s["stem"]["kernel"], "stem.kernel")
+    for group, count in (("conv_stages", "convs"), ("stages", "blocks")):
+        lst = s[group]
+        if not isinstance(lst, list) or (group == "stages" and not lst):
+            raise IRError(f"spec.{group}={lst!r}: expected a {'non-empty ' if group == 'stages' else ''}list "
+                          f"of mappings with keys {', '.join(sorted(_STAGE_KEYS[group]))}")
+        out = []
+        for i, st in enumerate(lst):
+            if not isinstance(st, dict):
+                raise IRError(f"spec.{group}[{i}]={st!r}: expected a mapping")
+            for k in st:
+                if k not in _STAGE_KEYS[group]:
+                    raise _unknown(k, _STAGE_KEYS[group], f".{group}[{i}]")
+            st = {"stride": 2 if group == "stages" else 1, **st}
+            _int(st.get(count), f"{group}[{i}].{count}")
+            _int(st.get("channels"), f"{group}[{i}].channels")
+            _int(st["stride"], f"{group}[{i}].stride")
+            if pat in TREE_PATTERNS and group == "stages":
+                b = st["blocks"]
+                if b < 2 or b & (b - 1):
+                    raise IRError(f"spec.stages[{i}].blocks={b}: pattern {pat!r} builds a binary tree of "
+                                  f"blocks; expected a power of two >= 2 (2, 4, 8, ...)")
+            if s["block"] == "bottleneckx" and group == "stages":
+                c, card = st["channels"], s["cardinality"]
+                inner = c * card // 32
+                if (c * card) % 32 or inner % card or inner < card:
+                    raise IRError(f"spec.stages[{i}].channels={c}: with block=bottleneckx and "
+                                  f"cardinality={card} the grouped width channels*cardinality/32 must be "
+                                  f"a positive multiple of cardinality (use channels that are multiples of 32)")
+            if s["block"] == "bottleneck" and group == "stages" and st["channels"] < 2:
+                raise IRError(f"spec.stages[{i}].channels={st['channels']}: bottleneck needs >= 2")
+            out.append(st)
+        s[group] = out
+    n_levels = 1 + len(s["conv_stages"]) + len(s["stages"])
+    _int(s["first_level"], "first_level", 0)
+    if s["task"] == "segment" and not (0 <= s["first_level"] < n_levels - 2):
+        raise IRError(f"spec.first_level={s['first_level']}: expected 0..{n_levels - 3} "
+                      f"(a stage index with at least two deeper stages)")
+    return s
+
+
+class Builder:
+    """Appends typed nodes to an IR; shares identical max-pools (common subexpressions)."""
+
+    def __init__(self, in_channels: int = 3, name: str = "net", prefix: str = ""):
+        self.ir = IR(name=name)
+        self.prefix = prefix
+        self.x = self.ir.add("input", "input", channels=in_channels)
+        self.ch = {self.x: in_channels}
+        self._pools: dict = {}
+        self.block_kw: dict = {}
+
+    def node(self, path: str, kind: str, inputs, out=None, **attrs) -> str:
+        name = self.prefix + path
+        if out is not None:
+            attrs["out"] = out
+        self.ir.add(name, kind, inputs, **attrs)
+        self.ch[name] = out if out is not None else self.ch[inputs[0]]
+        return name
+
+    def conv(self, path, x, out, kernel=3, stride=1, seq=0):
+        """conv+BN+ReLU stored as an nn.Sequential-style pair ``path.{seq}``, ``path.{seq+1}``."""
+        return self.node(f"{path}.{seq}", "conv", [x], out, kernel=kernel, stride=stride,
+                         modules={"conv": f"{self.prefix}{path}.{seq}", "bn": f"{self.prefix}{path}.{seq + 1}"})
+
+    def down(self, x, factor, path):
+        if factor == 1:
+            return x
+        key = (x, factor)
+        if key not in self._pools:
+            self._pools[key] = self.node(path, "downsample", [x], factor=factor)
+        return self._pools[key]
+
+    def project(self, x, out, path):
+        if self.ch[x] == out:
+            return x
+        return self.node(path, "project", [x], out,
+                         modules={"conv": f"{self.prefix}{path}.0", "bn": f"{self.prefix}{path}.1"})
+
+    def block(self, path, x, out, stride=1, residual=None):
+        ins = [x] if residual is None or residual == x else [x, residual]
+        return self.node(path, "block", ins, out, stride=stride, **self.block_kw)
+
+    def agg(self, path, inputs, out, kernel=1, residual=False):
+        return self.node(path, "aggregate", inputs, out, kernel=kernel, residual=0 if residual else None)
+
+    # ------------------------------------------------------------ trees
+
+    def tree_hda(self, x, levels, out, stride, path, level_root, kernel, residual_root, children=None):
+        """The original DLA ``Tree``: pattern (f), with the stage input joining the root if level_root."""
+        children = [] if children is None else children
+        bottom = self.down(x, stride, f"{path}.downsample")
+        if level_root:
+            children.append(bottom)
+        if levels == 1:
+            residual = self.project(bottom, out, f"{path}.project")
+            x1 = self.block(f"{path}.tree1", x, out, stride, residual)
+            x2 = self.block(f"{path}.tree2", x1, out)
+            return self.agg(f"{path}.root", [x2, x1, *children], out, kernel, residual_root)
+        x1 = self.tree_hda(x, levels - 1, out, stride, f"{path}.tree1", False, kernel, residual_root)
+        children.append(x1)
+        return self.tree_hda(x1, levels - 1, out, 1, f"{path}.tree2", False, kernel, residual_root, children)
+
+    def tree_plain(self, x, levels, out, stride, path, kernel, residual_root, reenter):
+        """Patterns (d) (``reenter=False``: the next subtree continues from the last block) and
+        (e) (``reenter=True``: it continues from the previous aggregation).  Returns (root, last block)."""
+        if levels == 1:
+            bottom = self.down(x, stride, f"{path}.downsample")
+            residual = self.project(bottom, out, f"{path}.project")
+            x1 = self.block(f"{path}.tree1", x, out, stride, residual)
+            x2 = self.block(f"{path}.tree2", x1, out)
+            return self.agg(f"{path}.root", [x2, x1], out, kernel, residual_root), x2
+        left, last = self.tree_plain(x, levels - 1, out, stride, f"{path}.tree1", kernel, residual_root, reenter)
+        right, last = self.tree_plain(left if reenter else last, levels - 1, out, 1, f"{path}.tree2", kernel,
+                                      residual_root, reenter)
+        return self.agg(f"{path}.root", [right, left], out, kernel, residual_root), last
+
+    def chain_stage(self, x, blocks, out, stride, path):
+        bottom = self.down(x, stride, f"{path}.downsample")
+        residual = self.project(bottom, out, f"{path}.project")
+        x = self.block(f"{path}.block0", x, out, stride, residual)
+        for i in range(1, blocks):
+            x = self.block(f"{path}.block{i}", x, out)
+        return x
+
+    # ------------------------------------------------------------ heads
+
+    def ida_up(self, layers: list, scales: list, path: str = "dla_up") -> str:
+        """The original DLAUp: IDA over stages back to the resolution of ``layers[0]``.
+
+        ``layers`` shallow -> deep, ``scales`` their strides relative to ``layers[0]``.
+        Each IDA step projects to a common width (conv+BN+ReLU), upsamples with a
+        learnable bilinear-initialised depthwise transposed conv, and aggregates
+        pairwise with a 3x3 node, iteratively from the deepest pair outwards.
+        """
+        layers = list(layers)
+        chans = [self.ch[x] for x in layers]
+        scales = list(scales)
+        for i in range(len(layers) - 1):
+            j = len(layers) - i - 2
+            out = chans[j]
+            ida = f"{path}.ida_{i}"
+            ups = []
+            for k, x in enumerate(layers[j:]):
+                if self.ch[x] != out:
+                    x = self.node(f"{ida}.proj_{k}", "conv", [x], out, kernel=1,
+                                  modules={"conv": f"{self.prefix}{ida}.proj_{k}.0",
+                                           "bn": f"{self.prefix}{ida}.proj_{k}.1"})
+                f = scales[j + k] // scales[j]
+                if f > 1:
+                    x = self.node(f"{ida}.up_{k}", "upsample", [x, layers[j]], factor=f)
+                ups.append(x)
+            y, ys = ups[0], []
+            for k in range(1, len(ups)):
+                y = self.node(f"{ida}.node_{k}", "aggregate", [y, ups[k]], out, kernel=3,
+                              modules={"conv": f"{self.prefix}{ida}.node_{k}.0",
+                                       "bn": f"{self.prefix}{ida}.node_{k}.1"})
+                ys.append(y)
+            layers[j + 1:] = ys
+            scales[j + 1:] = [scales[j]] * len(ys)
+            chans[j + 1:] = [out] * len(ys)
+        return y
+
+    def classify(self, x, classes, path="fc"):
+        y = self.node(path, "head", [x], classes=classes, pool=True)
+        self.ch[y] = classes
+        return self.node("output", "output", [y])
+
+    def segment(self, x, classes, factor, path="fc"):
+        """Per-pixel 1x1 classifier, then the original's frozen bilinear upsampling to input size."""
+        y = self.node(path, "head", [x], classes=classes, pool=False,
+                      modules={"fc": f"{self.prefix}{path}.0"})
+        self.ch[y] = classes
+        if factor > 1:
+            y = self.node("up", "upsample", [y, self.x], factor=factor, learnable=False)
+        return self.node("output", "output", [y])
+
+
+def build(spec: dict, name: str | None = None) -> IR:
+    """Spec -> validated IR (see the module docstring for the spec)."""
+    s = normalize(spec)
+    pat = s["pattern"]
+    b = Builder(s["in_channels"], name or f"{pat}_net")
+    b.block_kw = {"type": s["block"]}
+    if s["block"] == "bottleneckx":
+        b.block_kw["cardinality"] = s["cardinality"]
+    if s["task"] == "segment":
+        b.prefix = "base."  # the original segmentation model keeps its backbone under `base`
+    x = b.conv("base_layer", b.x, s["stem"]["channels"], s["stem"]["kernel"], 1)
+    levels, strides = [], [1]
+    for i, st in enumerate(s["conv_stages"]):
+        for c in range(st["convs"]):
+            x = b.conv(f"level{i}", x, st["channels"], 3, st["stride"] if c == 0 else 1, seq=3 * c)
+        levels.append(x)
+        strides.append(strides[-1] * st["stride"])
+    offset = len(s["conv_stages"])
+    k, rr = s["root_kernel"], s["residual_root"]
+    stage_outs = []
+    ida = None
+    for i, st in enumerate(s["stages"]):
+        path, out, stride, n = f"level{i + offset}", st["channels"], st["stride"], st["blocks"]
+        lv = n.bit_length() - 1
+        if pat in ("chain", "skip", "ida"):
+            x = b.chain_stage(x, n, out, stride, path)
+        elif pat == "tree":
+            x, _ = b.tree_plain(x, lv, out, stride, path, k, rr, reenter=False)
+        elif pat == "reentrant":
+            x, _ = b.tree_plain(x, lv, out, stride, path, k, rr, reenter=True)
+        elif pat == "hda":
+            x = b.tree_hda(x, lv, out, stride, path, False, k, rr)
+        else:
+            x = b.tree_hda(x, lv, out, stride, path, i > 0, k, rr)
+        stage_outs.append(x)
+        strides.append(strides[-1] * stride)
+        if pat == "ida":
+            if ida is None:
+                ida = x
+            else:
+                f = strides[-1] // strides[-2]
+                prev = b.down(ida, f, f"ida.{i}.downsample")
+                ida = b.agg(f"ida.{i}.root", [x, prev], out, k, rr)
+    levels += stage_outs
+    if pat == "skip" and len(stage_outs) > 1:
+        deepest = strides[-1]
+        ins = [b.down(o, deepest // strides[offset + 1 + j], f"skip.{j}.downsample")
+               for j, o in enumerate(stage_outs[:-1])]
+        x = b.agg("skip.root", [stage_outs[-1], *ins], s["stages"][-1]["channels"], k, rr)
+    elif pat == "ida" and ida is not None:
+        x = ida
+    if s["task"] == "segment":
+        fl = s["first_level"]
+        b.prefix = ""
+        chosen = levels[fl:]
+        if pat in ("skip", "ida"):
+            chosen[-1] = x
+        lvl_strides = strides[1:]
+        base = lvl_strides[fl]
+        y = b.ida_up(chosen, [st // base for st in lvl_strides[fl:]])
+        b.segment(y, s["num_classes"], base)
+    else:
+        b.classify(x, s["num_classes"])
+    return validate(b.ir)

@@ -1,0 +1,129 @@
+"""The published DLA models, built through the pattern builders, and checkpoint conversion.
+
+Every model here is an IR from ``patterns.build`` (pattern ``dla``), compiled
+with ``dlasearch.compile``; module names follow the original code
+(ucbdrive/dla, and timm's port) so official checkpoints load with ``strict=True``.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from dlasearch.compile import compile as compile_ir
+from dlasearch.ir import IR, IRError
+from dlasearch.patterns import build
+
+
+@dataclass(frozen=True)
+class Config:
+    levels: tuple
+    channels: tuple
+    block: str = "basic"
+    cardinality: int = 32
+    residual_root: bool = False
+
+
+_WIDE = (16, 32, 128, 256, 512, 1024)
+_COMPACT = (16, 32, 64, 64, 128, 256)
+MODELS: dict[str, Config] = {
+    "dla34": Config((1, 1, 1, 2, 2, 1), (16, 32, 64, 128, 256, 512), "basic"),
+    "dla46_c": Config((1, 1, 1, 2, 2, 1), _COMPACT, "bottleneck"),
+    "dla46x_c": Config((1, 1, 1, 2, 2, 1), _COMPACT, "bottleneckx"),
+    "dla60x_c": Config((1, 1, 1, 2, 3, 1), _COMPACT, "bottleneckx"),
+    "dla60": Config((1, 1, 1, 2, 3, 1), _WIDE, "bottleneck"),
+    "dla60x": Config((1, 1, 1, 2, 3, 1), _WIDE, "bottleneckx"),
+    "dla102": Config((1, 1, 1, 3, 4, 1), _WIDE, "bottleneck", residual_root=True),
+    "dla102x": Config((1, 1, 1, 3, 4, 1), _WIDE, "bottleneckx", residual_root=True),
+    "dla102x2": Config((1, 1, 1, 3, 4, 1), _WIDE, "bottleneckx", 64, residual_root=True),
+    "dla169": Config((1, 1, 2, 3, 5, 1), _WIDE, "bottleneck", residual_root=True),
+}
+UP_MODELS = {"dla34up": "dla34", "dla60up": "dla60", "dla102up": "dla102", "dla169up": "dla169"}
+
+
+def spec(levels, channels, block="basic", cardinality=32, residual_root=False, num_classes=1000,
+         task="classify") -> dict:
+    """The builder spec of a DLA with the original's six stage depths and widths."""
+    if not isinstance(levels, (list, tuple)) or len(levels) != 6:
+        raise IRError(f"levels={levels!r}: expected six stage depths (2 conv levels, 4 tree levels)")
+    if not isinstance(channels, (list, tuple)) or len(channels) != 6:
+        raise IRError(f"channels={channels!r}: expected six stage widths")
+    for i in range(2, 6):
+        if isinstance(levels[i], bool) or not isinstance(levels[i], int) or levels[i] < 1:
+            raise IRError(f"levels[{i}]={levels[i]!r}: expected a tree depth >= 1")
+    return {
+        "pattern": "dla", "in_channels": 3, "num_classes": num_classes,
+        "stem": {"channels": channels[0], "kernel": 7},
+        "conv_stages": [{"convs": levels[0], "channels": channels[0], "stride": 1},
+                        {"convs": levels[1], "channels": channels[1], "stride": 2}],
+        "stages": [{"blocks": 2 ** levels[i], "channels": channels[i], "stride": 2} for i in range(2, 6)],
+        "block": block, "cardinality": cardinality, "root_kernel": 1, "residual_root": residual_root,
+        "task": task, "first_level": 1,
+    }
+
+
+def dla(levels, channels, block="basic", cardinality=32, residual_root=False, num_classes=1000) -> IR:
+    """The generic DLA classifier (Figure 2) as an IR."""
+    return build(spec(levels, channels, block, cardinality, residual_root, num_classes), name="DLA")
+
+
+def dla_up(levels, channels, block="basic", cardinality=32, residual_root=False, num_classes=19) -> IR:
+    """DLA-Up for dense prediction: the DLA backbone, the IDA-up stack to stride 2, a 1x1
+    classifier and the original's frozen bilinear x2 upsampling to input resolution."""
+    return build(spec(levels, channels, block, cardinality, residual_root, num_classes, "segment"),
+                 name="DLAUp")
+
+
+def names() -> list[str]:
+    return list(MODELS) + list(UP_MODELS)
+
+
+def ir(name: str, num_classes: int | None = None) -> IR:
+    """The IR of zoo model ``name``."""
+    if name in MODELS:
+        c = MODELS[name]
+        g = dla(c.levels, c.channels, c.block, c.cardinality, c.residual_root,
+                1000 if num_classes is None else num_classes)
+    elif name in UP_MODELS:
+        c = MODELS[UP_MODELS[name]]
+        g = dla_up(c.levels, c.channels, c.block, c.cardinality, c.residual_root,
+                   19 if num_classes is None else num_classes)
+    else:
+        import difflib
+        close = difflib.get_close_matches(name, names(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise IRError(f"unknown zoo model {name!r}{hint}; available: {', '.join(names())}")
+    g.graph["name"] = name
+    return g
+
+
+def create(name: str, num_classes: int = 1000) -> torch.nn.Module:
+    """A compiled zoo model (randomly initialised as the original)."""
+    return compile_ir(ir(name, num_classes), name=name)
+
+
+_PROJECT = re.compile(r"^(?P<tree>.*)\.project\.[01]\.")
+
+
+def convert_original(state_dict: dict) -> dict:
+    """Make an original-implementation (ucbdrive/dla) checkpoint loadable with ``strict=True``.
+
+    Drops the projections the original computes but never uses (those of trees
+    whose first child is itself a tree) and, for segmentation checkpoints, the
+    backbone's unused classifier ``base.fc``; strips a DataParallel ``module.`` prefix.
+    """
+    sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state_dict.items()}
+
+    def is_tree(prefix: str) -> bool:
+        return any(k.startswith((prefix + ".tree1.", prefix + ".root.")) for k in sd)
+
+    out = {}
+    for k, v in sd.items():
+        m = _PROJECT.match(k)
+        if m and is_tree(m.group("tree") + ".tree1"):
+            continue
+        if k.startswith("base.fc."):
+            continue
+        out[k] = v
+    return out
