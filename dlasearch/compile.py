@@ -7,6 +7,7 @@ intermediate after its last use, and ``print(model.code)`` shows the forward.
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 import torch.nn.functional as F
@@ -41,15 +42,20 @@ class _Lowering:
         self.mods: dict[str, nn.Module] = {}
         self.env: dict = {}
         self.ch: dict = {}
+        self.cur = ""
+
+    def fn(self, target, args, kwargs=None, final=False):
+        """A function call; ``final=True`` names it after the IR node it completes."""
+        return self.g.create_node("call_function", target, args, kwargs or {}, name=self.cur if final else None)
 
     def mod(self, path: str, module: nn.Module, x):
         self.mods[path] = module
         return self.g.call_module(path, (x,))
 
-    def conv_bn(self, paths, x, cin, cout, k, stride=1, groups=1, relu=True, roles=("conv", "bn")):
+    def conv_bn(self, paths, x, cin, cout, k, stride=1, groups=1, relu=True, roles=("conv", "bn"), final=False):
         y = self.mod(paths[roles[0]], _conv(cin, cout, k, stride, groups), x)
         y = self.mod(paths[roles[1]], nn.BatchNorm2d(cout), y)
-        return self.g.call_function(torch.relu, (y,)) if relu else y
+        return self.fn(torch.relu, (y,), final=final) if relu else y
 
     def block(self, n, d, x, residual, cin):
         p = module_paths(self.ir, n)
@@ -63,8 +69,8 @@ class _Lowering:
             y = self.conv_bn(p, x, cin, inner, 1, roles=("conv1", "bn1"))
             y = self.conv_bn(p, y, inner, inner, 3, s, groups=card, roles=("conv2", "bn2"))
             y = self.conv_bn(p, y, inner, out, 1, relu=False, roles=("conv3", "bn3"))
-        y = self.g.call_function(torch.add, (y, residual))
-        return self.g.call_function(torch.relu, (y,))
+        y = self.fn(torch.add, (y, residual))
+        return self.fn(torch.relu, (y,), final=True)
 
     def lower(self, n):
         ir, g = self.ir, self.g
@@ -78,21 +84,21 @@ class _Lowering:
             return g.placeholder("x")
         if kind == "conv":
             self.ch[n] = d["out"]
-            return self.conv_bn(p, ins[0], chs[0], d["out"], d["kernel"], d["stride"], relu=d["relu"])
+            return self.conv_bn(p, ins[0], chs[0], d["out"], d["kernel"], d["stride"], relu=d["relu"], final=True)
         if kind == "block":
             self.ch[n] = d["out"]
             return self.block(n, d, ins[0], ins[-1], chs[0])
         if kind == "aggregate":
             self.ch[n] = d["out"]
-            y = g.call_function(torch.cat, (ins, 1))
+            y = self.fn(torch.cat, (ins, 1))
             y = self.conv_bn(p, y, sum(chs), d["out"], d["kernel"], relu=False)
             if d["residual"] is not None:
-                y = g.call_function(torch.add, (y, ins[d["residual"]]))
-            return g.call_function(torch.relu, (y,))
+                y = self.fn(torch.add, (y, ins[d["residual"]]))
+            return self.fn(torch.relu, (y,), final=True)
         if kind == "downsample":
             self.ch[n] = chs[0]
             f = d["factor"]
-            return g.call_function(F.max_pool2d, (ins[0], f, f), {"ceil_mode": True})
+            return self.fn(F.max_pool2d, (ins[0], f, f), {"ceil_mode": True}, final=True)
         if kind == "project":
             self.ch[n] = d["out"]
             return self.conv_bn(p, ins[0], chs[0], d["out"], 1, relu=False)
@@ -106,7 +112,7 @@ class _Lowering:
             if len(ins) == 2:
                 for dim in (2, 3):
                     size = g.call_method("size", (ins[1], dim))
-                    y = g.call_function(torch.narrow, (y, dim, 0, size))
+                    y = self.fn(torch.narrow, (y, dim, 0, size), final=dim == 3)
             return y
         if kind == "head":
             self.ch[n] = d["classes"]
@@ -123,12 +129,14 @@ class _Lowering:
 
     def run(self, name: str) -> fx.GraphModule:
         for n in self.ir.order():
+            self.cur = re.sub(r"\W", "_", str(n))
             self.env[n] = self.lower(n)
         outs = sorted(self.ir.of_kind("output"), key=lambda o: self.ir.nodes[o]["index"])
         vals = [self.env[o] for o in outs]
         self.g.output(vals[0] if len(vals) == 1 else tuple(vals))
         self.g.lint()
         gm = fx.GraphModule(self.mods, self.g, class_name=name)
+        gm.node_map = {n: v.name for n, v in self.env.items()}
         return gm
 
 
@@ -136,7 +144,8 @@ def compile(ir: IR, name: str | None = None) -> fx.GraphModule:
     """Build the torch module an IR describes; raises ``IRError`` if the IR is invalid.
 
     The result is a ``torch.fx.GraphModule`` (``print(model.code)`` shows its
-    forward); ``model.ir`` keeps the IR it came from.
+    forward); ``model.ir`` keeps the IR it came from and ``model.node_map``
+    names the fx node that holds each IR node's value.
     """
     ir = validate(ir)
     cls = name or ir.graph.get("name") or "Net"

@@ -24,8 +24,10 @@ from typing import Any, Callable
 
 import networkx as nx
 
+from dlasearch.errors import DLASearchError
 
-class IRError(ValueError):
+
+class IRError(DLASearchError):
     """An invalid IR or spec. The message names the node/field and what is allowed."""
 
 
@@ -130,8 +132,9 @@ class IR(nx.DiGraph):
             raise IRError(f"node {name!r}: a node of that name already exists")
         if kind not in KINDS:
             raise IRError(f"node {name!r}: unknown kind {kind!r}; allowed: {', '.join(KINDS)}")
-        full = {k: a.default for k, a in KINDS[kind].attrs.items() if not a.required}
-        full.update(attrs)
+        spec = KINDS[kind].attrs
+        full = {k: attrs.get(k, a.default) for k, a in spec.items() if k in attrs or not a.required}
+        full.update((k, v) for k, v in attrs.items() if k not in spec)
         self.add_node(name, kind=kind, **full)
         for pos, src in enumerate(inputs):
             if src not in self:

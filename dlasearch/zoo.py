@@ -127,3 +127,24 @@ def convert_original(state_dict: dict) -> dict:
             continue
         out[k] = v
     return out
+
+
+def table(models=None):
+    """A pandas table of zoo models: params, MACs at 224 and 32, blocks, aggregation nodes."""
+    import pandas as pd
+
+    from dlasearch import measure
+
+    rows = []
+    for name in models or names():
+        g = ir(name)
+        m = compile_ir(g, name=name)
+        rows.append({
+            "name": name,
+            "params": measure.params(m),
+            "MACs@224 (G)": round(measure.macs(m, (1, 3, 224, 224)) / 1e9, 3),
+            "MACs@32 (M)": round(measure.macs(m, (1, 3, 32, 32)) / 1e6, 1),
+            "blocks": len(g.of_kind("block")),
+            "aggregation nodes": len(g.of_kind("aggregate")),
+        })
+    return pd.DataFrame(rows)

@@ -1,0 +1,28 @@
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(scope="session")
+def reference():
+    path = SHARED / "reference" / "dla_models.json"
+    if not path.exists():
+        pytest.skip(f"reference facts not found at {path}")
+    return json.loads(path.read_text())["models"]
+
+
+def tiny_spec(pattern="dla", **kw):
+    """A small backbone every pattern can run on at 32x32 in milliseconds."""
+    spec = {
+        "pattern": pattern, "num_classes": 10,
+        "stem": {"channels": 8, "kernel": 3},
+        "conv_stages": [{"convs": 1, "channels": 8, "stride": 1}, {"convs": 1, "channels": 16, "stride": 2}],
+        "stages": [{"blocks": 2, "channels": 16}, {"blocks": 4, "channels": 32}, {"blocks": 2, "channels": 32}],
+    }
+    spec.update(kw)
+    return spec
