@@ -1,0 +1,403 @@
+"""Search spaces: a YAML file that says what is searched, on what data, for how long, under which budgets.
+
+A space is loaded with OmegaConf, merged with ``key=value`` overrides, and
+checked against ``SCHEMA`` before anything runs, so a typo fails in one line
+(with the closest allowed key) rather than halfway through a study.
+``sample(space, trial)`` turns an Optuna trial into a ``patterns`` spec.
+
+Searchable parameters (under ``params``), each ``{choices: [...]}``,
+``{low: L, high: H[, step: S][, log: true]}`` or ``{value: V}``, optionally
+``when: {other_param: value-or-list}`` to exist only under that parent value:
+
+- ``pattern``: chain | skip | ida | tree | reentrant | hda | dla (or letters a-f)
+- ``stages``: number of residual-block stages (int)
+- ``levels``: per stage, tree depth; each stage has 2**levels blocks (so every
+  pattern, chains included, runs the same blocks)
+- ``width``: channels of the first block stage; ``growth``: width factor per stage;
+  ``width_multiplier``: scales every block stage
+- ``block``: basic | bottleneck | bottleneckx; ``cardinality``
+- ``root_kernel``, ``residual_root``
+
+Per-stage parameters are named ``stage{i}.levels``; a parameter keeps one name
+and one distribution for the whole study (the space is stored in the study and
+a resumed study refuses a changed one).
+"""
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Any
+
+from dlasearch.errors import DLASearchError
+from dlasearch.patterns import LETTERS, PATTERNS
+
+SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+class SpaceError(DLASearchError):
+    """A search space file or override is invalid."""
+
+
+PARAMS = {
+    "pattern": "choice", "stages": "int", "levels": "int", "width": "int", "growth": "number",
+    "width_multiplier": "number", "block": "choice", "cardinality": "int", "root_kernel": "int",
+    "residual_root": "bool",
+}
+DEFAULT_PARAM_VALUES = {"pattern": "dla", "stages": None, "levels": None, "width": None, "growth": 2.0,
+                        "width_multiplier": 1.0, "block": "basic", "cardinality": 32, "root_kernel": 1,
+                        "residual_root": False}
+OBJECTIVES = {"val_accuracy": "maximize", "params": "minimize", "macs": "minimize",
+              "train_memory": "minimize", "train_seconds": "minimize"}
+SAMPLERS = ("tpe", "random", "nsga2", "gp", "grid")
+PRUNERS = ("hyperband", "median", "none")
+
+SCHEMA: dict[str, Any] = {
+    "description": str,
+    "data": {"name": str, "image_size": int, "val_fraction": float, "root": (str, type(None)),
+             "path": (str, type(None)), "limit": (int, type(None))},
+    "train": {"epochs": int, "batch_size": int, "lr": float, "momentum": float, "weight_decay": float,
+              "warmup_epochs": float, "label_smoothing": float, "steps": (int, type(None)), "device": str,
+              "channels_last": bool},
+    "study": {"name": (str, type(None)), "storage": (str, type(None)), "trials": int, "workers": int,
+              "seed": int, "sampler": str, "pruner": str, "timeout": (int, float, type(None)),
+              "heartbeat": int, "grace": int, "results": str},
+    "objectives": list,
+    "budget": {"params": (int, float, type(None)), "macs": (int, float, type(None)),
+               "train_memory": (int, float, type(None))},
+    "backbone": dict,
+    "params": dict,
+    "seed_published": bool,
+}
+DEFAULTS: dict[str, Any] = {
+    "description": "",
+    "data": {"name": "digits", "image_size": 32, "val_fraction": 0.2, "root": None, "path": None,
+             "limit": None},
+    "train": {"epochs": 4, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
+              "warmup_epochs": 0.5, "label_smoothing": 0.0, "steps": None, "device": "auto",
+              "channels_last": False},
+    "study": {"name": None, "storage": None, "trials": 20, "workers": 1, "seed": 0, "sampler": "tpe",
+              "pruner": "hyperband", "timeout": None, "heartbeat": 10, "grace": 60, "results": "results"},
+    "objectives": ["val_accuracy"],
+    "budget": {"params": None, "macs": None, "train_memory": None},
+    "backbone": {"stem": {"channels": 16, "kernel": 3},
+                 "conv_stages": [{"convs": 1, "channels": 16, "stride": 1},
+                                 {"convs": 1, "channels": 32, "stride": 2}],
+                 "stages": [{"blocks": 2, "channels": 32}, {"blocks": 2, "channels": 64},
+                            {"blocks": 2, "channels": 128}]},
+    "params": {},
+    "seed_published": True,
+}
+# top-level shortcuts accepted on the command line: `trials=5` means `study.trials=5`
+SHORTCUTS = {"trials": "study.trials", "workers": "study.workers", "seed": "study.seed",
+             "sampler": "study.sampler", "pruner": "study.pruner", "study": "study.name",
+             "storage": "study.storage", "epochs": "train.epochs", "data": "data.name",
+             "batch_size": "train.batch_size", "timeout": "study.timeout"}
+
+
+def _fail(path: str, msg: str) -> SpaceError:
+    return SpaceError(f"{path}: {msg}" if path else msg)
+
+
+def _suggest(key, allowed) -> str:
+    close = difflib.get_close_matches(str(key), [str(a) for a in allowed], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_type(v, t, path: str):
+    types = t if isinstance(t, tuple) else (t,)
+    if float in types and int not in types and isinstance(v, int) and not isinstance(v, bool):
+        return float(v)
+    if isinstance(v, bool) and bool not in types:
+        raise _fail(path, f"{v!r} has the wrong type; expected {' or '.join(x.__name__ for x in types)}")
+    if not isinstance(v, types):
+        raise _fail(path, f"{v!r} has the wrong type; expected "
+                          f"{' or '.join('null' if x is type(None) else x.__name__ for x in types)}")
+    return v
+
+
+def _check_section(d: dict, schema: dict, path: str) -> dict:
+    if not isinstance(d, dict):
+        raise _fail(path, f"expected a mapping with keys {', '.join(schema)}")
+    out = {}
+    for k, v in d.items():
+        if k not in schema:
+            raise _fail(f"{path}.{k}" if path else k,
+                        f"unknown key{_suggest(k, schema)}; allowed: {', '.join(schema)}")
+        sub = schema[k]
+        p = f"{path}.{k}" if path else k
+        out[k] = _check_section(v, sub, p) if isinstance(sub, dict) else _check_type(v, sub, p)
+    return out
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) \
+            and k not in ("params", "backbone") else v
+    return out
+
+
+def _check_param(name: str, p, names) -> dict:
+    path = f"params.{name}"
+    if name not in PARAMS:
+        raise _fail(path, f"unknown parameter{_suggest(name, PARAMS)}; allowed: {', '.join(PARAMS)}")
+    if not isinstance(p, dict):
+        p = {"value": p}
+    allowed = {"choices", "low", "high", "step", "log", "value", "when"}
+    for k in p:
+        if k not in allowed:
+            raise _fail(f"{path}.{k}", f"unknown key{_suggest(k, allowed)}; allowed: {', '.join(sorted(allowed))}")
+    forms = [f for f in ("choices", "value", "low") if f in p]
+    if len(forms) != 1 or ("low" in p) != ("high" in p):
+        raise _fail(path, "give exactly one of {choices: [...]}, {low: L, high: H}, or {value: V}")
+    kind = PARAMS[name]
+    if "choices" in p:
+        ch = p["choices"]
+        if not isinstance(ch, list) or not ch:
+            raise _fail(f"{path}.choices", f"{ch!r} must be a non-empty list")
+        for c in ch:
+            _check_value(name, c, f"{path}.choices")
+        if len(set(map(json.dumps, ch))) != len(ch):
+            raise _fail(f"{path}.choices", f"{ch!r} has duplicates")
+    elif "value" in p:
+        _check_value(name, p["value"], f"{path}.value")
+    else:
+        if kind not in ("int", "number"):
+            raise _fail(path, f"a {kind} parameter takes choices or value, not a range")
+        lo, hi = p["low"], p["high"]
+        for k, v in (("low", lo), ("high", hi)):
+            _check_value(name, v, f"{path}.{k}")
+        if lo > hi:
+            raise _fail(path, f"empty range: low={lo} > high={hi}")
+        if p.get("log") and lo <= 0:
+            raise _fail(path, f"log range needs low > 0, got {lo}")
+        if "step" in p and (not isinstance(p["step"], (int, float)) or p["step"] <= 0):
+            raise _fail(f"{path}.step", f"{p['step']!r} must be a positive number")
+    if "when" in p:
+        w = p["when"]
+        if not isinstance(w, dict) or len(w) != 1:
+            raise _fail(f"{path}.when", "expected one parent, e.g. {block: bottleneckx}")
+        (parent, vals), = w.items()
+        if parent not in names:
+            raise _fail(f"{path}.when", f"conditional on {parent!r}, which is not a searched parameter"
+                                        f"{_suggest(parent, names)}; searched: {', '.join(sorted(names))}")
+        for v in vals if isinstance(vals, list) else [vals]:
+            _check_value(parent, v, f"{path}.when.{parent}")
+    return p
+
+
+def _check_value(name: str, v, path: str):
+    kind = PARAMS[name]
+    if kind == "choice":
+        allowed = list(PATTERNS) + list(LETTERS) if name == "pattern" else ["basic", "bottleneck", "bottleneckx"]
+        if v not in allowed:
+            raise _fail(path, f"{v!r} is not allowed{_suggest(v, allowed)}; allowed: {', '.join(allowed)}")
+    elif kind == "bool":
+        if not isinstance(v, bool):
+            raise _fail(path, f"{v!r} must be true or false")
+    elif kind == "int":
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise _fail(path, f"{v!r} must be an int >= 1")
+    elif isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+        raise _fail(path, f"{v!r} must be a positive number")
+
+
+def validate(space: dict) -> dict:
+    """Fill defaults and check a space; returns the normalised dict or raises ``SpaceError``."""
+    s = _check_section(space, SCHEMA, "")
+    s = _merge(DEFAULTS, s)
+    params = s["params"]
+    if not isinstance(params, dict):
+        raise _fail("params", "expected a mapping of parameter name -> {choices|low/high|value}")
+    s["params"] = {n: _check_param(n, p, set(params)) for n, p in params.items()}
+    for n, p in s["params"].items():
+        if "when" in p:
+            (parent, _), = p["when"].items()
+            if "when" in s["params"][parent]:
+                raise _fail(f"params.{n}.when", f"parent {parent!r} is itself conditional; one level only")
+    objs = s["objectives"]
+    if not objs or not all(isinstance(o, str) and o in OBJECTIVES for o in objs) or len(set(objs)) != len(objs):
+        bad = [o for o in objs if o not in OBJECTIVES] or objs
+        raise _fail("objectives", f"{bad!r} invalid; choose distinct names from: {', '.join(OBJECTIVES)}")
+    if "val_accuracy" not in objs:
+        raise _fail("objectives", "must include val_accuracy (the others trade off against it)")
+    st = s["study"]
+    for k, allowed in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
+        if st[k] not in allowed:
+            raise _fail(f"study.{k}", f"{st[k]!r}{_suggest(st[k], allowed)}; allowed: {', '.join(allowed)}")
+    if st["sampler"] == "nsga2" and len(objs) == 1:
+        pass  # NSGA-II also works on one objective
+    if st["sampler"] == "grid" and any("low" in p for p in s["params"].values()):
+        raise _fail("study.sampler", "grid needs every parameter as choices or value, not a range")
+    for k in ("trials", "workers", "heartbeat", "grace"):
+        if st[k] < 1:
+            raise _fail(f"study.{k}", f"{st[k]} must be >= 1")
+    for k in ("epochs", "batch_size"):
+        if s["train"][k] < 1:
+            raise _fail(f"train.{k}", f"{s['train'][k]} must be >= 1")
+    for k, v in s["budget"].items():
+        if v is not None and v <= 0:
+            raise _fail(f"budget.{k}", f"{v} must be positive (or null for no budget)")
+    bb = s["backbone"]
+    for k in bb:
+        if k not in ("stem", "conv_stages", "stages", "in_channels", "num_classes", "block", "cardinality",
+                     "root_kernel", "residual_root", "pattern"):
+            raise _fail(f"backbone.{k}", f"unknown key{_suggest(k, ['stem', 'conv_stages', 'stages'])}; "
+                                         f"allowed: stem, conv_stages, stages and other spec keys")
+    if not isinstance(bb.get("stages"), list) or not bb["stages"]:
+        raise _fail("backbone.stages", "expected a non-empty list of {blocks, channels[, stride]}")
+    return s
+
+
+def _parse_yaml(path: Path) -> dict:
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
+    except (OmegaConfBaseException, Exception) as e:  # yaml.YAMLError and friends
+        raise SpaceError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+
+
+def load(name_or_path: str, overrides: dict | None = None) -> dict:
+    """Load a space by name (``search_spaces/<name>.yaml``) or path and merge ``overrides``."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = SPACES_DIR / f"{name_or_path}.yaml"
+    if not path.exists():
+        names = available()
+        raise SpaceError(f"space {name_or_path!r} not found{_suggest(name_or_path, names)}; "
+                         f"available: {', '.join(names)} (or a path to a .yaml file)")
+    raw = _parse_yaml(path)
+    raw = _merge(raw, expand_shortcuts(overrides or {}))
+    space = validate(raw)
+    space["name"] = path.stem
+    return space
+
+
+def expand_shortcuts(overrides: dict) -> dict:
+    """``{"trials": 5, "budget": {...}}`` -> ``{"study": {"trials": 5}, "budget": {...}}``."""
+    out: dict = {}
+    for k, v in overrides.items():
+        target = k if isinstance(v, dict) else SHORTCUTS.get(k, k)
+        *parents, leaf = target.split(".")
+        d = out
+        for p in parents:
+            d = d.setdefault(p, {})
+        if isinstance(v, dict) and isinstance(d.get(leaf), dict):
+            d[leaf] = _merge(d[leaf], v)
+        else:
+            d[leaf] = v
+    return out
+
+
+# ---------------------------------------------------------------- sampling
+
+def _suggest_param(trial, name: str, p: dict):
+    if "value" in p:
+        return p["value"]
+    if "choices" in p:
+        return trial.suggest_categorical(name, p["choices"])
+    lo, hi = p["low"], p["high"]
+    if PARAMS[name.split(".")[-1]] == "int":
+        return trial.suggest_int(name, lo, hi, step=int(p.get("step", 1)), log=bool(p.get("log", False)))
+    return trial.suggest_float(name, float(lo), float(hi), step=p.get("step"), log=bool(p.get("log", False)))
+
+
+def _active(p: dict, values: dict) -> bool:
+    if "when" not in p:
+        return True
+    (parent, want), = p["when"].items()
+    want = want if isinstance(want, list) else [want]
+    return values.get(parent) in want
+
+
+def _round(c: float, multiple: int) -> int:
+    return max(multiple, int(round(c / multiple)) * multiple)
+
+
+def sample(space: dict, trial) -> dict:
+    """Ask ``trial`` for every active parameter and return the ``patterns`` spec it describes."""
+    params = space["params"]
+    values: dict = {}
+    order = [n for n in PARAMS if n in params and n != "levels"]
+    for n in order:
+        p = params[n]
+        if _active(p, values):
+            values[n] = _suggest_param(trial, n, p)
+    bb = space["backbone"]
+    base_stages = bb["stages"]
+    n_stages = values.get("stages", len(base_stages))
+    v = {k: values.get(k, DEFAULT_PARAM_VALUES[k]) for k in DEFAULT_PARAM_VALUES}
+    v.update({k: bb[k] for k in ("block", "cardinality", "root_kernel", "residual_root", "pattern")
+              if k in bb and k not in values})
+    block = v["block"]
+    multiple = 32 if block == "bottleneckx" else 8
+    stages = []
+    for i in range(n_stages):
+        base = base_stages[min(i, len(base_stages) - 1)]
+        if "levels" in params and _active(params["levels"], values):
+            lv = _suggest_param(trial, f"stage{i}.levels", params["levels"])
+            blocks = 2 ** lv
+        else:
+            blocks = base.get("blocks", 2)
+        if values.get("width") is not None:
+            ch = values["width"] * v["growth"] ** i
+        else:
+            ch = base["channels"] * (2 ** max(0, i - len(base_stages) + 1) if i >= len(base_stages) else 1)
+        stages.append({"blocks": blocks, "channels": _round(ch * v["width_multiplier"], multiple),
+                       "stride": base.get("stride", 2)})
+    pattern = LETTERS.get(v["pattern"], v["pattern"])
+    return {"pattern": pattern, "stem": bb.get("stem", DEFAULTS["backbone"]["stem"]),
+            "conv_stages": bb.get("conv_stages", DEFAULTS["backbone"]["conv_stages"]), "stages": stages,
+            "block": block, "cardinality": v["cardinality"], "root_kernel": v["root_kernel"],
+            "residual_root": v["residual_root"]}
+
+
+def distributions(space: dict) -> str:
+    """A canonical text of the searched parameters: a study refuses to resume with a different one."""
+    return json.dumps(space["params"], sort_keys=True)
+
+
+def _contains(p: dict, v) -> bool:
+    if "value" in p:
+        return p["value"] == v
+    if "choices" in p:
+        return v in p["choices"]
+    return p["low"] <= v <= p["high"]
+
+
+def published_params(space: dict) -> list[dict]:
+    """Trial parameters that reproduce a published DLA's stages and blocks, for those that fit the space."""
+    from optuna.trial import FixedTrial
+
+    from dlasearch.zoo import MODELS
+
+    params = space["params"]
+    out = []
+    for name, c in MODELS.items():
+        cand = {"pattern": "dla", "stages": 4, "block": c.block, "cardinality": c.cardinality,
+                "root_kernel": 1, "residual_root": c.residual_root, "width": c.channels[2],
+                "growth": c.channels[3] / c.channels[2], "width_multiplier": 1.0,
+                **{f"stage{i}.levels": lv for i, lv in enumerate(c.levels[2:])}}
+        fixed = {k: v for k, v in cand.items() if k.split(".")[-1] in params}
+        if not all(_contains(params[k.split(".")[-1]], v) for k, v in fixed.items()):
+            continue
+        try:
+            spec = sample(space, FixedTrial({k: v for k, v in fixed.items()
+                                             if "value" not in params[k.split(".")[-1]]}))
+        except ValueError:
+            continue
+        want = [{"blocks": 2 ** lv, "channels": ch} for lv, ch in zip(c.levels[2:], c.channels[2:])]
+        got = [{"blocks": st["blocks"], "channels": st["channels"]} for st in spec["stages"]]
+        if (got == want and spec["pattern"] == "dla" and spec["block"] == c.block
+                and spec["residual_root"] == c.residual_root
+                and (c.block != "bottleneckx" or spec["cardinality"] == c.cardinality)):
+            out.append({"name": name, "params": {k: v for k, v in fixed.items()
+                                                 if "value" not in params[k.split(".")[-1]]}})
+    return out

@@ -1,0 +1,101 @@
+"""Search-space files: the shipped ones parse and sample valid networks; bad ones fail in one clear line."""
+import optuna
+import pytest
+
+from dlasearch import space
+from dlasearch.cli import main
+from dlasearch.compile import compile
+from dlasearch.patterns import build
+
+SHIPPED = ["skip", "ida", "hda", "dla", "figure1", "compact"]
+
+
+def test_shipped_spaces_are_present():
+    assert set(SHIPPED) <= set(space.available())
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_space_samples_compilable_specs(name):
+    sp = space.load(name)
+    assert sp["data"]["name"] == "digits"
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0),
+                                directions=["maximize"] * len(sp["objectives"]))
+    for _ in range(4):
+        trial = study.ask()
+        spec = space.sample(sp, trial)
+        spec.update(in_channels=1, num_classes=10)
+        net = compile(build(spec))
+        assert net(__import__("torch").randn(2, 1, 32, 32)).shape == (2, 10)
+        study.tell(trial, [0.5] * len(sp["objectives"]))
+
+
+def test_figure1_space_shares_the_backbone():
+    sp = space.load("figure1")
+    specs = []
+    for pattern in ["chain", "skip", "ida", "tree", "reentrant", "hda"]:
+        t = optuna.trial.FixedTrial({"pattern": pattern, "width": 32})
+        specs.append(space.sample(sp, t))
+    assert len({str(s["stages"]) for s in specs}) == 1
+    assert [s["pattern"] for s in specs] == ["chain", "skip", "ida", "tree", "reentrant", "hda"]
+
+
+def test_per_stage_parameters_are_namespaced():
+    sp = space.load("dla")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    t = study.ask()
+    spec = space.sample(sp, t)
+    assert {f"stage{i}.levels" for i in range(len(spec["stages"]))} <= set(t.params)
+    assert ("cardinality" in t.params) == (t.params["block"] == "bottleneckx")
+
+
+def test_published_configs_that_fit_are_seeded():
+    names = [p["name"] for p in space.published_params(space.load("dla"))]
+    assert "dla34" in names and "dla60" not in names  # dla60's 1024 widths are outside the space
+    assert space.published_params(space.load("skip")) == []
+
+
+def test_overrides_merge_with_shortcuts():
+    sp = space.load("hda", space.expand_shortcuts({"trials": 3, "epochs": 2, "budget": {"params": 1000}}))
+    assert sp["study"]["trials"] == 3 and sp["train"]["epochs"] == 2 and sp["budget"]["params"] == 1000
+
+
+@pytest.mark.parametrize("override,msg", [
+    ({"trainn": {"epochs": 1}}, "unknown key (did you mean 'train'?)"),
+    ({"train": {"epocs": 1}}, "train.epocs: unknown key (did you mean 'epochs'?)"),
+    ({"params": {"widht": {"choices": [8]}}}, "params.widht: unknown parameter (did you mean 'width'?)"),
+    ({"params": {"width": {"low": 64, "high": 16}}}, "empty range: low=64 > high=16"),
+    ({"params": {"width": {"choices": []}}}, "must be a non-empty list"),
+    ({"params": {"width": {"choices": ["wide"]}}}, "'wide' must be an int >= 1"),
+    ({"params": {"pattern": {"choices": ["fpn"]}}}, "'fpn' is not allowed"),
+    ({"params": {"cardinality": {"choices": [4], "when": {"block": "bottleneckx"}}}},
+     "conditional on 'block', which is not a searched parameter"),
+    ({"train": {"epochs": "many"}}, "train.epochs: 'many' has the wrong type; expected int"),
+    ({"train": {"epochs": 0}}, "train.epochs: 0 must be >= 1"),
+    ({"study": {"sampler": "tpee"}}, "study.sampler: 'tpee' (did you mean 'tpe'?)"),
+    ({"objectives": ["accuracy"]}, "objectives: ['accuracy'] invalid"),
+    ({"budget": {"params": -5}}, "budget.params: -5 must be positive"),
+])
+def test_bad_space_errors(override, msg):
+    sp = space.load("hda")
+    raw = {k: sp[k] for k in space.SCHEMA if k in sp}
+    with pytest.raises(space.SpaceError) as e:
+        space.validate(space._merge(raw, override))
+    assert msg in str(e.value)
+
+
+def test_unknown_space_name():
+    with pytest.raises(space.SpaceError, match="space 'hdaa' not found .*did you mean 'hda'"):
+        space.load("hdaa")
+
+
+def test_bad_yaml_file(tmp_path):
+    p = tmp_path / "broken.yaml"
+    p.write_text("params: [unclosed\n")
+    with pytest.raises(space.SpaceError, match="not valid YAML"):
+        space.load(str(p))
+
+
+def test_cli_bad_override_is_one_line(capsys):
+    assert main(["run", "space=hda", "train.epocs=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "did you mean 'epochs'" in err and len(err.splitlines()) == 1
