@@ -1,7 +1,19 @@
-"""Metrics of a model, each a function of (model, input shape): reused by search and reports."""
+"""Metrics of a model, each a function of (model, input shape): reused by search and reports.
+
+``params``, ``macs``, ``train_memory_bytes`` and ``latency`` need no training,
+so a search can reject an over-budget architecture before spending anything on
+it; accuracy and training time come from ``dlasearch.train``.  Every function
+works on a copy or in eval mode, so measuring never changes the model.
+"""
 from __future__ import annotations
 
+import contextlib
+import copy
+import statistics
+import time
+
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 
@@ -23,3 +35,164 @@ def macs(model: torch.nn.Module, input_shape) -> int:
     finally:
         model.train(was_training)
     return counter.get_total_flops() // 2
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _loss(out) -> torch.Tensor:
+    """Cross-entropy against class 0: a real loss of the right shape for classifiers and per-pixel heads."""
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    total = 0
+    for o in outs:
+        target = torch.zeros((o.shape[0], *o.shape[2:]), dtype=torch.long, device=o.device)
+        total = total + F.cross_entropy(o.float(), target)
+    return total
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Autocast to ``dtype`` on ``device``'s type, or a no-op for None (plain fp32)."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def _nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def train_memory(model: torch.nn.Module, input_shape, optimizer_states: int = 1,
+                 autocast_dtype: torch.dtype | None = None, cuda_peak: bool = True,
+                 device: str | None = "meta") -> dict:
+    """Bytes one SGD training step holds, exactly and repeatably, with its breakdown.
+
+    ``activations``: every tensor autograd saves for backward in the forward
+    pass and the loss (the input batch included), counted once per storage, and
+    not counting parameters or buffers, which have their own entries.
+    ``grads`` and ``optimizer`` (``optimizer_states`` buffers per trainable
+    parameter: 1 for SGD with momentum, 2 for Adam) follow from the parameters.
+
+    The forward runs on ``device``: ``"meta"`` (default) computes shapes only,
+    so the count is free and the same on every machine; ``None`` uses the
+    model's device (so does ``autocast_dtype``, which meta tensors ignore).
+    When the model is on CUDA, ``cuda_peak`` is also measured:
+    ``torch.cuda.max_memory_allocated`` during a step after a warm-up step,
+    minus what was allocated before.
+    """
+    m = copy.deepcopy(model).train()
+    if device is not None and autocast_dtype is None:
+        m = m.to(device)
+    dev = _device(m)
+    # Storages are told apart as torch.save does, by ``_cdata`` (meta storages have no data pointer).
+    state = {t.untyped_storage()._cdata for t in (*m.parameters(), *m.buffers())}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        s = t.untyped_storage()
+        if s._cdata not in state:
+            saved[s._cdata] = s.nbytes()
+        return t
+
+    x = torch.zeros(tuple(input_shape), device=dev)
+    saved[x.untyped_storage()._cdata] = x.untyped_storage().nbytes()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast(dev, autocast_dtype):
+        loss = _loss(m(x))
+    del loss
+    trainable = [p for p in m.parameters() if p.requires_grad]
+    out = {
+        "activations": sum(saved.values()),
+        "params": _nbytes(m.parameters()),
+        "buffers": _nbytes(m.buffers()),
+        "grads": _nbytes(trainable),
+        "optimizer": optimizer_states * _nbytes(trainable),
+    }
+    out["total"] = sum(out.values())
+    if cuda_peak and _device(model).type == "cuda":
+        out["cuda_peak"] = _cuda_peak(model, input_shape, optimizer_states, autocast_dtype)
+    return out
+
+
+def _cuda_peak(model, input_shape, optimizer_states: int, autocast_dtype) -> int:
+    device = _device(model)
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    m = copy.deepcopy(model).train()
+    opt = (torch.optim.Adam(m.parameters(), lr=0.0) if optimizer_states >= 2 else
+           torch.optim.SGD(m.parameters(), lr=0.0, momentum=0.9 if optimizer_states == 1 else 0.0))
+    x = torch.randn(tuple(input_shape), device=device)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with autocast(device, autocast_dtype):
+            loss = _loss(m(x))
+        loss.backward()
+        opt.step()
+
+    step()
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device) - before
+    del m, opt, x
+    return int(peak)
+
+
+def train_memory_bytes(model: torch.nn.Module, input_shape, optimizer_states: int = 1,
+                       autocast_dtype: torch.dtype | None = None, device: str | None = "meta") -> int:
+    """Exact training memory of one step at ``input_shape``: saved activations + params + buffers
+    + grads + optimizer state (see ``train_memory`` for the breakdown)."""
+    return train_memory(model, input_shape, optimizer_states, autocast_dtype, cuda_peak=False,
+                        device=device)["total"]
+
+
+def _median_ms(fn, repeats: int, warmup: int, device: torch.device) -> float:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def latency(model: torch.nn.Module, input_shape, repeats: int = 10, warmup: int = 2,
+            channels_last: bool = False, inference: bool = True, train: bool = True,
+            autocast_dtype: torch.dtype | None = None) -> dict:
+    """Median wall-clock times on the model's device for a batch of ``input_shape`` (batch B).
+
+    ``infer_ms_1`` / ``infer_ms_B``: eval-mode forward at batch 1 and B;
+    ``train_step_ms`` and ``train_images_per_s``: a full SGD step (forward, loss,
+    backward, momentum update; lr 0 so repeated steps stay finite) at batch B.
+    Runs on a copy, with the current ``torch.get_num_threads()``.
+    """
+    device = _device(model)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    m = copy.deepcopy(model).to(memory_format=fmt)
+    b = int(input_shape[0])
+    out: dict = {"batch": b, "channels_last": channels_last, "threads": torch.get_num_threads()}
+    if inference:
+        m.eval()
+        for key, bs in (("infer_ms_1", 1), ("infer_ms_B", b)):
+            x = torch.randn((bs, *input_shape[1:]), device=device).contiguous(memory_format=fmt)
+            with torch.inference_mode(), autocast(device, autocast_dtype):
+                out[key] = _median_ms(lambda: m(x), repeats, warmup, device)
+    if train:
+        m.train()
+        opt = torch.optim.SGD(m.parameters(), lr=0.0, momentum=0.9)
+        x = torch.randn(tuple(input_shape), device=device).contiguous(memory_format=fmt)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            with autocast(device, autocast_dtype):
+                loss = _loss(m(x))
+            loss.backward()
+            opt.step()
+
+        out["train_step_ms"] = _median_ms(step, repeats, warmup, device)
+        out["train_images_per_s"] = b / (out["train_step_ms"] / 1e3)
+    return out

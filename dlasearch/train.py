@@ -1,0 +1,529 @@
+"""Train one architecture on one dataset, and measure it: the unit every search trial runs.
+
+SGD (momentum, nesterov) with linear warm-up and a cosine schedule, seeded so
+that the same seed gives the same numbers.  ``train`` calls ``callback(epoch,
+metrics)`` after each epoch so a search can prune; a NaN/inf loss ends the run
+with ``status="nan"`` rather than an exception.  ``run`` is what ``dlasearch
+train`` does: resolve the architecture for the data, measure it, train it and
+write ``metrics.json`` and ``ir.json`` atomically into a run folder.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from dlasearch import ir as irmod
+from dlasearch.data import Dataset
+from dlasearch.errors import DLASearchError
+from dlasearch.measure import autocast
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+class TrainError(DLASearchError):
+    """A training setting, or an architecture that does not fit the data."""
+
+
+class StopTraining(Exception):
+    """Raise from an epoch callback to end training early (e.g. a pruned search trial)."""
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run; ``dlasearch train key=value`` sets them by name."""
+
+    epochs: int = 10
+    steps: int | None = None  # a step budget; when set it replaces epochs
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4  # not applied to biases and norm scales (1-D parameters)
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    augment: bool = True
+    seed: int = 0
+    device: str = "auto"  # auto: CUDA when present, else CPU
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    channels_last: bool = False
+    threads: int | None = None  # torch intra-op threads; null keeps torch's setting
+    eval_batch_size: int = 512
+    deterministic: bool = True  # cuDNN: deterministic kernels, no autotuning
+    progress: bool | None = None  # null: a progress bar only when stderr is a terminal
+
+    def __post_init__(self):
+        def integer(name, lo, none_ok=False):
+            v = getattr(self, name)
+            if v is None and none_ok:
+                return
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise TrainError(f"{name}={v!r}: expected an int >= {lo}" + (" or null" if none_ok else ""))
+
+        def number(name, lo, hi=math.inf, hi_open=False):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi \
+                    or (hi_open and v == hi) or not math.isfinite(v):
+                rng = f">= {lo}" if hi == math.inf else f"in [{lo}, {hi}{')' if hi_open else ']'}"
+                raise TrainError(f"{name}={v!r}: expected a number {rng}")
+
+        integer("epochs", 1)
+        integer("steps", 1, none_ok=True)
+        integer("batch_size", 1)
+        integer("eval_batch_size", 1)
+        integer("seed", 0)
+        integer("threads", 1, none_ok=True)
+        number("lr", 0)
+        number("momentum", 0, 1, hi_open=True)
+        number("weight_decay", 0)
+        number("warmup_epochs", 0)
+        number("label_smoothing", 0, 1, hi_open=True)
+        for name in ("nesterov", "augment", "channels_last", "deterministic"):
+            if not isinstance(getattr(self, name), bool):
+                raise TrainError(f"{name}={getattr(self, name)!r}: expected true or false")
+        if self.progress is not None and not isinstance(self.progress, bool):
+            raise TrainError(f"progress={self.progress!r}: expected true, false or null (auto)")
+        if self.nesterov and self.momentum == 0:
+            raise TrainError("nesterov=true needs momentum > 0; set momentum=0.9 or nesterov=false")
+        if self.precision not in PRECISIONS:
+            raise TrainError(f"precision={self.precision!r}; allowed: {', '.join(PRECISIONS)}")
+        resolve_device(self.device)
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        """The field names, i.e. the ``key=value`` options ``dlasearch train`` accepts for training."""
+        return [f.name for f in dataclasses.fields(cls)]
+
+
+@dataclass
+class TrainResult:
+    """What a run produced; ``status`` is ``ok``, ``nan`` (loss diverged) or ``stopped`` (by the callback)."""
+
+    status: str
+    history: list = field(default_factory=list)
+    val_accuracy: float | None = None
+    val_loss: float | None = None
+    test_accuracy: float | None = None
+    train_seconds: float = 0.0
+    epochs: int = 0
+    steps: int = 0
+    reason: str = ""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else must name a usable torch device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise TrainError(f"device={device!r}: not a torch device; use auto, cpu or cuda[:N]") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TrainError(f"device={device!r}: CUDA is not available here; use device=auto or cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise TrainError(f"device={device!r}: allowed: auto, cpu, cuda[:N]")
+    return dev
+
+
+def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype a run uses (None: plain fp32)."""
+    if config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+# ------------------------------------------------------------ architecture vs data
+
+def total_stride(graph: irmod.IR) -> int:
+    """How much the network shrinks its input: the input side over the smallest feature map's side."""
+    probe = 1024
+    sides = [min(s[1:]) for s in irmod.infer_shapes(graph, probe).values() if len(s) == 3]
+    return max(1, probe // min(sides)) if sides else 1
+
+
+def check_fit(graph: irmod.IR, data: Dataset) -> None:
+    """Raise ``TrainError`` unless ``graph`` classifies ``data``: channels, classes, image size."""
+    irmod.validate(graph)
+    (inp,) = graph.of_kind("input")
+    c = graph.nodes[inp]["channels"]
+    if c != data.channels:
+        raise TrainError(f"the architecture takes {c}-channel input but {data.name} images have "
+                         f"{data.channels}; build it with in_channels={data.channels}")
+    outs = graph.of_kind("output")
+    heads = [graph.inputs(o)[0] for o in outs]
+    if len(outs) != 1 or graph.nodes[heads[0]]["kind"] != "head" or not graph.nodes[heads[0]]["pool"]:
+        raise TrainError("only classifiers (one output from a pooled head) can be trained on image "
+                         "classification data; this architecture has per-pixel or several outputs")
+    k = graph.nodes[heads[0]]["classes"]
+    if k != data.num_classes:
+        raise TrainError(f"the architecture predicts {k} classes but {data.name} has {data.num_classes}; "
+                         f"build it with num_classes={data.num_classes}")
+    s = total_stride(graph)
+    h, w = data.image_size
+    if min(h, w) < s:
+        raise TrainError(f"{h}x{w} images are too small for this architecture: it downsamples by {s}, "
+                         f"so its deepest stage would see less than one pixel; set image_size={s} or larger")
+
+
+def read_arch(arch: str) -> tuple[str, object]:
+    """Parse and check ``arch`` without any data: ``("zoo", name)``, ``("spec", dict)`` or ``("ir", IR)``.
+
+    Cheap, so a typo is reported before a dataset is downloaded.
+    """
+    from dlasearch import patterns, zoo
+
+    if arch in zoo.MODELS:
+        return "zoo", arch
+    if arch in zoo.UP_MODELS:
+        raise TrainError(f"arch={arch!r} is a segmentation model; train classifiers: {', '.join(zoo.MODELS)}")
+    path = Path(str(arch)).expanduser()
+    if not path.is_file():
+        raise TrainError(f"arch={arch!r}: not a zoo model and not a file; use one of {', '.join(zoo.MODELS)} "
+                         f"or a path to a spec/IR .json (or spec .yaml)")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        from omegaconf import OmegaConf
+        try:
+            obj = OmegaConf.to_container(OmegaConf.create(text), resolve=True)
+        except Exception as e:
+            raise TrainError(f"{path}: not valid YAML ({e})") from None
+    else:
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise TrainError(f"{path}: not valid JSON ({e})") from None
+    if isinstance(obj, dict) and obj.get("format") == irmod.FORMAT:
+        graph = irmod.from_json(text)
+        graph.graph.setdefault("name", path.stem)
+        return "ir", graph
+    if not isinstance(obj, dict):
+        raise TrainError(f"{path}: expected a builder spec (a mapping) or an IR with format={irmod.FORMAT!r}")
+    patterns.normalize({**obj, "in_channels": 1, "num_classes": 1})  # every other field checked now
+    return "spec", {**obj, "name": path.stem}
+
+
+def resolve_arch(arch: str, channels: int, num_classes: int) -> irmod.IR:
+    """A zoo name, a builder spec (.json/.yaml) or an IR (.json) -> an IR for this data.
+
+    Zoo models and specs are built with the data's channels and classes; an IR
+    is taken as it is, and ``check_fit`` reports a mismatch.
+    """
+    from dlasearch import patterns, zoo
+
+    kind, obj = read_arch(arch)
+    if kind == "ir":
+        return obj
+    if kind == "zoo":
+        c = zoo.MODELS[obj]
+        spec = zoo.spec(c.levels, c.channels, c.block, c.cardinality, c.residual_root, num_classes)
+        name = obj
+    else:
+        spec, name = {k: v for k, v in obj.items() if k != "name"}, obj["name"]
+    return patterns.build({**spec, "in_channels": channels, "num_classes": num_classes}, name=name)
+
+
+# ------------------------------------------------------------ training
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _schedule(total: int, warmup: int) -> Callable[[int], float]:
+    """LR factor per step: linear warm-up to 1, then cosine to 0 at ``total``."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    return factor
+
+
+@contextlib.contextmanager
+def _threads(n: int | None):
+    """Run with ``n`` torch threads (None: unchanged), restoring the previous count after."""
+    before = torch.get_num_threads()
+    try:
+        if n:
+            torch.set_num_threads(n)
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, data: Dataset, split: str = "val", batch_size: int = 512,
+             amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy in 0..1) of ``model`` on a split, in eval mode."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    loss = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    n = 0
+    try:
+        for x, y in data.to(device).batches(split, batch_size):
+            with autocast(device, amp_dtype):
+                out = model(x.contiguous(memory_format=fmt)).float()
+            loss += F.cross_entropy(out, y, reduction="sum")
+            correct += (out.argmax(1) == y).sum()
+            n += len(y)
+    finally:
+        model.train(was_training)
+    if n == 0:
+        return float("nan"), float("nan")
+    return float(loss) / n, int(correct) / n
+
+
+def train(model: torch.nn.Module, data: Dataset, config: TrainConfig | None = None, *,
+          callback: Callable[[int, dict], object] | None = None, test: bool = False,
+          **overrides) -> TrainResult:
+    """Train ``model`` in place on ``data`` and return a ``TrainResult``.
+
+    After every epoch ``callback(epoch, metrics)`` runs (``metrics`` is the
+    history entry); returning a true value or raising ``StopTraining`` ends the
+    run with status ``stopped`` (other exceptions propagate).  ``test=True``
+    also evaluates the test split at the end (only then is it touched).
+    Keyword ``overrides`` replace fields of ``config``.
+    """
+    unknown = set(overrides) - set(TrainConfig.option_names())
+    if unknown:
+        raise TrainError(f"unknown training option(s) {sorted(unknown)}; allowed: "
+                         f"{', '.join(TrainConfig.option_names())}")
+    cfg = dataclasses.replace(config or TrainConfig(), **overrides)
+    device = resolve_device(cfg.device)
+    if getattr(model, "ir", None) is not None:
+        check_fit(model.ir, data)
+    amp = autocast_dtype(cfg, device)
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    cudnn = (torch.backends.cudnn.flags(enabled=True, benchmark=not cfg.deterministic,
+                                        deterministic=cfg.deterministic)
+             if device.type == "cuda" else contextlib.nullcontext())
+    with _threads(cfg.threads), cudnn, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(cfg.seed)
+        return _fit(model.to(device, memory_format=fmt), data.to(device), cfg, device, amp, fmt, callback, test)
+
+
+def _fit(model, data: Dataset, cfg: TrainConfig, device, amp, fmt, callback, test) -> TrainResult:
+    from tqdm import tqdm
+
+    gen = torch.Generator().manual_seed(cfg.seed)  # shuffling and augmentation: CPU, so runs match anywhere
+    per_epoch = math.ceil(len(data.y_train) / cfg.batch_size)
+    total = cfg.steps or cfg.epochs * per_epoch
+    warmup = min(round(cfg.warmup_epochs * per_epoch), total // 2)
+    opt = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum,
+                          nesterov=cfg.nesterov)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(total, warmup))
+    res = TrainResult(status="ok")
+    show = sys.stderr.isatty() if cfg.progress is None else cfg.progress
+    bar = tqdm(total=total, desc="train", unit="step", disable=not show, leave=False)
+    model.train()
+    try:
+        for epoch in range(1, math.ceil(total / per_epoch) + 1):
+            _sync(device)
+            t0 = time.perf_counter()
+            loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+            correct = torch.zeros((), device=device, dtype=torch.int64)
+            seen = 0
+            lr = opt.param_groups[0]["lr"]
+            for x, y in data.batches("train", cfg.batch_size, shuffle=True, augment=cfg.augment, generator=gen):
+                if res.steps >= total:
+                    break
+                with autocast(device, amp):
+                    out = model(x.contiguous(memory_format=fmt))
+                if out.ndim != 2:
+                    raise TrainError(f"the model returns shape {tuple(out.shape)}; training needs "
+                                     f"(batch, classes) logits")
+                loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
+                if not torch.isfinite(loss):
+                    res.status = "nan"
+                    res.reason = f"loss became {float(loss.detach())} at step {res.steps + 1} (epoch {epoch}); lower lr"
+                    break
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                res.steps += 1
+                bar.update(1)
+                loss_sum += loss.detach().double() * len(y)
+                correct += (out.detach().argmax(1) == y).sum()
+                seen += len(y)
+            _sync(device)
+            res.train_seconds += time.perf_counter() - t0
+            if res.status == "nan":
+                break
+            res.epochs = epoch
+            val_loss, val_acc = evaluate(model, data, "val", cfg.eval_batch_size, amp, cfg.channels_last)
+            metrics = {"epoch": epoch, "steps": res.steps, "lr": lr, "train_loss": float(loss_sum) / max(seen, 1),
+                       "train_accuracy": int(correct) / max(seen, 1), "val_loss": val_loss,
+                       "val_accuracy": val_acc, "seconds": time.perf_counter() - t0}
+            res.history.append(metrics)
+            res.val_loss, res.val_accuracy = val_loss, val_acc
+            bar.set_postfix(epoch=epoch, loss=f"{metrics['train_loss']:.3f}", val=f"{val_acc:.3f}")
+            if not math.isfinite(val_loss):
+                res.status, res.reason = "nan", f"validation loss became {val_loss} after epoch {epoch}; lower lr"
+                break
+            if callback is not None:
+                try:
+                    stop = callback(epoch, metrics)
+                except StopTraining as e:
+                    res.status, res.reason = "stopped", str(e) or f"stopped by the callback after epoch {epoch}"
+                    break
+                if stop:
+                    res.status, res.reason = "stopped", f"stopped by the callback after epoch {epoch}"
+                    break
+    finally:
+        bar.close()
+    if res.status == "nan":
+        res.val_accuracy = res.val_loss = None
+    elif test:
+        res.test_accuracy = evaluate(model, data, "test", cfg.eval_batch_size, amp, cfg.channels_last)[1]
+    return res
+
+
+# ------------------------------------------------------------ one measured run (the CLI command)
+
+def measure_arch(model: torch.nn.Module, data: Dataset, config: TrainConfig, latency: bool = True) -> dict:
+    """The metrics known before training, on the device and precision ``config`` trains with:
+    params, MACs per image, training memory at the batch size, and speed."""
+    from dlasearch import measure
+
+    device = resolve_device(config.device)
+    amp = autocast_dtype(config, device)
+    model = model.to(device)
+    shape = (config.batch_size, data.channels, *data.image_size)
+    mem = measure.train_memory(model, shape, autocast_dtype=amp)
+    out = {"params": measure.params(model), "macs": measure.macs(model, (1, *shape[1:])),
+           "train_memory_bytes": mem["total"]}
+    if "cuda_peak" in mem:
+        out["train_memory_cuda_peak_bytes"] = mem["cuda_peak"]
+    if latency:
+        with _threads(config.threads):
+            lat = measure.latency(model, shape, repeats=5, warmup=1, channels_last=config.channels_last,
+                                  autocast_dtype=amp)
+        out.update({"latency_ms_batch1": lat["infer_ms_1"], f"latency_ms_batch{config.batch_size}": lat["infer_ms_B"],
+                    "train_images_per_s": lat["train_images_per_s"]})
+    return out
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and a rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_run(folder: Path, graph: irmod.IR, record: dict) -> Path:
+    """Write ``ir.json`` then ``metrics.json`` (last: a folder without it is an unfinished run)."""
+    folder = Path(folder)
+    write_atomic(folder / "ir.json", irmod.to_json(graph, indent=1) + "\n")
+    write_atomic(folder / "metrics.json", json.dumps(record, indent=1, default=str) + "\n")
+    return folder
+
+
+def run_folder(out: str | None, name: str | None, default_name: str, base: Path = Path("results/train")) -> Path:
+    """``out`` as given, else ``base/<name>`` (default ``<time>-<arch>-<data>``, unique)."""
+    if out is not None:
+        return Path(str(out)).expanduser()
+    stem = str(name) if name is not None else f"{time.strftime('%Y%m%d-%H%M%S')}-{default_name}"
+    if "/" in stem or stem in ("", ".", ".."):
+        raise TrainError(f"name={name!r}: expected a plain folder name (use out= for a path)")
+    folder, i = base / stem, 2
+    while name is None and folder.exists():
+        folder, i = base / f"{stem}-{i}", i + 1
+    return folder
+
+
+DATA_OPTIONS = ("name", "root", "path", "val_fraction", "limit", "flip", "download", "seed")
+
+
+def data_options(value) -> dict:
+    """``data=<name>``, ``data=<file.npz>`` or ``data.name=... data.root=...`` -> ``data.load`` keywords."""
+    if value is None:
+        value = {"name": "digits"}
+    if isinstance(value, str):
+        value = {"name": "npz", "path": value} if value.endswith(".npz") else {"name": value}
+    if not isinstance(value, dict):
+        raise TrainError(f"data={value!r}: expected a dataset name, a .npz path, or data.name=... options")
+    if "name" not in value:
+        raise TrainError(f"data options {sorted(value)} need data.name too (data=<name> and data.<key>=... "
+                         f"cannot be mixed; write data.name=<name> data.<key>=...)")
+    unknown = set(value) - set(DATA_OPTIONS)
+    if unknown:
+        raise TrainError(f"unknown data option(s) {sorted(unknown)}; allowed: "
+                         f"{', '.join('data.' + k for k in DATA_OPTIONS)}")
+    return dict(value)
+
+
+def run(arch: str, data: dict | str | None, config: TrainConfig, *, image_size="auto",
+        resize: str = "interpolate", test: bool = False, latency: bool = True,
+        out: str | None = None, name: str | None = None) -> tuple[dict, Path]:
+    """Resolve, check, measure and train one architecture; write its run folder; return (record, folder).
+
+    Every input is checked before anything runs or is written.  ``image_size``
+    ``auto`` keeps the native size unless the network downsamples more than
+    that, then uses its total stride (e.g. digits 8x8 -> 32 for a DLA).
+    """
+    from dlasearch import data as datamod
+    from dlasearch.compile import compile as compile_ir
+
+    read_arch(arch)
+    opts = data_options(data)
+    split_seed = opts.pop("seed", 0)
+    ds = datamod.load(opts.pop("name"), seed=split_seed, **opts)
+    graph = resolve_arch(arch, ds.channels, ds.num_classes)
+    if image_size == "auto":
+        stride = total_stride(graph)
+        image_size = stride if min(ds.image_size) < stride else None
+    ds = ds.resized(image_size, resize)
+    check_fit(graph, ds)
+    arch_name = str(graph.graph.get("name") or Path(str(arch)).stem)
+    folder = run_folder(out, name, f"{arch_name}-{ds.name}")
+    torch.manual_seed(config.seed)  # the same seed gives the same initial weights
+    model = compile_ir(graph)
+    record = {"arch": str(arch), "name": arch_name, "fingerprint": irmod.fingerprint(graph),
+              "data": {**ds.summary(), "split_seed": split_seed, "resize": resize},
+              "config": dataclasses.asdict(config), "device": str(resolve_device(config.device)),
+              "torch": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    metrics = measure_arch(model, ds, config, latency)
+    result = train(model, ds, config, test=test)
+    metrics.update({"val_accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy,
+                    "train_seconds": result.train_seconds})
+    record.update({"status": result.status, "reason": result.reason, "metrics": metrics,
+                   "epochs": result.epochs, "steps": result.steps, "history": result.history})
+    save_run(folder, graph, record)
+    return record, folder

@@ -1,0 +1,95 @@
+"""Metrics computed before training: exact against hand counts and references, repeatable, side-effect free."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from dlasearch import measure, zoo
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "dla_models.json"
+DLA34_MACS_224 = 3060043776  # also in the reference file: ucbdrive/dla and timm under FlopCounterMode
+
+
+def tiny_model():
+    """conv (no bias) + BN + ReLU + linear: small enough to count every byte by hand."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+
+
+def hand_count(batch: int) -> dict:
+    """The bytes of one SGD-with-momentum step of ``tiny_model`` on (batch, 1, 8, 8), float32/int64."""
+    f32, i64 = 4, 8
+    activations = (
+        batch * 1 * 8 * 8 * f32      # the input batch (saved by the conv)
+        + batch * 4 * 8 * 8 * f32    # conv output (saved by BN)
+        + 2 * 4 * f32                # BN's batch mean and inverse std
+        + batch * 4 * 8 * 8 * f32    # ReLU output (saved by ReLU; the Linear saves a view of it)
+        + batch * 10 * f32           # log-softmax output (saved by the loss)
+        + batch * i64                # targets
+        + f32                        # nll_loss total weight
+    )
+    params = (4 * 1 * 3 * 3 + 4 + 4 + 10 * 256 + 10) * f32
+    buffers = (4 + 4) * f32 + i64  # running mean/var, num_batches_tracked
+    return {"activations": activations, "params": params, "buffers": buffers, "grads": params,
+            "optimizer": params, "total": activations + buffers + 3 * params}
+
+
+@pytest.mark.parametrize("batch", [1, 2, 16])
+def test_train_memory_matches_hand_count(batch):
+    m = tiny_model()
+    assert measure.train_memory(m, (batch, 1, 8, 8)) == hand_count(batch)
+    assert measure.train_memory_bytes(m, (batch, 1, 8, 8)) == hand_count(batch)["total"]
+
+
+def test_train_memory_is_repeatable_and_device_independent():
+    m = tiny_model()
+    runs = [measure.train_memory_bytes(m, (8, 1, 8, 8)) for _ in range(2)]
+    assert runs[0] == runs[1] == measure.train_memory_bytes(m, (8, 1, 8, 8), device=None)
+    big = zoo.create("dla46_c", 10)
+    assert measure.train_memory_bytes(big, (4, 3, 32, 32)) == measure.train_memory_bytes(big, (4, 3, 32, 32))
+
+
+def test_train_memory_counts_only_trainable_state():
+    m = tiny_model()
+    m[0].weight.requires_grad_(False)
+    got = measure.train_memory(m, (2, 1, 8, 8), optimizer_states=2)
+    want = hand_count(2)
+    assert got["params"] == want["params"]
+    assert got["grads"] == want["grads"] - 36 * 4 and got["optimizer"] == 2 * got["grads"]
+
+
+def test_measuring_leaves_the_model_alone():
+    m = tiny_model().train()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    measure.train_memory(m, (4, 1, 8, 8))
+    measure.latency(m, (4, 1, 8, 8), repeats=2, warmup=1)
+    measure.macs(m, (1, 1, 8, 8))
+    after = m.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert m.training and all(p.grad is None for p in m.parameters())
+
+
+def test_macs_and_params_match_the_reference():
+    m = zoo.create("dla34", 1000)
+    want = DLA34_MACS_224
+    if REFERENCE.is_file():
+        ref = json.loads(REFERENCE.read_text())["models"]["dla34"]
+        want = ref["macs_224"]
+        assert measure.params(m) == ref["params_1000_classes"]
+    assert want == DLA34_MACS_224
+    assert measure.macs(m, (1, 3, 224, 224)) == want
+
+
+def test_latency_reports_medians_and_throughput():
+    m = zoo.create("dla46_c", 10)
+    lat = measure.latency(m, (4, 3, 32, 32), repeats=3, warmup=1, channels_last=True)
+    assert lat["batch"] == 4 and lat["channels_last"] is True and lat["threads"] >= 1
+    assert lat["infer_ms_1"] > 0 and lat["infer_ms_B"] > 0 and lat["train_step_ms"] > 0
+    assert lat["train_images_per_s"] == pytest.approx(4 / (lat["train_step_ms"] / 1e3))
+    only = measure.latency(m, (4, 3, 32, 32), repeats=1, warmup=0, train=False)
+    assert "train_step_ms" not in only and "infer_ms_B" in only
