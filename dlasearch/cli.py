@@ -27,6 +27,12 @@ def parse_overrides(items: list[str], aliases: dict | None = None) -> dict:
         key, _, value = it.partition("=")
         if aliases and key in aliases:
             items[i] = f"{aliases[key]}={value}"
+    keys = [it.partition("=")[0] for it in items]
+    for k in keys:
+        nested = [o for o in keys if o.startswith(k + ".")]
+        if nested:
+            raise DLASearchError(f"options {k}=... and {nested[0]}=... conflict: {k} cannot be both a value "
+                                 f"and a section; write {k}.<field>=... for each field instead")
     try:
         return OmegaConf.to_container(OmegaConf.from_dotlist(items), resolve=True)
     except OmegaConfBaseException as e:
@@ -107,12 +113,12 @@ def cmd_worker(args: dict) -> int:
     """Attach this process to an existing study (``study=NAME storage=URL``)."""
     from dlasearch import search
 
-    unknown = set(args) - {"study", "storage", "threads", "trials"}
+    unknown = set(args) - {"study", "storage", "threads", "trials", "index"}
     if unknown or "study" not in args:
         raise DLASearchError(f"worker: needs study=NAME [storage=URL] [threads=N] [trials=N]; "
                              f"unknown: {sorted(unknown)}" if unknown else "worker: needs study=NAME")
     storage = str(args.get("storage") or f"results/{args['study']}/journal.log")
-    study, sp = search.attach(str(args["study"]), storage)
+    study, sp = search.attach(str(args["study"]), storage, args.get("index"))
     if "threads" in args:
         sp["study"]["threads"] = int(args["threads"])
     if "trials" in args:

@@ -58,7 +58,7 @@ SCHEMA: dict[str, Any] = {
              "path": (str, type(None)), "limit": (int, type(None))},
     "train": {"epochs": int, "batch_size": int, "lr": float, "momentum": float, "weight_decay": float,
               "warmup_epochs": float, "label_smoothing": float, "steps": (int, type(None)), "device": str,
-              "channels_last": bool},
+              "channels_last": bool, "nesterov": bool, "augment": bool, "precision": str},
     "study": {"name": (str, type(None)), "storage": (str, type(None)), "trials": int, "workers": int,
               "seed": int, "sampler": str, "pruner": str, "timeout": (int, float, type(None)),
               "heartbeat": int, "grace": int, "results": str},
@@ -130,11 +130,17 @@ def _check_section(d: dict, schema: dict, path: str) -> dict:
     return out
 
 
-def _merge(base: dict, over: dict) -> dict:
+_FORMS = ("choices", "value", "low", "high", "step", "log")
+
+
+def _merge(base: dict, over: dict, path: str = "") -> dict:
+    """Deep merge; inside ``params.<name>`` a new form (choices/value/range) replaces the old one."""
     out = dict(base)
+    if path.startswith("params.") and path.count(".") == 1 and any(f in over for f in _FORMS):
+        out = {k: v for k, v in out.items() if k not in _FORMS}
     for k, v in over.items():
-        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) \
-            and k not in ("params", "backbone") else v
+        sub = f"{path}.{k}" if path else k
+        out[k] = _merge(out[k], v, sub) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 

@@ -1,0 +1,81 @@
+"""Search overhead: time per trial spent outside training (sampling, build, compile, measure, storage).
+
+For a tiny space on `digits`, runs trials against an in-memory study and a
+journal file, and reports the non-training share of each trial; then trials/hour
+with workers=1 vs workers=2 on the same journal setup.
+
+    .venv/bin/python bench/search_overhead.py [--trials 8] [--epochs 1]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import optuna
+
+from dlasearch import search, space
+from dlasearch import train as trainmod
+
+
+def tiny_space(results: str, trials: int, epochs: int, workers: int = 1) -> dict:
+    return space.load("hda", {"study": {"results": results, "trials": trials, "workers": workers},
+                              "train": {"epochs": epochs}, "data": {"limit": 600},
+                              "params": {"width": {"choices": [8, 16]}, "growth": {"value": 2.0}},
+                              "seed_published": False})
+
+
+def overhead(study, sp, data) -> tuple[float, float]:
+    """Median trial seconds and median non-training share over the study's trials."""
+    train_s: dict[int, float] = {}
+
+    def timed_train(model, d, config, callback=None):
+        t = time.perf_counter()
+        res = trainmod.train(model, d, config, callback=callback)
+        train_s[len(train_s)] = time.perf_counter() - t
+        return res
+    search.work(study, sp, data=data, log=lambda *a: None, train_fn=timed_train)
+    trials = [t for t in study.get_trials() if t.duration and t.user_attrs.get("duplicate_of") is None
+              and t.user_attrs.get("rejected") is None]
+    total = [t.duration.total_seconds() for t in trials]
+    shares = [(d - train_s[i]) / d for i, d in enumerate(total) if i in train_s]
+    return statistics.median(total), statistics.median(shares)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=1)
+    args = ap.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        sp = tiny_space(tmp, args.trials, args.epochs)
+        data = search.load_data(sp)
+        mem = optuna.create_study(direction="maximize", sampler=search.make_sampler(sp),
+                                  pruner=optuna.pruners.NopPruner())
+        mem.set_user_attr("space", __import__("json").dumps(sp))
+        rows.append(("in-memory", *overhead(mem, sp, data)))
+        journal = search.open_study(sp)
+        rows.append(("journal file", *overhead(journal, sp, data)))
+    print(f"tiny hda space on digits (600 images, 32x32), {args.epochs} epoch(s) per trial, "
+          f"{args.trials} trials\n")
+    print("| storage | median trial (s) | outside training |")
+    print("|---|---:|---:|")
+    for name, d, share in rows:
+        print(f"| {name} | {d:.2f} | {share:.1%} |")
+    print()
+    print("| workers | trials | wall (s) | trials/hour |")
+    print("|---:|---:|---:|---:|")
+    for workers in (1, 2):
+        with tempfile.TemporaryDirectory() as tmp:
+            sp = tiny_space(tmp, args.trials, args.epochs, workers)
+            t = time.perf_counter()
+            search.run(sp, log=lambda *a: None)
+            wall = time.perf_counter() - t
+            n = len(search.open_study(sp, create=False).get_trials())
+            print(f"| {workers} | {n} | {wall:.1f} | {3600 * n / wall:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

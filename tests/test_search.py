@@ -1,0 +1,229 @@
+"""Real Optuna studies on `digits` with tiny budgets: resume, workers, faults, duplicates, budgets."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from dlasearch import search, space
+from dlasearch.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+SMALL = {"width": {"choices": [8, 16]}, "growth": {"value": 2.0}, "levels": {"low": 1, "high": 2},
+         "block": {"choices": ["basic", "bottleneck"]}, "root_kernel": {"choices": [1, 3]}}
+
+
+def tiny(tmp_path, name="hda", small=True, **over):
+    """A space with a 300-image slice of digits and 1-epoch training: seconds per trial.
+
+    ``small`` narrows hda's widths so tests that are about the study, not the space, stay fast."""
+    base = {"study": {"results": str(tmp_path), "trials": 2, "seed": 0}, "train": {"epochs": 1},
+            "data": {"limit": 300}}
+    if small and name == "hda":
+        base["params"] = {"pattern": {"value": "hda"}, **SMALL}
+    for k, v in over.items():
+        base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
+    return space.load(name, base)
+
+
+def trials(sp):
+    return search.open_study(sp, create=False).get_trials(deepcopy=False)
+
+
+def cli(tmp_path, *args, **kw):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    small = ["params.width.choices=[8,16]", "params.growth.choices=[2.0]"]
+    return subprocess.Popen([sys.executable, "-m", "dlasearch.cli", "run", *args, *small,
+                             f"study.results={tmp_path}", "data.limit=300"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+@pytest.mark.parametrize("name", ["skip", "ida", "hda", "dla", "figure1", "compact"])
+def test_each_shipped_space_runs_a_trial(tmp_path, name):
+    sp = tiny(tmp_path, name, small=False, study={"trials": 1}, seed_published=False)
+    summary = search.run(sp, log=lambda *a: None)
+    t = trials(sp)
+    assert len(t) == 1 and t[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
+    if t[0].state == TrialState.COMPLETE:
+        assert 0 <= t[0].user_attrs["val_accuracy"] <= 1 and t[0].user_attrs["params"] > 0
+        assert (Path(summary["dir"]) / "best" / "trial0.ir.json").exists()
+    assert (Path(summary["dir"]) / "trials.csv").read_text().startswith("number,state")
+
+
+def test_resume_adds_trials_without_duplicates(tmp_path):
+    sp = tiny(tmp_path, seed_published=False)
+    search.run(sp, log=lambda *a: None)
+    assert len(trials(sp)) == 2
+    sp4 = tiny(tmp_path, study={"trials": 4}, seed_published=False)
+    search.run(sp4, log=lambda *a: None)
+    t = trials(sp4)
+    assert [x.number for x in t] == [0, 1, 2, 3]
+    assert all(x.state in (TrialState.COMPLETE, TrialState.PRUNED) for x in t)
+
+
+def test_resume_refuses_a_changed_space(tmp_path):
+    search.run(tiny(tmp_path, study={"trials": 1}), log=lambda *a: None)
+    with pytest.raises(search.SearchError, match="different train"):
+        search.open_study(tiny(tmp_path, train={"epochs": 2}))
+
+
+def test_published_configs_are_enqueued_first(tmp_path):
+    sp = tiny(tmp_path, "dla", study={"trials": 1}, budget={"params": 1e9})
+    search.run(sp, log=lambda *a: None)
+    t = trials(sp)[0]
+    assert t.user_attrs["seeded_from"] == "dla34"
+    assert t.params["block"] == "basic" and t.params["width"] == 64
+
+
+def test_duplicate_architecture_is_not_retrained(tmp_path):
+    calls = []
+    from dlasearch import train as trainmod
+
+    def counting_train(*a, **kw):
+        calls.append(1)
+        return trainmod.train(*a, **kw)
+    sp = tiny(tmp_path, "figure1", params={"pattern": {"value": "hda"}, "width": {"value": 16},
+                                           "growth": {"value": 2.0}, "levels": {"value": 1}},
+              study={"trials": 3, "sampler": "random"})
+    study = search.open_study(sp)
+    search.work(study, sp, log=lambda *a: None, train_fn=counting_train)
+    t = study.get_trials(deepcopy=False)
+    assert len(calls) == 1
+    assert [x.user_attrs.get("duplicate_of") for x in t] == [None, 0, 0]
+    assert t[1].values == t[0].values
+
+
+def test_over_budget_is_rejected_before_training(tmp_path):
+    calls = []
+    sp = tiny(tmp_path, budget={"params": 1000}, study={"trials": 1})
+    study = search.open_study(sp)
+    search.work(study, sp, log=lambda *a: None, train_fn=lambda *a, **k: calls.append(1))
+    t = study.get_trials()[0]
+    assert not calls and t.state == TrialState.PRUNED
+    assert "params=" in t.user_attrs["rejected"] and "> budget 1000" in t.user_attrs["rejected"]
+
+
+def test_nan_trial_fails_with_reason_and_study_continues(tmp_path):
+    sp = tiny(tmp_path, train={"lr": 1e6}, study={"trials": 2}, seed_published=False)
+    search.run(sp, log=lambda *a: None)
+    t = trials(sp)
+    assert len(t) == 2 and all(x.state == TrialState.FAIL for x in t)
+    assert all("NaN" in x.user_attrs["fail_reason"] for x in t)
+
+
+def test_multi_objective_gives_a_pareto_front(tmp_path):
+    sp = tiny(tmp_path, "compact", study={"trials": 3}, budget={"params": None, "train_memory": None})
+    summary = search.run(sp, log=lambda *a: None)
+    study = search.open_study(sp, create=False)
+    assert len(study.directions) == 2 and summary["best"]
+    assert all(len(t.values) == 2 for t in study.best_trials)
+    assert not any(t.intermediate_values for t in study.trials)
+
+
+def test_two_workers_share_one_journal(tmp_path):
+    sp = tiny(tmp_path, study={"trials": 4, "workers": 2}, seed_published=False)
+    search.run(sp, log=lambda *a: None)
+    t = trials(sp)
+    assert len(t) >= 4 and len({x.number for x in t}) == len(t)
+    assert not [x for x in t if x.state == TrialState.RUNNING]
+    workers = {x.user_attrs.get("worker") for x in t}
+    assert len(workers) == 2
+
+
+def _wait_running(journal, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if journal.exists():
+            st = search.open_storage(str(journal))
+            for s in optuna.get_all_study_summaries(st, include_best_trial=False):
+                ts = optuna.load_study(study_name=s.study_name, storage=st).get_trials(deepcopy=False)
+                if any(t.state == TrialState.RUNNING and "heartbeat" in t.user_attrs for t in ts):
+                    return True
+        time.sleep(0.2)
+    return False
+
+
+def test_sigkilled_worker_leaves_no_running_trial(tmp_path):
+    args = ["space=hda", "trials=2", "epochs=3", "seed_published=false"]
+    first = cli(tmp_path, *args[:1], "trials=1", *args[2:])
+    assert first.wait(timeout=300) == 0, first.stdout.read()
+    proc = cli(tmp_path, *args)
+    assert _wait_running(tmp_path / "hda" / "journal.log")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    study = search.open_study(tiny(tmp_path, small=False, study={"trials": 2}, train={"epochs": 3},
+                                   params={"width": {"choices": [8, 16]}, "growth": {"choices": [2.0]}},
+                                   seed_published=False), create=False)
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE, TrialState.RUNNING]
+    done_before = study.get_trials()[0]
+    again = cli(tmp_path, *args)
+    out, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, out
+    assert "stale" in out
+    t = study.get_trials()
+    assert not [x for x in t if x.state == TrialState.RUNNING]
+    assert t[0].values == done_before.values and t[0].state == TrialState.COMPLETE
+    assert t[1].state == TrialState.FAIL and t[1].user_attrs["stale"]
+    assert t[2].user_attrs["retry_of"] == 1 and t[2].state != TrialState.RUNNING
+
+
+def test_ctrl_c_stops_cleanly(tmp_path):
+    proc = cli(tmp_path, "space=hda", "trials=3", "epochs=3", "seed_published=false")
+    assert _wait_running(tmp_path / "hda" / "journal.log")
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    st = search.open_storage(str(tmp_path / "hda" / "journal.log"))
+    t = optuna.load_study(study_name="hda", storage=st).get_trials()
+    assert t and not [x for x in t if x.state == TrialState.RUNNING]
+    assert t[-1].user_attrs.get("fail_reason") == "interrupted (Ctrl-C)"
+
+
+def test_worker_attaches_to_an_existing_study(tmp_path):
+    sp = tiny(tmp_path, study={"trials": 1}, seed_published=False)
+    search.run(sp, log=lambda *a: None)
+    journal = tmp_path / "hda" / "journal.log"
+    assert main(["worker", "study=hda", f"storage={journal}", "trials=2"]) == 0
+    assert len(trials(sp)) == 2
+
+
+def test_missing_study_is_one_line(tmp_path, capsys):
+    assert main(["worker", "study=nope", f"storage={tmp_path / 'j.log'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "study 'nope' not found" in err and len(err.splitlines()) == 1
+
+
+def _pg_url():
+    url = os.environ.get("DLASEARCH_TEST_POSTGRES")
+    if not url:
+        return None
+    try:
+        import sqlalchemy
+        sqlalchemy.create_engine(url).connect().close()
+    except Exception as e:  # noqa: BLE001 - any connection failure means no server
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL at {url} is not reachable in CI: {e}")
+        return None
+    return url
+
+
+def test_postgres_two_workers(tmp_path):
+    url = _pg_url()
+    if url is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must provide DLASEARCH_TEST_POSTGRES (.ci/run starts a server)")
+        pytest.skip("no PostgreSQL server: set DLASEARCH_TEST_POSTGRES=postgresql://... (.ci/run does)")
+    name = f"pg{os.getpid()}_{int(time.time())}"
+    sp = tiny(tmp_path, study={"trials": 4, "workers": 2, "storage": url, "name": name}, seed_published=False)
+    search.run(sp, log=lambda *a: None)
+    t = search.open_study(sp, create=False).get_trials()
+    assert len(t) >= 4 and not [x for x in t if x.state == TrialState.RUNNING]
+    assert len({x.user_attrs.get("worker") for x in t}) == 2
+    optuna.delete_study(study_name=name, storage=url)
