@@ -112,6 +112,17 @@ def train_memory(model: torch.nn.Module, input_shape, optimizer_states: int = 1,
     return out
 
 
+def _train_step(model, opt, x, device, autocast_dtype):
+    """One optimiser step on a fixed batch, as a closure to time or to measure memory with."""
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with autocast(device, autocast_dtype):
+            loss = _loss(model(x))
+        loss.backward()
+        opt.step()
+    return step
+
+
 def _cuda_peak(model, input_shape, optimizer_states: int, autocast_dtype) -> int:
     device = _device(model)
     torch.cuda.synchronize(device)
@@ -119,15 +130,7 @@ def _cuda_peak(model, input_shape, optimizer_states: int, autocast_dtype) -> int
     m = copy.deepcopy(model).train()
     opt = (torch.optim.Adam(m.parameters(), lr=0.0) if optimizer_states >= 2 else
            torch.optim.SGD(m.parameters(), lr=0.0, momentum=0.9 if optimizer_states == 1 else 0.0))
-    x = torch.randn(tuple(input_shape), device=device)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        with autocast(device, autocast_dtype):
-            loss = _loss(m(x))
-        loss.backward()
-        opt.step()
-
+    step = _train_step(m, opt, torch.randn(tuple(input_shape), device=device), device, autocast_dtype)
     step()
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
@@ -185,14 +188,7 @@ def latency(model: torch.nn.Module, input_shape, repeats: int = 10, warmup: int 
         m.train()
         opt = torch.optim.SGD(m.parameters(), lr=0.0, momentum=0.9)
         x = torch.randn(tuple(input_shape), device=device).contiguous(memory_format=fmt)
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            with autocast(device, autocast_dtype):
-                loss = _loss(m(x))
-            loss.backward()
-            opt.step()
-
+        step = _train_step(m, opt, x, device, autocast_dtype)
         out["train_step_ms"] = _median_ms(step, repeats, warmup, device)
         out["train_images_per_s"] = b / (out["train_step_ms"] / 1e3)
     return out
