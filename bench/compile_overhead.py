@@ -2,7 +2,8 @@
 
 Both share the very same parameter modules, so the difference is the cost of
 interpreting the graph in Python (ordering, input lookup, dispatch per kind).
-Prints a table: train-step ms at batch 64, 32x32, and IR -> module build time.
+Prints a table: train-step ms at batch 64, 32x32, eval forward ms at batch 1 (where
+per-op Python overhead shows most), and IR -> module build time.
 
     .venv/bin/python bench/compile_overhead.py [--steps 20] [--threads 2]
 """
@@ -84,6 +85,19 @@ def step_ms(model, x, y, steps):
     return statistics.median(times)
 
 
+@torch.no_grad()
+def infer_ms(model, x, repeats):
+    model.eval()
+    times = []
+    for i in range(repeats + 5):
+        t = time.perf_counter()
+        model(x)
+        if i >= 5:
+            times.append((time.perf_counter() - t) * 1e3)
+    model.train()
+    return statistics.median(times)
+
+
 def deep_hda():
     return build({"pattern": "hda", "num_classes": 10, "stem": {"channels": 16, "kernel": 3},
                   "conv_stages": [{"convs": 1, "channels": 16}, {"convs": 1, "channels": 32, "stride": 2}],
@@ -118,13 +132,17 @@ def main():
         c1, i1 = step_ms(model, x, y, args.steps), step_ms(interp, x, y, args.steps)
         c2, i2 = step_ms(model, x, y, args.steps), step_ms(interp, x, y, args.steps)
         c, i = min(c1, c2), min(i1, i2)
-        rows.append((name, len(ir), build_ms, c, i, i / c))
+        x1 = x[:1]
+        f1 = min(infer_ms(model, x1, 50), infer_ms(model, x1, 50))
+        g1 = min(infer_ms(interp, x1, 50), infer_ms(interp, x1, 50))
+        rows.append((name, len(ir), build_ms, c, i, i / c, f1, g1, g1 / f1))
     print(f"train step, batch {args.batch}, 32x32, {args.threads} threads, torch {torch.__version__}\n")
-    print("| model | IR nodes | IR->module build (ms) | compiled step (ms) | interpreted step (ms) "
-          "| interpreted / compiled |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| model | IR nodes | IR->module build (ms) | train step: compiled (ms) | interpreted (ms) | ratio "
+          "| batch-1 inference: compiled (ms) | interpreted (ms) | ratio |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r[0]} | {r[1]} | {r[2]:.1f} | {r[3]:.1f} | {r[4]:.1f} | {r[5]:.3f} |")
+        print(f"| {r[0]} | {r[1]} | {r[2]:.1f} | {r[3]:.1f} | {r[4]:.1f} | {r[5]:.3f} "
+              f"| {r[6]:.2f} | {r[7]:.2f} | {r[8]:.3f} |")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ with workers=1 vs workers=2 on the same journal setup.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import sys
 import statistics
 import tempfile
 import time
@@ -20,10 +23,25 @@ from dlasearch import train as trainmod
 
 
 def tiny_space(results: str, trials: int, epochs: int, workers: int = 1) -> dict:
-    return space.load("hda", {"study": {"results": results, "trials": trials, "workers": workers},
-                              "train": {"epochs": epochs}, "data": {"limit": 600},
-                              "params": {"width": {"choices": [8, 16]}, "growth": {"value": 2.0}},
-                              "seed_published": False})
+    """The six Figure-1 patterns on one small backbone, grid-sampled: every run trains the same
+    six architectures, so runs with 1 and 2 workers do the same work."""
+    return space.load("figure1", {"study": {"results": results, "trials": trials, "workers": workers},
+                                  "train": {"epochs": epochs}, "data": {"limit": 600},
+                                  "params": {"width": {"value": 16}}, "seed_published": False})
+
+
+@contextlib.contextmanager
+def quiet_fd1():
+    """Silence stdout at the file-descriptor level, so worker subprocesses are quiet too."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 1)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 def overhead(study, sp, data) -> tuple[float, float]:
@@ -45,7 +63,7 @@ def overhead(study, sp, data) -> tuple[float, float]:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trials", type=int, default=8)
+    ap.add_argument("--trials", type=int, default=6)
     ap.add_argument("--epochs", type=int, default=1)
     args = ap.parse_args()
     rows = []
@@ -58,8 +76,8 @@ def main():
         rows.append(("in-memory", *overhead(mem, sp, data)))
         journal = search.open_study(sp)
         rows.append(("journal file", *overhead(journal, sp, data)))
-    print(f"tiny hda space on digits (600 images, 32x32), {args.epochs} epoch(s) per trial, "
-          f"{args.trials} trials\n")
+    print(f"figure1 space (six patterns, width 16) on digits (600 images, 32x32), {args.epochs} epoch(s) "
+          f"per trial, {args.trials} trials\n")
     print("| storage | median trial (s) | outside training |")
     print("|---|---:|---:|")
     for name, d, share in rows:
@@ -71,7 +89,8 @@ def main():
         with tempfile.TemporaryDirectory() as tmp:
             sp = tiny_space(tmp, args.trials, args.epochs, workers)
             t = time.perf_counter()
-            search.run(sp, log=lambda *a: None)
+            with quiet_fd1():
+                search.run(sp, log=lambda *a: None)
             wall = time.perf_counter() - t
             n = len(search.open_study(sp, create=False).get_trials())
             print(f"| {workers} | {n} | {wall:.1f} | {3600 * n / wall:.0f} |")

@@ -462,7 +462,12 @@ def export(study: optuna.Study, space: dict, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     df = trials_frame(study)
     _write_atomic(out / "trials.csv", df.to_csv(index=False))
-    best = study.best_trials if any(t.state == TrialState.COMPLETE for t in study.trials) else []
+    best, seen = [], set()
+    if any(t.state == TrialState.COMPLETE for t in study.trials):
+        for t in study.best_trials:  # ties and repeated architectures: one file per fingerprint
+            if t.user_attrs.get("fingerprint") not in seen:
+                seen.add(t.user_attrs.get("fingerprint"))
+                best.append(t)
     best_dir = out / "best"
     best_dir.mkdir(exist_ok=True)
     for t in best:
@@ -471,10 +476,12 @@ def export(study: optuna.Study, space: dict, log=print) -> dict:
                                                                           indent=1))
     cols = [c for c in ("number", "state", "pattern", "val_accuracy", "params", "macs", "train_memory",
                         "arch") if c in df.columns]
-    top = df[df.state == "COMPLETE"].sort_values("val_accuracy", ascending=False).head(10)[cols] \
-        if "val_accuracy" in df.columns else df[cols]
+    unique = df[(df.state == "COMPLETE") & df.duplicate_of.isna()] if len(df) else df
+    top = unique.sort_values("val_accuracy", ascending=False).head(10)[cols] if len(unique) else unique
+    dups = int(df.duplicate_of.notna().sum()) if len(df) else 0
     log(f"\n{len(df)} trials in {study_name(space)!r}: "
-        + ", ".join(f"{n} {s}" for s, n in df.state.value_counts().items()))
+        + ", ".join(f"{n} {s}" for s, n in df.state.value_counts().items())
+        + (f" ({dups} answered from an identical earlier architecture)" if dups else ""))
     if len(top):
         log(top.to_markdown(index=False, floatfmt=".4g"))
     log(f"\nwrote {out / 'trials.csv'} and {len(best)} best architecture(s) under {best_dir}")
