@@ -127,12 +127,29 @@ def cmd_worker(args: dict) -> int:
     return 0
 
 
+def cmd_compare(args: dict) -> int:
+    """Train every aggregation pattern at one parameter budget over seeds; table, CSVs and plots."""
+    from dlasearch import compare
+
+    return compare.command(args)
+
+
+def cmd_report(args: dict) -> int:
+    """Summarise a study: trials table, Pareto/history, importance, plots, top-k diagrams, report.md."""
+    from dlasearch import report
+
+    return report.command(args)
+
+
 COMMANDS = {
     "zoo": (cmd_zoo, "table of the DLA model zoo (params, MACs, blocks, aggregation nodes)"),
     "run": (cmd_run, "search a space with Optuna: space=hda [trials=N epochs=E storage=URL workers=K ...]"),
     "worker": (cmd_worker, "attach a worker process to a study: study=NAME storage=URL"),
     "train": (cmd_train, "train one architecture on a dataset; print and save its metrics"),
     "render": (cmd_render, "draw an architecture (or arch=figure1) as svg/png/pdf with graphviz"),
+    "compare": (cmd_compare, "train every pattern at one params budget over seeds: "
+                             "patterns=chain,ida,dla budget.params=P seeds=3 epochs=E"),
+    "report": (cmd_report, "report on a study: study=NAME [storage=URL out=DIR top=3]"),
 }
 
 

@@ -349,7 +349,8 @@ def validate(ir: IR) -> IR:
     dead = [n for n in ir.order() if n not in live]
     if dead:
         raise IRError(f"node {dead[0]!r}: does not reach any output (dead nodes: {dead})")
-    unreached = [n for n in ir.order() if n != inputs[0] and n not in nx.descendants(ir, inputs[0])]
+    reached = nx.descendants(ir, inputs[0])
+    unreached = [n for n in ir.order() if n != inputs[0] and n not in reached]
     if unreached:
         raise IRError(f"node {unreached[0]!r}: is not reachable from the input {inputs[0]!r}")
     seen: dict[str, str] = {}

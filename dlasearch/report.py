@@ -1,0 +1,427 @@
+"""One report per search study: ``dlasearch report study=NAME``.
+
+A study (journal file or RDB such as PostgreSQL) becomes a folder of plain
+files a reader can open without Optuna: the trials table (CSV + markdown), the
+optimisation history (one objective) or the Pareto front (several), parameter
+importance, accuracy against params/MACs/training memory coloured by pattern,
+graphviz diagrams of the top-k architectures, and ``report.md`` linking them
+all with relative links.  It works on a running study too (it reports what is
+finished and says how many trials are still running).
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from dlasearch.compare import CompareError, check_writable, color, save_figure
+from dlasearch.errors import DLASearchError
+
+OPTIONS = ("study", "storage", "out", "top")
+MARKER = "report.json"
+COSTS = (("params", 1e3, "parameters (thousands)"), ("macs", 1e6, "MACs per image (millions)"),
+         ("train_memory", 2 ** 20, "training memory (MiB)"))
+
+
+class ReportError(DLASearchError):
+    """A study that cannot be reported on as asked."""
+
+
+# ------------------------------------------------------------------ loading
+
+def open_study(name: str, storage: str | None = None):
+    """(study, storage URL); the journal under ``results/<name>/`` unless ``storage`` is given."""
+    import optuna
+
+    from dlasearch import search
+
+    url = str(storage) if storage else str(Path("results") / name / "journal.log")
+    local = url[len("journal://"):] if url.startswith("journal://") else url
+    if "://" not in local and not Path(local).is_file():
+        raise ReportError(f"study {name!r}: no journal file at {local}; pass storage=URL (a journal file or a "
+                          f"database such as postgresql://user@host/db)")
+    if local.startswith("sqlite:///") and not Path(local[len("sqlite:///"):]).is_file():
+        raise ReportError(f"study {name!r}: no database file at {local[len('sqlite:///'):]}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    st = search.open_storage(url)
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(st, include_best_trial=False))
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ReportError(f"study {name!r} not found in {url}{hint}; existing: {', '.join(names) or 'none'}")
+    return optuna.load_study(study_name=name, storage=st), url
+
+
+def objectives(study) -> list[str]:
+    """Objective names from the space stored with the study (``objective<i>`` for foreign studies)."""
+    space = _space(study)
+    names = space.get("objectives") if space else None
+    if isinstance(names, list) and len(names) == len(study.directions):
+        return [str(n) for n in names]
+    return [f"objective{i}" for i in range(len(study.directions))]
+
+
+def _space(study) -> dict:
+    try:
+        return json.loads(study.user_attrs.get("space") or "{}")
+    except json.JSONDecodeError:
+        return {}
+
+
+def complete_trials(study) -> list:
+    from optuna.trial import TrialState
+
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def top_trials(study, k: int) -> list:
+    """The best ``k`` distinct architectures by validation accuracy (else by the first objective)."""
+    done = [t for t in complete_trials(study) if "ir" in t.user_attrs and not t.user_attrs.get("duplicate_of")]
+    if any(t.user_attrs.get("val_accuracy") is not None for t in done):
+        done = [t for t in done if t.user_attrs.get("val_accuracy") is not None]
+        done.sort(key=lambda t: (-t.user_attrs["val_accuracy"], t.number))
+    else:
+        sign = 1 if study.directions[0].name == "MINIMIZE" else -1
+        done.sort(key=lambda t: (sign * t.values[0], t.number))
+    out, seen = [], set()
+    for t in done:
+        fp = t.user_attrs.get("fingerprint") or t.number
+        if fp not in seen:
+            seen.add(fp)
+            out.append(t)
+    return out[:k]
+
+
+# ------------------------------------------------------------------ pieces
+
+def _pyplot():
+    """pyplot on the Agg backend unless the caller already chose one (reports are headless)."""
+    import matplotlib
+
+    if "matplotlib.pyplot" not in sys.modules:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _optuna_plot(fn, stem: Path, **kw) -> list[Path]:
+    """An ``optuna.visualization.matplotlib`` plot, saved; its global style change is undone after."""
+    import matplotlib
+    import optuna
+
+    plt = _pyplot()
+    with matplotlib.rc_context(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        ax = fn(**kw)
+        fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+        try:
+            return save_figure(fig, stem)
+        finally:
+            plt.close(fig)
+
+
+def progress_plot(study, names: list[str], out: Path) -> tuple[list[Path], str]:
+    """History (one objective) or Pareto front (several): (files, note when there is nothing to plot)."""
+    from optuna.visualization import matplotlib as ovm
+
+    if not complete_trials(study):
+        return [], "No complete trials yet, so no history or Pareto front."
+    if len(names) == 1:
+        return _optuna_plot(ovm.plot_optimization_history, out / "history", study=study, target_name=names[0]), ""
+    kw = {"target_names": names}
+    if len(names) > 3:
+        kw = {"target_names": names[:2], "targets": lambda t: (t.values[0], t.values[1])}
+    files = _optuna_plot(ovm.plot_pareto_front, out / "pareto", study=study, **kw)
+    return files, ("" if len(names) <= 3 else f"Showing the first two of {len(names)} objectives.")
+
+
+def importance(study, names: list[str]):
+    """fANOVA parameter importances per objective as a DataFrame (params x objectives), or a reason string."""
+    import optuna
+    import pandas as pd
+
+    n = len(complete_trials(study))
+    if n < 2:
+        return f"Parameter importance needs at least 2 complete trials; this study has {n}."
+    cols = {}
+    for i, name in enumerate(names):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                imp = optuna.importance.get_param_importances(
+                    study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
+                    target=(lambda t, i=i: t.values[i]) if len(names) > 1 else None)
+        except (RuntimeError, ValueError) as e:
+            return f"Parameter importance could not be computed from {n} complete trials: {e}"
+        cols[name] = imp
+    df = pd.DataFrame(cols).fillna(0.0)
+    if df.empty:
+        return (f"Parameter importance needs a parameter sampled in every complete trial with at least two "
+                f"values; none of the {n} complete trials' parameters qualifies.")
+    return df.sort_values(names[0], ascending=False)
+
+
+def importance_plot(df, out: Path) -> list[Path]:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 0.45 * len(df) * max(1, len(df.columns)) + 1.4))
+    ax = fig.subplots()
+    h = 0.8 / len(df.columns)
+    ys = range(len(df))
+    for j, col in enumerate(df.columns):
+        ax.barh([y + j * h for y in ys], df[col], height=h, label=col)
+    ax.set_yticks([y + h * (len(df.columns) - 1) / 2 for y in ys], list(df.index))
+    ax.invert_yaxis()
+    ax.set_xlabel("importance (fANOVA, normalised)")
+    if len(df.columns) > 1:
+        ax.legend(fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    return save_figure(fig, out / "importance")
+
+
+def accuracy_plot(df, out: Path) -> list[Path]:
+    """Validation accuracy against params, MACs and training memory, one colour per pattern."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    fig = Figure(figsize=(13, 4.2))
+    axes = fig.subplots(1, len(COSTS), sharey=True)
+    patterns = sorted(df.pattern.fillna("?").unique())
+    for ax, (col, scale, label) in zip(axes, COSTS):
+        for p in patterns:
+            sel = df[df.pattern.fillna("?") == p]
+            ax.scatter(sel[col] / scale, 100 * sel.val_accuracy, s=22, alpha=0.8, color=color(p), label=p)
+        x = df[col].dropna()
+        if len(x) and x.min() > 0 and x.max() / x.min() > 20:  # log only where the range needs it
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("validation accuracy (%)")
+    axes[-1].legend(fontsize=8, loc="lower right")
+    fig.suptitle("complete trials: accuracy vs cost, coloured by pattern")
+    return save_figure(fig, out / "accuracy_vs_cost")
+
+
+def diagrams(study, trials: list, out: Path) -> tuple[list[tuple], str]:
+    """Draw each top trial (svg + png) and save its IR/spec; returns ([(trial, files)], note)."""
+    from dlasearch import render
+    from dlasearch.ir import from_json, to_json
+    from dlasearch.train import write_atomic
+
+    drawn, note = [], ""
+    for rank, t in enumerate(trials, start=1):
+        graph = from_json(t.user_attrs["ir"])
+        stem = out / "arch" / f"top{rank}-trial{t.number}"
+        files = []
+        try:
+            write_atomic(stem.with_suffix(".ir.json"), to_json(graph, indent=1) + "\n")
+            if t.user_attrs.get("spec"):
+                write_atomic(stem.with_suffix(".spec.json"), json.dumps(json.loads(t.user_attrs["spec"]), indent=1)
+                             + "\n")
+        except OSError as e:
+            raise ReportError(f"cannot write {stem.parent}: {e.strerror or e}") from None
+        files += [stem.with_suffix(".ir.json")] + ([stem.with_suffix(".spec.json")] if t.user_attrs.get("spec")
+                                                    else [])
+        title = f"trial {t.number}: {t.user_attrs.get('arch') or t.user_attrs.get('pattern', '')}"
+        try:
+            files += [render.render(graph, stem.with_suffix(f".{fmt}"), format=fmt, title=title)
+                      for fmt in ("svg", "png")]
+        except DLASearchError as e:
+            note = f"Diagrams were not drawn: {e}"
+        drawn.append((t, files))
+    return drawn, note
+
+
+# ------------------------------------------------------------------ the report
+
+def _fmt(v, spec=".4g") -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and spec == ",":
+        return f"{v:,.0f}"
+    return format(v, spec) if isinstance(v, (int, float)) else str(v)
+
+
+def _markdown(df) -> str:
+    """A frame as a markdown table: counts as integers, other numbers to 4 digits, missing values blank.
+
+    Formatted here, not by tabulate, which would print a count column holding one
+    missing value as floats (195802 -> 1.958e+05)."""
+    import pandas as pd
+
+    df = df.copy()
+    for col in df.columns:
+        if col in ("number", "params", "macs", "train_memory", "epochs_trained", "duplicate_of", "retry_of"):
+            df[col] = [("" if pd.isna(v) else str(int(v))) for v in df[col]]
+        elif pd.api.types.is_float_dtype(df[col]):
+            df[col] = [("" if pd.isna(v) else f"{v:.4g}") for v in df[col]]
+        else:
+            df[col] = [("" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)) for v in df[col]]
+    return df.to_markdown(index=False, disable_numparse=True)
+
+
+def _rel(path: Path, out: Path) -> str:
+    return path.relative_to(out).as_posix()
+
+
+def _images(files: list[Path], out: Path, alt: str) -> list[str]:
+    svg = [f for f in files if f.suffix == ".svg"]
+    png = [f for f in files if f.suffix == ".png"]
+    lines = [f"![{alt}]({_rel(f, out)})" for f in svg]
+    if png:
+        lines.append(" · ".join(f"[PNG]({_rel(f, out)})" for f in png))
+    return lines
+
+
+def _prepare(out: Path, name: str, url: str) -> None:
+    """Refuse a folder holding something other than this study's report; clear files of an older report."""
+    check_writable(out)
+    marker = out / MARKER
+    if marker.is_file():
+        try:
+            old = json.loads(marker.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = {}
+        if old.get("study") != name:
+            raise ReportError(f"out={str(out)!r} holds the report of study {old.get('study')!r}; give another out=")
+        for rel in old.get("files", []):
+            p = (out / rel)
+            if p.is_file() and out.resolve() in p.resolve().parents:
+                p.unlink()
+    elif out.exists() and any(out.iterdir()):
+        raise ReportError(f"out={str(out)!r} is not empty and holds no report ({MARKER} is missing); "
+                          f"give another out=")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ReportError(f"out={str(out)!r}: cannot create it: {e.strerror or e}") from None
+
+
+def report(name: str, storage: str | None = None, out=None, top: int = 3, log=print) -> Path:
+    """Write the study's report folder; returns the path of ``report.md``."""
+    from dlasearch import search
+    from dlasearch.train import write_atomic
+
+    if isinstance(top, bool) or not isinstance(top, int) or top < 0:
+        raise ReportError(f"top={top!r}: expected an int >= 0 (architectures to draw)")
+    study, url = open_study(str(name), storage)
+    out = Path(str(out)).expanduser() if out is not None else Path("results") / str(name) / "report"
+    try:
+        _prepare(out, str(name), url)
+    except CompareError as e:
+        raise ReportError(str(e)) from None
+    names = objectives(study)
+    directions = [d.name.lower() for d in study.directions]
+    df = search.trials_frame(study)
+    files: list[Path] = []
+
+    def text(fname: str, body: str) -> Path:
+        try:
+            write_atomic(out / fname, body)
+        except OSError as e:
+            raise ReportError(f"cannot write {out / fname}: {e.strerror or e}") from None
+        files.append(out / fname)
+        return out / fname
+
+    text("trials.csv", df.to_csv(index=False))
+    text("trials.md", f"# Trials of `{name}`\n\n" + (_markdown(df) if len(df) else "No trials yet.") + "\n")
+    counts = df.state.value_counts().to_dict() if len(df) else {}
+    space = _space(study)
+    md = [f"# Study report: `{name}`", "",
+          f"- storage: `{url}`",
+          f"- objectives: {', '.join(f'{n} ({d})' for n, d in zip(names, directions))}",
+          f"- trials: {len(df)}" + (f" ({', '.join(f'{n} {s.lower()}' for s, n in counts.items())})" if counts else "")]
+    if counts.get("RUNNING"):
+        md.append(f"- **the study is still running**: {counts['RUNNING']} trial(s) unfinished; this report covers "
+                  f"what was finished at {time.strftime('%Y-%m-%d %H:%M')}")
+    if space:
+        d, tr = space.get("data") or {}, space.get("train") or {}
+        md.append(f"- space: {space.get('name', '?')}"
+                  + (f" — {' '.join(str(space['description']).split())}" if space.get("description") else ""))
+    if space and d and tr:
+        md.append(f"- data: {d.get('name')} at {d.get('image_size')}px"
+                  + (f", {d['limit']} training images" if d.get("limit") else "")
+                  + f"; training: {tr.get('epochs')} epoch(s), batch {tr.get('batch_size')}, lr {tr.get('lr')}")
+    md += ["", "## Trials", ""]
+    done = df[(df.state == "COMPLETE")] if len(df) else df
+    if len(done) and "val_accuracy" in done and done.val_accuracy.notna().any():
+        cols = [c for c in ("number", "pattern", "val_accuracy", "params", "macs", "train_memory", "arch")
+                if c in done.columns]
+        best = done.sort_values("val_accuracy", ascending=False).head(10)[cols]
+        md += ["Best complete trials by validation accuracy:", "", _markdown(best), ""]
+    md += ["Every trial: [trials.csv](trials.csv) · [trials.md](trials.md)", ""]
+
+    prog, note = progress_plot(study, names, out)
+    files += prog
+    md += ["## " + ("Optimisation history" if len(names) == 1 else "Pareto front"), ""]
+    md += _images(prog, out, "history" if len(names) == 1 else "Pareto front") + ([note] if note else []) + [""]
+
+    md += ["## Parameter importance", ""]
+    imp = importance(study, names)
+    if isinstance(imp, str):
+        md += [imp, ""]
+    else:
+        files += [text("importance.csv", imp.to_csv(index_label="param"))]
+        plot = importance_plot(imp, out)
+        files += plot
+        md += [f"fANOVA importances over {len(complete_trials(study))} complete trials (normalised per objective; "
+               f"few trials make them rough):", "", imp.to_markdown(floatfmt=".3f"), "",
+               *_images(plot, out, "parameter importance"), "[importance.csv](importance.csv)", ""]
+
+    md += ["## Accuracy vs cost", ""]
+    have = all(c in df.columns for c in ("val_accuracy", *(c[0] for c in COSTS), "pattern")) and len(df)
+    pts = df[(df.state == "COMPLETE") & df.val_accuracy.notna() & df.duplicate_of.isna()] if have else df.iloc[0:0]
+    if len(pts):
+        plot = accuracy_plot(pts, out)
+        files += plot
+        md += _images(plot, out, "accuracy vs params, MACs and training memory") + [""]
+    else:
+        md += ["No complete trials with a validation accuracy yet.", ""]
+
+    chosen = top_trials(study, top)
+    md += [f"## Top {top} architectures", ""]
+    if top and not chosen:
+        md += ["No complete trials with an architecture yet.", ""]
+    elif len(chosen) < top:
+        md += [f"Only {len(chosen)} distinct architecture(s) completed (identical ones are drawn once).", ""]
+    drawn, note = diagrams(study, chosen, out)
+    pareto = {t.number for t in study.best_trials} if len(names) > 1 and complete_trials(study) else set()
+    for rank, (t, tfiles) in enumerate(drawn, start=1):
+        u = t.user_attrs
+        files += tfiles
+        md += [f"### {rank}. Trial {t.number}: {u.get('pattern', '?')}" + (" (on the Pareto front)"
+                                                                          if t.number in pareto else ""), "",
+               f"{u.get('arch', '')} — val_accuracy {_fmt(u.get('val_accuracy'))}, "
+               f"params {_fmt(u.get('params'), ',')}, "
+               f"MACs {_fmt(u.get('macs'), ',')}, training memory {_fmt(u.get('train_memory'), ',')} bytes", ""]
+        md += _images(tfiles, out, f"trial {t.number}")
+        md += [" · ".join(f"[{f.name.split('.', 1)[1]}]({_rel(f, out)})" for f in tfiles if f.suffix == ".json"), ""]
+    if note:
+        md += [note, ""]
+    text("report.md", "\n".join(md))
+    rels = [_rel(f, out) for f in files]
+    text(MARKER, json.dumps({"study": str(name), "storage": url, "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                             "files": rels}, indent=1) + "\n")
+    log(f"wrote {out / 'report.md'} and {len(files) - 1} other file(s) for study {name!r} "
+        f"({len(df)} trials)")
+    return out / "report.md"
+
+
+def command(args: dict) -> int:
+    """``dlasearch report``: see docs/compare_report.md."""
+    unknown = [k for k in args if k not in OPTIONS]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], OPTIONS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ReportError(f"unknown option {unknown[0]!r}{hint}; allowed: {', '.join(OPTIONS)}")
+    if "study" not in args:
+        raise ReportError("study=NAME is required, e.g. `dlasearch report study=hda`")
+    report(str(args["study"]), args.get("storage"), args.get("out"), args.get("top", 3))
+    return 0
