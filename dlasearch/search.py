@@ -260,18 +260,18 @@ class Objective:
         return vals[0] if len(vals) == 1 else vals
 
     def __call__(self, trial: optuna.Trial):
-        trial.set_user_attr("worker", ME)
-        with Heartbeat(trial.study, trial._trial_id, self.space["study"]["heartbeat"]):
-            try:
+        try:
+            trial.set_user_attr("worker", ME)
+            with Heartbeat(trial.study, trial._trial_id, self.space["study"]["heartbeat"]):
                 return self._run(trial)
-            except (optuna.TrialPruned, TrialFailed):
-                raise
-            except KeyboardInterrupt:
-                trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
-                raise
-            except Exception as e:  # recorded on the trial; the study goes on (out of memory included)
-                trial.set_user_attr("fail_reason", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-                raise
+        except (optuna.TrialPruned, TrialFailed):
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
+            raise
+        except Exception as e:  # recorded on the trial; the study goes on (out of memory included)
+            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            raise
 
     def _run(self, trial):
         try:
