@@ -137,14 +137,15 @@ def test_two_workers_share_one_journal(tmp_path):
     assert len(workers) == 2
 
 
-def _wait_running(journal, timeout=120):
+def _wait_running(journal, timeout=120, attr="heartbeat"):
+    """Wait until a trial is RUNNING and has user attribute ``attr`` (``arch``: it has sampled)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if journal.exists():
             st = search.open_storage(str(journal))
             for s in optuna.get_all_study_summaries(st, include_best_trial=False):
                 ts = optuna.load_study(study_name=s.study_name, storage=st).get_trials(deepcopy=False)
-                if any(t.state == TrialState.RUNNING and "heartbeat" in t.user_attrs for t in ts):
+                if any(t.state == TrialState.RUNNING and attr in t.user_attrs for t in ts):
                     return True
         time.sleep(0.2)
     return False
@@ -155,7 +156,7 @@ def test_sigkilled_worker_leaves_no_running_trial(tmp_path):
     first = cli(tmp_path, *args[:1], "trials=1", *args[2:])
     assert first.wait(timeout=300) == 0, first.stdout.read()
     proc = cli(tmp_path, *args)
-    assert _wait_running(tmp_path / "hda" / "journal.log")
+    assert _wait_running(tmp_path / "hda" / "journal.log", attr="arch")  # killed mid-training
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     study = search.open_study(tiny(tmp_path, small=False, study={"trials": 2}, train={"epochs": 3},
