@@ -137,7 +137,7 @@ def _cuda_peak(model, input_shape, optimizer_states: int, autocast_dtype) -> int
     step()
     torch.cuda.synchronize(device)
     peak = torch.cuda.max_memory_allocated(device) - before
-    del m, opt, x
+    del m, opt, step
     return int(peak)
 
 

@@ -35,25 +35,9 @@ class ReportError(DLASearchError):
 
 def open_study(name: str, storage: str | None = None):
     """(study, storage URL); the journal under ``results/<name>/`` unless ``storage`` is given."""
-    import optuna
-
     from dlasearch import search
 
-    url = str(storage) if storage else str(Path("results") / name / "journal.log")
-    local = url[len("journal://"):] if url.startswith("journal://") else url
-    if "://" not in local and not Path(local).is_file():
-        raise ReportError(f"study {name!r}: no journal file at {local}; pass storage=URL (a journal file or a "
-                          f"database such as postgresql://user@host/db)")
-    if local.startswith("sqlite:///") and not Path(local[len("sqlite:///"):]).is_file():
-        raise ReportError(f"study {name!r}: no database file at {local[len('sqlite:///'):]}")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    st = search.open_storage(url)
-    names = sorted(s.study_name for s in optuna.get_all_study_summaries(st, include_best_trial=False))
-    if name not in names:
-        close = difflib.get_close_matches(name, names, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ReportError(f"study {name!r} not found in {url}{hint}; existing: {', '.join(names) or 'none'}")
-    return optuna.load_study(study_name=name, storage=st), url
+    return search.find_study(name, storage)
 
 
 def objectives(study) -> list[str]:

@@ -147,16 +147,35 @@ def open_study(space: dict, create: bool = True) -> optuna.Study:
     return study
 
 
+def find_study(name: str, storage: str | None = None) -> tuple[optuna.Study, str]:
+    """An existing study and its storage URL (the journal under ``results/<name>/`` by default).
+
+    Never creates anything: a missing journal file, database file or study is one clear error."""
+    import difflib
+
+    url = str(storage) if storage else str(Path("results") / name / "journal.log")
+    local = url[len("journal://"):] if url.startswith("journal://") else url
+    if "://" not in local and not Path(local).is_file():
+        raise SearchError(f"study {name!r}: no journal file at {local}; pass storage=URL (a journal file or a "
+                          f"database such as postgresql://user@host/db)")
+    if local.startswith("sqlite:///") and not Path(local[len("sqlite:///"):]).is_file():
+        raise SearchError(f"study {name!r}: no database file at {local[len('sqlite:///'):]}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    st = open_storage(url)
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(st, include_best_trial=False))
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise SearchError(f"study {name!r} not found in {url}{hint}; existing: {', '.join(names) or 'none'}")
+    return optuna.load_study(study_name=name, storage=st), url
+
+
 def attach(study: str, storage: str, index: int | None = None) -> tuple[optuna.Study, dict]:
     """Open an existing study and the space it was created with (for ``dlasearch worker``).
 
     ``index`` numbers workers started together; others get one from their pid, so that no two
     workers draw the same random samples."""
-    st = open_storage(storage)
-    names = [s.study_name for s in optuna.get_all_study_summaries(st, include_best_trial=False)]
-    if study not in names:
-        raise SearchError(f"study {study!r} not found in {storage}; existing: {', '.join(sorted(names)) or 'none'}")
-    loaded = optuna.load_study(study_name=study, storage=st)
+    loaded, _ = find_study(study, storage)
     space = json.loads(loaded.user_attrs["space"])
     space["study"]["storage"] = storage
     space["study"]["name"] = study
@@ -458,10 +477,11 @@ def run(space: dict, log=print) -> dict:
 
 def export(study: optuna.Study, space: dict, log=print) -> dict:
     """Write ``trials.csv`` and the best (or Pareto) architectures' IR JSON; print a summary table."""
+    from dlasearch.train import write_atomic
     out = results_dir(space)
     out.mkdir(parents=True, exist_ok=True)
     df = trials_frame(study)
-    _write_atomic(out / "trials.csv", df.to_csv(index=False))
+    write_atomic(out / "trials.csv", df.to_csv(index=False))
     best, seen = [], set()
     if any(t.state == TrialState.COMPLETE for t in study.trials):
         for t in study.best_trials:  # ties and repeated architectures: one file per fingerprint
@@ -471,8 +491,8 @@ def export(study: optuna.Study, space: dict, log=print) -> dict:
     best_dir = out / "best"
     best_dir.mkdir(exist_ok=True)
     for t in best:
-        _write_atomic(best_dir / f"trial{t.number}.ir.json", json.dumps(json.loads(t.user_attrs["ir"]), indent=1))
-        _write_atomic(best_dir / f"trial{t.number}.spec.json", json.dumps(json.loads(t.user_attrs["spec"]),
+        write_atomic(best_dir / f"trial{t.number}.ir.json", json.dumps(json.loads(t.user_attrs["ir"]), indent=1))
+        write_atomic(best_dir / f"trial{t.number}.spec.json", json.dumps(json.loads(t.user_attrs["spec"]),
                                                                           indent=1))
     cols = [c for c in ("number", "state", "pattern", "val_accuracy", "params", "macs", "train_memory",
                         "arch") if c in df.columns]
@@ -507,22 +527,9 @@ def trials_frame(study: optuna.Study):
     return pd.DataFrame(rows)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def trial_ir(study: str, trial: int, storage: str | None = None):
     """The IR of trial ``trial`` in ``study`` (journal under results/<study>/ unless ``storage``)."""
-    url = storage or str(Path("results") / study / "journal.log")
-    if "://" not in url and not Path(url).exists():
-        raise SearchError(f"study {study!r}: no journal at {url}; pass storage=URL")
-    st = open_storage(url)
-    names = [s.study_name for s in optuna.get_all_study_summaries(st, include_best_trial=False)]
-    if study not in names:
-        raise SearchError(f"study {study!r} not found in {url}; existing: {', '.join(sorted(names)) or 'none'}")
-    trials = optuna.load_study(study_name=study, storage=st).get_trials(deepcopy=False)
+    trials = find_study(study, storage)[0].get_trials(deepcopy=False)
     match = [t for t in trials if t.number == trial]
     if not match or "ir" not in match[0].user_attrs:
         raise SearchError(f"study {study!r} has no trial {trial} with an architecture "

@@ -1,5 +1,4 @@
 """IR passes: validation errors name the problem, JSON round-trips, fingerprints identify architectures."""
-import json
 import random
 
 import pytest
@@ -141,7 +140,6 @@ def test_fingerprint_ignores_names_and_order(pattern):
 
 def test_fingerprint_sees_edge_order_attributes_wiring_and_kind():
     g = small()
-    fp = fingerprint(g)
     swapped = small()
     swapped.edges["b2", "agg"]["pos"], swapped.edges["b1", "agg"]["pos"] = 1, 0
     swapped.nodes["agg"]["residual"] = 1

@@ -198,7 +198,12 @@ def test_worker_attaches_to_an_existing_study(tmp_path):
 def test_missing_study_is_one_line(tmp_path, capsys):
     assert main(["worker", "study=nope", f"storage={tmp_path / 'j.log'}"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "study 'nope' not found" in err and len(err.splitlines()) == 1
+    assert "study 'nope': no journal file at" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "j.log").exists()  # looking for a study creates nothing
+    search.run(tiny(tmp_path, study={"trials": 1}, seed_published=False), log=lambda *a: None)
+    assert main(["worker", "study=hdaa", f"storage={tmp_path / 'hda' / 'journal.log'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "study 'hdaa' not found" in err and "did you mean 'hda'" in err and len(err.splitlines()) == 1
 
 
 def _pg_url():
