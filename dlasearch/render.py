@@ -47,9 +47,7 @@ alike.
 """
 from __future__ import annotations
 
-import difflib
 import html
-import json
 import re
 import shutil
 from pathlib import Path
@@ -57,8 +55,7 @@ from pathlib import Path
 import graphviz
 
 from dlasearch.errors import DLASearchError
-from dlasearch.ir import FORMAT as IR_FORMAT
-from dlasearch.ir import IR, from_json, infer_shapes
+from dlasearch.ir import IR, infer_shapes
 from dlasearch.patterns import PATTERNS, build
 
 FORMATS = ("svg", "png", "pdf")
@@ -412,31 +409,21 @@ OPTIONS = ("arch", "format", "out", "collapse_blocks", "direction", "size", "stu
 
 
 def load_arch(value: str) -> tuple[IR, str]:
-    """``arch=`` -> (IR, name): a spec JSON, an IR JSON, or a zoo model name."""
-    p = Path(value)
-    if p.suffix.lower() == ".json" or p.is_file():
-        try:
-            text = p.read_text()
-        except OSError as e:
-            raise DLASearchError(f"arch={value!r}: cannot read the file: {e.strerror or e}") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DLASearchError(f"arch file {value!r} is not valid JSON: {e}") from None
-        if isinstance(data, dict) and "format" in data:
-            return from_json(text), p.stem
-        if isinstance(data, dict) and ("pattern" in data or "stages" in data):
-            return build(data, name=p.stem), p.stem
-        raise DLASearchError(f"arch file {value!r} is neither a spec (an object with a 'pattern' or 'stages' "
-                             f"key) nor an IR (an object with format={IR_FORMAT!r})")
+    """``arch=`` -> (IR, name): a zoo model (dense ones included) or a spec/IR file, read the way
+    ``dlasearch train`` reads it (``train.read_arch``), so both commands accept the same files."""
     from dlasearch import zoo
+    from dlasearch.train import read_arch
 
-    if value not in zoo.names():
-        close = difflib.get_close_matches(value, zoo.names() + ["figure1"], n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise DLASearchError(f"arch={value!r} is neither a file nor a zoo model{hint}; allowed: a spec or IR "
-                             f"JSON path, figure1, or one of {', '.join(zoo.names())}")
-    return zoo.ir(value), value
+    if value in zoo.UP_MODELS:
+        return zoo.ir(value), value
+    kind, obj = read_arch(value)
+    if kind == "zoo":
+        return zoo.ir(obj), obj
+    if kind == "ir":
+        return obj, str(obj.graph.get("name") or Path(value).stem)
+    spec = dict(obj)
+    name = spec.pop("name")
+    return build(spec, name=name), name
 
 
 def _trial(args: dict) -> tuple[IR, str]:

@@ -192,8 +192,11 @@ def read_arch(arch: str) -> tuple[str, object]:
         raise TrainError(f"arch={arch!r} is a segmentation model; train classifiers: {', '.join(zoo.MODELS)}")
     path = Path(str(arch)).expanduser()
     if not path.is_file():
-        raise TrainError(f"arch={arch!r}: not a zoo model and not a file; use one of {', '.join(zoo.MODELS)} "
-                         f"or a path to a spec/IR .json (or spec .yaml)")
+        import difflib
+        close = difflib.get_close_matches(str(arch), zoo.names(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise TrainError(f"arch={arch!r}: not a zoo model and not a file{hint}; use one of "
+                         f"{', '.join(zoo.MODELS)} or a path to a spec/IR .json (or spec .yaml)")
     text = path.read_text()
     if path.suffix in (".yaml", ".yml"):
         from omegaconf import OmegaConf
@@ -210,8 +213,9 @@ def read_arch(arch: str) -> tuple[str, object]:
         graph = irmod.from_json(text)
         graph.graph.setdefault("name", path.stem)
         return "ir", graph
-    if not isinstance(obj, dict):
-        raise TrainError(f"{path}: expected a builder spec (a mapping) or an IR with format={irmod.FORMAT!r}")
+    if not isinstance(obj, dict) or not ({"pattern", "stages"} & set(obj)):
+        raise TrainError(f"{path}: neither a spec (a mapping with a 'pattern' or 'stages' key) nor an IR "
+                         f"(format={irmod.FORMAT!r})")
     patterns.normalize({**obj, "in_channels": 1, "num_classes": 1})  # every other field checked now
     return "spec", {**obj, "name": path.stem}
 
