@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dlasearch.errors import DLASearchError
+from dlasearch.errors import DLASearchError, did_you_mean
 from dlasearch.space import SHORTCUTS as RUN_SHORTCUTS
 
 
@@ -69,9 +69,7 @@ def cmd_train(args: dict) -> int:
     allowed = (*_TRAIN_RUN_OPTIONS, *train.TrainConfig.option_names())
     unknown = [k for k in args if k not in allowed]
     if unknown:
-        import difflib
-        close = difflib.get_close_matches(unknown[0], allowed, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(unknown[0], allowed)
         raise DLASearchError(f"unknown option {unknown[0]!r}{hint}; allowed: {', '.join(allowed)}")
     run_opts = {k: args[k] for k in _TRAIN_RUN_OPTIONS if k in args}
     config = train.TrainConfig(**{k: v for k, v in args.items() if k not in _TRAIN_RUN_OPTIONS})

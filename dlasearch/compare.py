@@ -29,7 +29,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from dlasearch.errors import DLASearchError
+from dlasearch.errors import DLASearchError, did_you_mean
 from dlasearch.patterns import LETTERS, PATTERNS
 
 STEM = {"channels": 16, "kernel": 3}
@@ -813,8 +813,7 @@ def command(args: dict) -> int:
         if k not in allowed:
             if k in _NOT_TRAIN_OPTIONS:
                 raise CompareError(f"{k}= is not a compare option: seeds come from seeds=N (or seeds=[0,5,7])")
-            close = difflib.get_close_matches(k, allowed, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(k, allowed)
             raise CompareError(f"unknown option {k!r}{hint}; allowed: {', '.join(allowed)}")
     opts = {k: args[k] for k in OPTIONS if k in args}
     train = {k: args[k] for k in train_names if k in args}

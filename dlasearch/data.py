@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dlasearch.errors import DLASearchError
+from dlasearch.errors import DLASearchError, did_you_mean
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "npz")
 RESIZE_MODES = ("interpolate", "pad")
@@ -451,9 +451,7 @@ def load(name: str, *, root=None, path=None, val_fraction: float = 0.1, seed: in
     load time; ``path`` is the ``.npz`` file for ``name='npz'``.
     """
     if name not in DATASETS:
-        import difflib
-        close = difflib.get_close_matches(str(name), DATASETS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(name, DATASETS)
         raise DataError(f"unknown dataset {name!r}{hint}; allowed: {', '.join(DATASETS)}")
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
         raise DataError(f"val_fraction={val_fraction!r}; expected a number strictly between 0 and 1")

@@ -26,9 +26,9 @@ Tree patterns (tree, reentrant, hda, dla) need ``blocks`` a power of two >= 2.
 """
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
+from dlasearch.errors import did_you_mean
 from dlasearch.ir import BLOCK_TYPES, IR, IRError, validate
 
 PATTERNS = {"chain": "a", "skip": "b", "ida": "c", "tree": "d", "reentrant": "e", "hda": "f", "dla": "fig2"}
@@ -49,8 +49,7 @@ _STAGE_KEYS = {"stem": {"channels", "kernel"}, "conv_stages": {"convs", "channel
 
 
 def _unknown(key: str, allowed, where: str) -> IRError:
-    close = difflib.get_close_matches(key, list(allowed), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    hint = did_you_mean(key, allowed)
     return IRError(f"spec{where}: unknown key {key!r}{hint}; allowed: {', '.join(sorted(allowed))}")
 
 

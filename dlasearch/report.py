@@ -10,7 +10,6 @@ finished and says how many trials are still running).
 """
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import sys
@@ -19,7 +18,7 @@ import warnings
 from pathlib import Path
 
 from dlasearch.compare import CompareError, check_writable, color, save_figure
-from dlasearch.errors import DLASearchError
+from dlasearch.errors import DLASearchError, did_you_mean
 
 OPTIONS = ("study", "storage", "out", "top")
 MARKER = "report.json"
@@ -402,8 +401,7 @@ def command(args: dict) -> int:
     """``dlasearch report``: see docs/compare_report.md."""
     unknown = [k for k in args if k not in OPTIONS]
     if unknown:
-        close = difflib.get_close_matches(unknown[0], OPTIONS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(unknown[0], OPTIONS)
         raise ReportError(f"unknown option {unknown[0]!r}{hint}; allowed: {', '.join(OPTIONS)}")
     if "study" not in args:
         raise ReportError("study=NAME is required, e.g. `dlasearch report study=hda`")

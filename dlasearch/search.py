@@ -32,7 +32,7 @@ import optuna
 from optuna.trial import TrialState
 
 from dlasearch import space as spacemod
-from dlasearch.errors import DLASearchError
+from dlasearch.errors import DLASearchError, did_you_mean
 from dlasearch.ir import IRError, fingerprint, from_json, to_json
 from dlasearch.patterns import build
 
@@ -151,7 +151,6 @@ def find_study(name: str, storage: str | None = None) -> tuple[optuna.Study, str
     """An existing study and its storage URL (the journal under ``results/<name>/`` by default).
 
     Never creates anything: a missing journal file, database file or study is one clear error."""
-    import difflib
 
     url = str(storage) if storage else str(Path("results") / name / "journal.log")
     local = url[len("journal://"):] if url.startswith("journal://") else url
@@ -164,8 +163,7 @@ def find_study(name: str, storage: str | None = None) -> tuple[optuna.Study, str
     st = open_storage(url)
     names = sorted(s.study_name for s in optuna.get_all_study_summaries(st, include_best_trial=False))
     if name not in names:
-        close = difflib.get_close_matches(name, names, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(name, names)
         raise SearchError(f"study {name!r} not found in {url}{hint}; existing: {', '.join(names) or 'none'}")
     return optuna.load_study(study_name=name, storage=st), url
 

@@ -24,12 +24,11 @@ a resumed study refuses a changed one).
 """
 from __future__ import annotations
 
-import difflib
 import json
 from pathlib import Path
 from typing import Any
 
-from dlasearch.errors import DLASearchError
+from dlasearch.errors import DLASearchError, did_you_mean
 from dlasearch.patterns import LETTERS, PATTERNS
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
@@ -99,11 +98,6 @@ def _fail(path: str, msg: str) -> SpaceError:
     return SpaceError(f"{path}: {msg}" if path else msg)
 
 
-def _suggest(key, allowed) -> str:
-    close = difflib.get_close_matches(str(key), [str(a) for a in allowed], n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _check_type(v, t, path: str):
     types = t if isinstance(t, tuple) else (t,)
     if float in types and int not in types and isinstance(v, int) and not isinstance(v, bool):
@@ -123,7 +117,7 @@ def _check_section(d: dict, schema: dict, path: str) -> dict:
     for k, v in d.items():
         if k not in schema:
             raise _fail(f"{path}.{k}" if path else k,
-                        f"unknown key{_suggest(k, schema)}; allowed: {', '.join(schema)}")
+                        f"unknown key{did_you_mean(k, schema)}; allowed: {', '.join(schema)}")
         sub = schema[k]
         p = f"{path}.{k}" if path else k
         out[k] = _check_section(v, sub, p) if isinstance(sub, dict) else _check_type(v, sub, p)
@@ -147,13 +141,13 @@ def _merge(base: dict, over: dict, path: str = "") -> dict:
 def _check_param(name: str, p, names) -> dict:
     path = f"params.{name}"
     if name not in PARAMS:
-        raise _fail(path, f"unknown parameter{_suggest(name, PARAMS)}; allowed: {', '.join(PARAMS)}")
+        raise _fail(path, f"unknown parameter{did_you_mean(name, PARAMS)}; allowed: {', '.join(PARAMS)}")
     if not isinstance(p, dict):
         p = {"value": p}
     allowed = {"choices", "low", "high", "step", "log", "value", "when"}
     for k in p:
         if k not in allowed:
-            raise _fail(f"{path}.{k}", f"unknown key{_suggest(k, allowed)}; allowed: {', '.join(sorted(allowed))}")
+            raise _fail(f"{path}.{k}", f"unknown key{did_you_mean(k, allowed)}; allowed: {', '.join(sorted(allowed))}")
     forms = [f for f in ("choices", "value", "low") if f in p]
     if len(forms) != 1 or ("low" in p) != ("high" in p):
         raise _fail(path, "give exactly one of {choices: [...]}, {low: L, high: H}, or {value: V}")
@@ -187,7 +181,7 @@ def _check_param(name: str, p, names) -> dict:
         (parent, vals), = w.items()
         if parent not in names:
             raise _fail(f"{path}.when", f"conditional on {parent!r}, which is not a searched parameter"
-                                        f"{_suggest(parent, names)}; searched: {', '.join(sorted(names))}")
+                                        f"{did_you_mean(parent, names)}; searched: {', '.join(sorted(names))}")
         for v in vals if isinstance(vals, list) else [vals]:
             _check_value(parent, v, f"{path}.when.{parent}")
     return p
@@ -198,7 +192,7 @@ def _check_value(name: str, v, path: str):
     if kind == "choice":
         allowed = list(PATTERNS) + list(LETTERS) if name == "pattern" else ["basic", "bottleneck", "bottleneckx"]
         if v not in allowed:
-            raise _fail(path, f"{v!r} is not allowed{_suggest(v, allowed)}; allowed: {', '.join(allowed)}")
+            raise _fail(path, f"{v!r} is not allowed{did_you_mean(v, allowed)}; allowed: {', '.join(allowed)}")
     elif kind == "bool":
         if not isinstance(v, bool):
             raise _fail(path, f"{v!r} must be true or false")
@@ -231,7 +225,7 @@ def validate(space: dict) -> dict:
     st = s["study"]
     for k, allowed in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
         if st[k] not in allowed:
-            raise _fail(f"study.{k}", f"{st[k]!r}{_suggest(st[k], allowed)}; allowed: {', '.join(allowed)}")
+            raise _fail(f"study.{k}", f"{st[k]!r}{did_you_mean(st[k], allowed)}; allowed: {', '.join(allowed)}")
     if st["sampler"] == "nsga2" and len(objs) == 1:
         pass  # NSGA-II also works on one objective
     if st["sampler"] == "grid" and any("low" in p for p in s["params"].values()):
@@ -249,7 +243,7 @@ def validate(space: dict) -> dict:
     for k in bb:
         if k not in ("stem", "conv_stages", "stages", "in_channels", "num_classes", "block", "cardinality",
                      "root_kernel", "residual_root", "pattern"):
-            raise _fail(f"backbone.{k}", f"unknown key{_suggest(k, ['stem', 'conv_stages', 'stages'])}; "
+            raise _fail(f"backbone.{k}", f"unknown key{did_you_mean(k, ['stem', 'conv_stages', 'stages'])}; "
                                          f"allowed: stem, conv_stages, stages and other spec keys")
     if not isinstance(bb.get("stages"), list) or not bb["stages"]:
         raise _fail("backbone.stages", "expected a non-empty list of {blocks, channels[, stride]}")
@@ -277,7 +271,7 @@ def load(name_or_path: str, overrides: dict | None = None) -> dict:
         path = SPACES_DIR / f"{name_or_path}.yaml"
     if not path.exists():
         names = available()
-        raise SpaceError(f"space {name_or_path!r} not found{_suggest(name_or_path, names)}; "
+        raise SpaceError(f"space {name_or_path!r} not found{did_you_mean(name_or_path, names)}; "
                          f"available: {', '.join(names)} (or a path to a .yaml file)")
     raw = _parse_yaml(path)
     raw = _merge(raw, expand_shortcuts(overrides or {}))

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from dlasearch import ir as irmod
 from dlasearch.data import Dataset
-from dlasearch.errors import DLASearchError
+from dlasearch.errors import DLASearchError, did_you_mean
 from dlasearch.measure import autocast
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -192,9 +192,7 @@ def read_arch(arch: str) -> tuple[str, object]:
         raise TrainError(f"arch={arch!r} is a segmentation model; train classifiers: {', '.join(zoo.MODELS)}")
     path = Path(str(arch)).expanduser()
     if not path.is_file():
-        import difflib
-        close = difflib.get_close_matches(str(arch), zoo.names(), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(arch, zoo.names())
         raise TrainError(f"arch={arch!r}: not a zoo model and not a file{hint}; use one of "
                          f"{', '.join(zoo.MODELS)} or a path to a spec/IR .json (or spec .yaml)")
     text = path.read_text()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from dlasearch.compile import compile as compile_ir
+from dlasearch.errors import did_you_mean
 from dlasearch.ir import IR, IRError
 from dlasearch.patterns import build
 
@@ -90,9 +91,7 @@ def ir(name: str, num_classes: int | None = None) -> IR:
         g = dla_up(c.levels, c.channels, c.block, c.cardinality, c.residual_root,
                    19 if num_classes is None else num_classes)
     else:
-        import difflib
-        close = difflib.get_close_matches(name, names(), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(name, names())
         raise IRError(f"unknown zoo model {name!r}{hint}; available: {', '.join(names())}")
     g.graph["name"] = name
     return g
