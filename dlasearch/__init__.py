@@ -1,6 +1,6 @@
 """dlasearch: a graph IR, compiler, model zoo and search for deep layer aggregation."""
 from dlasearch.ir import IR, IRError
-from dlasearch.compile import compile
+from dlasearch.ir import to_module as compile
 
 __all__ = ["IR", "IRError", "compile"]
 __version__ = "0.1.0"

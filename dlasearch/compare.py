@@ -215,12 +215,12 @@ class _Counter:
         if widths not in self.cache:
             import torch
 
-            from dlasearch.compile import compile as compile_ir
+            from dlasearch.ir import to_module
             from dlasearch.measure import params
             from dlasearch.patterns import build
 
             with torch.device("meta"):  # shapes only: a huge candidate allocates nothing
-                self.cache[widths] = params(compile_ir(build(self.spec(widths))))
+                self.cache[widths] = params(to_module(build(self.spec(widths))))
         return self.cache[widths]
 
 
@@ -589,7 +589,7 @@ def _contract(data_opts: dict, image_size, config, budget, tolerance, blocks) ->
 def _measure(folder: Path, key: str, sized: Sized, ds, config, target: float) -> tuple[dict, object]:
     """The architecture record of one row (measured once, then read back), and its IR."""
     from dlasearch import ir as irmod
-    from dlasearch.compile import compile as compile_ir
+    from dlasearch.ir import to_module
     from dlasearch.patterns import build
     from dlasearch.train import measure_arch, write_atomic
 
@@ -599,7 +599,7 @@ def _measure(folder: Path, key: str, sized: Sized, ds, config, target: float) ->
     stored = _read_json(path)
     if stored and stored.get("fingerprint") == fp and stored.get("target_params") == target:
         return stored, graph
-    m = measure_arch(compile_ir(graph), ds, config, latency=False)
+    m = measure_arch(to_module(graph), ds, config, latency=False)
     rec = {"pattern": key, "built_as": sized.pattern, "fingerprint": fp, "widths": list(sized.widths),
            "multiplier": sized.multiplier, "divisor": sized.divisor, "params": m["params"],
            "target_params": target, "params_vs_target": m["params"] / target - 1, "macs": m["macs"],
@@ -616,10 +616,10 @@ def _train_one(graph, ds, config, seed: int):
     import torch
 
     from dlasearch import train as trainmod
-    from dlasearch.compile import compile as compile_ir
+    from dlasearch.ir import to_module
 
     torch.manual_seed(seed)  # initial weights: the same seed gives the same network
-    model = compile_ir(graph)
+    model = to_module(graph)
     return trainmod.train(model, ds, dataclasses.replace(config, seed=seed), test=True)
 
 

@@ -9,6 +9,10 @@ class DLASearchError(ValueError):
     """Bad input from the user (spec, IR, data, command line)."""
 
 
+class IRError(DLASearchError):
+    """An invalid IR or spec. The message names the node/field and what is allowed."""
+
+
 def did_you_mean(value, allowed) -> str:
     """`` (did you mean 'x'?)`` for the closest allowed name, or ``""``: every error with a typo hint uses it."""
     import difflib

@@ -8,7 +8,7 @@ install graphviz.
 What is drawn
 
 * Each IR node is one graph node (a residual block is a single IR node), shaped
-  and coloured by ``kind`` (``KIND_STYLE``).  ``collapse_blocks=True`` (the
+  and coloured by ``kind`` (each kind's ``style``).  ``collapse_blocks=True`` (the
   default) draws every IR node.  ``collapse_blocks=False`` hides ``downsample``
   and ``project`` nodes and writes them on the edge they feed ("pool /2, proj
   128"), which leaves only blocks, aggregations and the path between them.
@@ -55,7 +55,7 @@ from pathlib import Path
 import graphviz
 
 from dlasearch.errors import DLASearchError
-from dlasearch.ir import IR, infer_shapes
+from dlasearch.ir import IR, KINDS, infer_shapes
 from dlasearch.patterns import PATTERNS, build
 
 FORMATS = ("svg", "png", "pdf")
@@ -72,17 +72,6 @@ ROLE_STYLE = {
     "iterative": {"color": "#e6550d", "penwidth": "2.2"},
     "skip": {"color": "#756bb1", "penwidth": "1.8"},
     "size": {"color": "#bdbdbd", "style": "dotted", "constraint": "false"},
-}
-KIND_STYLE = {
-    "input": {"shape": "oval", "fillcolor": "#f0f0f0"},
-    "conv": {"shape": "box", "fillcolor": "#deebf7"},
-    "block": {"shape": "box", "style": "rounded,filled", "fillcolor": "#9ecae1"},
-    "aggregate": {"shape": "ellipse", "fillcolor": "#a1d99b"},
-    "downsample": {"shape": "invtriangle", "fillcolor": "#fdd0a2", "fontsize": "9", "margin": "0"},
-    "project": {"shape": "parallelogram", "fillcolor": "#dadaeb", "fontsize": "9", "margin": "0"},
-    "upsample": {"shape": "triangle", "fillcolor": "#fdae6b", "fontsize": "9", "margin": "0"},
-    "head": {"shape": "house", "fillcolor": "#fc9272"},
-    "output": {"shape": "oval", "fillcolor": "#f0f0f0", "peripheries": "2"},
 }
 
 # Figure 1 (a)-(f) and Figure 2 on one small backbone: 3 stages of 2, 4, 2 blocks.
@@ -199,27 +188,7 @@ def _short(name, group: str | None) -> str:
 
 def _op_text(ir: IR, n) -> str:
     d = ir.nodes[n]
-    k = d["kind"]
-    stride = f" /{d['stride']}" if d.get("stride", 1) > 1 else ""
-    if k == "input":
-        return f"input\n{d['channels']} ch"
-    if k == "conv":
-        return f"conv {d['kernel']}x{d['kernel']} {d['out']}{stride}"
-    if k == "block":
-        return f"{d['type']} {d['out']}{stride}"
-    if k == "aggregate":
-        kern = f" {d['kernel']}x{d['kernel']}" if d["kernel"] != 1 else ""
-        res = " +res" if d["residual"] is not None else ""
-        return f"{ir.in_degree(n)} -> {d['out']}{kern}{res}"
-    if k == "downsample":
-        return f"pool /{d['factor']}"
-    if k == "project":
-        return f"proj {d['out']}"
-    if k == "upsample":
-        return f"up x{d['factor']}" + ("" if d["learnable"] else " fixed")
-    if k == "head":
-        return f"fc {d['classes']}" + (" pooled" if d["pool"] else " per-pixel")
-    return "output" if d["index"] == 0 else f"output {d['index']}"
+    return KINDS[d["kind"]].text(ir, n, d)
 
 
 def _label(ir: IR, n) -> str:
@@ -250,7 +219,7 @@ def _draw(g: graphviz.Digraph, ir: IR, collapse_blocks: bool, size: int, prefix:
 
     def node(sub, n):
         sub.node(prefix + str(n), _label(ir, n), tooltip=f"{n}: {ir.nodes[n]['kind']} -> {shapes[n]}",
-                 **KIND_STYLE[ir.nodes[n]["kind"]])
+                 **KINDS[ir.nodes[n]["kind"]].style)
 
     for group, nodes in groups.items():
         if group is None:

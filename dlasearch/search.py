@@ -306,9 +306,9 @@ class Objective:
         dup = self._duplicate(trial, fp)
         if dup is not None:
             return dup
-        from dlasearch.compile import compile as compile_ir
+        from dlasearch.ir import to_module
 
-        model = compile_ir(ir)
+        model = to_module(ir)
         config = self._config()
         m = self.trainmod.measure_arch(model, self.data, config, latency=False)
         metrics = {"params": m["params"], "macs": m["macs"], "train_memory": m["train_memory_bytes"]}

@@ -501,7 +501,7 @@ def run(arch: str, data: dict | str | None, config: TrainConfig, *, image_size="
     that, then uses its total stride (e.g. digits 8x8 -> 32 for a DLA).
     """
     from dlasearch import data as datamod
-    from dlasearch.compile import compile as compile_ir
+    from dlasearch.ir import to_module
 
     read_arch(arch)
     opts = data_options(data)
@@ -516,7 +516,7 @@ def run(arch: str, data: dict | str | None, config: TrainConfig, *, image_size="
     arch_name = str(graph.graph.get("name") or Path(str(arch)).stem)
     folder = run_folder(out, name, f"{arch_name}-{ds.name}")
     torch.manual_seed(config.seed)  # the same seed gives the same initial weights
-    model = compile_ir(graph)
+    model = to_module(graph)
     record = {"arch": str(arch), "name": arch_name, "fingerprint": irmod.fingerprint(graph),
               "data": {**ds.summary(), "split_seed": split_seed, "resize": resize},
               "config": dataclasses.asdict(config), "device": str(resolve_device(config.device)),

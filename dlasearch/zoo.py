@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dlasearch.compile import compile as compile_ir
+from dlasearch.ir import to_module
 from dlasearch.errors import did_you_mean
 from dlasearch.ir import IR, IRError
 from dlasearch.patterns import build
@@ -99,7 +99,7 @@ def ir(name: str, num_classes: int | None = None) -> IR:
 
 def create(name: str, num_classes: int = 1000) -> torch.nn.Module:
     """A compiled zoo model (randomly initialised as the original)."""
-    return compile_ir(ir(name, num_classes), name=name)
+    return to_module(ir(name, num_classes), name=name)
 
 
 _PROJECT = re.compile(r"^(?P<tree>.*)\.project\.[01]\.")
@@ -137,7 +137,7 @@ def table(models=None):
     rows = []
     for name in models or names():
         g = ir(name)
-        m = compile_ir(g, name=name)
+        m = to_module(g, name=name)
         rows.append({
             "name": name,
             "params": measure.params(m),

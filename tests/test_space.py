@@ -4,7 +4,7 @@ import pytest
 
 from dlasearch import space
 from dlasearch.cli import main
-from dlasearch.compile import compile
+from dlasearch import compile
 from dlasearch.patterns import build
 
 SHIPPED = ["skip", "ida", "hda", "dla", "figure1", "compact"]
