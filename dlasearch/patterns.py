@@ -26,6 +26,7 @@ Tree patterns (tree, reentrant, hda, dla) need ``blocks`` a power of two >= 2.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from dlasearch.errors import did_you_mean
@@ -59,20 +60,8 @@ def _int(v, where: str, lo: int = 1) -> int:
     return v
 
 
-def normalize(spec: dict) -> dict:
-    """Fill defaults and check every field; raise ``IRError`` naming the bad one."""
-    if not isinstance(spec, dict):
-        raise IRError(f"spec must be a mapping, got {type(spec).__name__}")
-    for k in spec:
-        if k not in DEFAULTS:
-            raise _unknown(k, DEFAULTS, "")
-    s = {**DEFAULTS, **spec}
-    pat = s["pattern"]
-    pat = LETTERS.get(pat, pat)
-    if pat not in PATTERNS:
-        raise IRError(f"spec.pattern={s['pattern']!r}: unknown pattern; allowed: "
-                      f"{', '.join(f'{k} ({v})' for k, v in PATTERNS.items())}")
-    s["pattern"] = pat
+def _check_top(s: dict) -> None:
+    """The scalar fields of a spec with defaults filled in (``pattern`` already resolved)."""
     if s["block"] not in BLOCK_TYPES:
         raise IRError(f"spec.block={s['block']!r}: allowed: {', '.join(BLOCK_TYPES)}")
     if s["task"] not in ("classify", "segment"):
@@ -93,38 +82,59 @@ def normalize(spec: dict) -> dict:
     s["stem"] = {"kernel": 7, **stem}
     _int(s["stem"].get("channels"), "stem.channels")
     _int(s["stem"]["kernel"], "stem.kernel")
-    for group, count in (("conv_stages", "convs"), ("stages", "blocks")):
+
+
+def _check_stage(s: dict, group: str, i: int, st) -> dict:
+    """One entry of ``conv_stages`` or ``stages``, with its default stride filled in."""
+    count = "convs" if group == "conv_stages" else "blocks"
+    if not isinstance(st, dict):
+        raise IRError(f"spec.{group}[{i}]={st!r}: expected a mapping")
+    for k in st:
+        if k not in _STAGE_KEYS[group]:
+            raise _unknown(k, _STAGE_KEYS[group], f".{group}[{i}]")
+    st = {"stride": 2 if group == "stages" else 1, **st}
+    _int(st.get(count), f"{group}[{i}].{count}")
+    _int(st.get("channels"), f"{group}[{i}].channels")
+    _int(st["stride"], f"{group}[{i}].stride")
+    if group == "conv_stages":
+        return st
+    if s["pattern"] in TREE_PATTERNS:
+        b = st["blocks"]
+        if b < 2 or b & (b - 1):
+            raise IRError(f"spec.stages[{i}].blocks={b}: pattern {s['pattern']!r} builds a binary tree of "
+                          f"blocks; expected a power of two >= 2 (2, 4, 8, ...)")
+    if s["block"] == "bottleneckx":
+        c, card = st["channels"], s["cardinality"]
+        inner = c * card // 32
+        if (c * card) % 32 or inner % card or inner < card:
+            raise IRError(f"spec.stages[{i}].channels={c}: with block=bottleneckx and "
+                          f"cardinality={card} the grouped width channels*cardinality/32 must be "
+                          f"a positive multiple of cardinality (use channels that are multiples of 32)")
+    if s["block"] == "bottleneck" and st["channels"] < 2:
+        raise IRError(f"spec.stages[{i}].channels={st['channels']}: bottleneck needs >= 2")
+    return st
+
+
+def normalize(spec: dict) -> dict:
+    """Fill defaults and check every field; return the full spec or raise ``IRError`` naming the bad one."""
+    if not isinstance(spec, dict):
+        raise IRError(f"spec must be a mapping, got {type(spec).__name__}")
+    for k in spec:
+        if k not in DEFAULTS:
+            raise _unknown(k, DEFAULTS, "")
+    s = {**DEFAULTS, **spec}
+    pat = LETTERS.get(s["pattern"], s["pattern"])
+    if pat not in PATTERNS:
+        raise IRError(f"spec.pattern={s['pattern']!r}: unknown pattern; allowed: "
+                      f"{', '.join(f'{k} ({v})' for k, v in PATTERNS.items())}")
+    s["pattern"] = pat
+    _check_top(s)
+    for group in ("conv_stages", "stages"):
         lst = s[group]
         if not isinstance(lst, list) or (group == "stages" and not lst):
             raise IRError(f"spec.{group}={lst!r}: expected a {'non-empty ' if group == 'stages' else ''}list "
                           f"of mappings with keys {', '.join(sorted(_STAGE_KEYS[group]))}")
-        out = []
-        for i, st in enumerate(lst):
-            if not isinstance(st, dict):
-                raise IRError(f"spec.{group}[{i}]={st!r}: expected a mapping")
-            for k in st:
-                if k not in _STAGE_KEYS[group]:
-                    raise _unknown(k, _STAGE_KEYS[group], f".{group}[{i}]")
-            st = {"stride": 2 if group == "stages" else 1, **st}
-            _int(st.get(count), f"{group}[{i}].{count}")
-            _int(st.get("channels"), f"{group}[{i}].channels")
-            _int(st["stride"], f"{group}[{i}].stride")
-            if pat in TREE_PATTERNS and group == "stages":
-                b = st["blocks"]
-                if b < 2 or b & (b - 1):
-                    raise IRError(f"spec.stages[{i}].blocks={b}: pattern {pat!r} builds a binary tree of "
-                                  f"blocks; expected a power of two >= 2 (2, 4, 8, ...)")
-            if s["block"] == "bottleneckx" and group == "stages":
-                c, card = st["channels"], s["cardinality"]
-                inner = c * card // 32
-                if (c * card) % 32 or inner % card or inner < card:
-                    raise IRError(f"spec.stages[{i}].channels={c}: with block=bottleneckx and "
-                                  f"cardinality={card} the grouped width channels*cardinality/32 must be "
-                                  f"a positive multiple of cardinality (use channels that are multiples of 32)")
-            if s["block"] == "bottleneck" and group == "stages" and st["channels"] < 2:
-                raise IRError(f"spec.stages[{i}].channels={st['channels']}: bottleneck needs >= 2")
-            out.append(st)
-        s[group] = out
+        s[group] = [_check_stage(s, group, i, st) for i, st in enumerate(lst)]
     n_levels = 1 + len(s["conv_stages"]) + len(s["stages"])
     _int(s["first_level"], "first_level", 0)
     if s["task"] == "segment" and not (0 <= s["first_level"] < n_levels - 2):
@@ -136,13 +146,22 @@ def normalize(spec: dict) -> dict:
 class Builder:
     """Appends typed nodes to an IR; shares identical max-pools (common subexpressions)."""
 
-    def __init__(self, in_channels: int = 3, name: str = "net", prefix: str = ""):
+    def __init__(self, in_channels: int = 3, name: str = "net", block_kw: dict | None = None):
         self.ir = IR(name=name)
-        self.prefix = prefix
+        self.prefix = ""
         self.x = self.ir.add("input", "input", channels=in_channels)
         self.ch = {self.x: in_channels}
         self._pools: dict = {}
-        self.block_kw: dict = {}
+        self.block_kw = dict(block_kw or {})
+
+    @contextlib.contextmanager
+    def scope(self, prefix: str):
+        """Name the nodes added inside the ``with`` block ``prefix + path`` (e.g. a backbone under ``base.``)."""
+        outer, self.prefix = self.prefix, prefix
+        try:
+            yield self
+        finally:
+            self.prefix = outer
 
     def node(self, path: str, kind: str, inputs, out=None, **attrs) -> str:
         name = self.prefix + path
@@ -270,16 +289,9 @@ class Builder:
         return self.node("output", "output", [y])
 
 
-def build(spec: dict, name: str | None = None) -> IR:
-    """Spec -> validated IR (see the module docstring for the spec)."""
-    s = normalize(spec)
+def _backbone(b: Builder, s: dict) -> tuple[str, list, list]:
+    """Stem, conv stages and block stages of ``pattern``; returns (output, per-level outputs, strides)."""
     pat = s["pattern"]
-    b = Builder(s["in_channels"], name or f"{pat}_net")
-    b.block_kw = {"type": s["block"]}
-    if s["block"] == "bottleneckx":
-        b.block_kw["cardinality"] = s["cardinality"]
-    if s["task"] == "segment":
-        b.prefix = "base."  # the original segmentation model keeps its backbone under `base`
     x = b.conv("base_layer", b.x, s["stem"]["channels"], s["stem"]["kernel"], 1)
     levels, strides = [], [1]
     for i, st in enumerate(s["conv_stages"]):
@@ -296,14 +308,10 @@ def build(spec: dict, name: str | None = None) -> IR:
         lv = n.bit_length() - 1
         if pat in ("chain", "skip", "ida"):
             x = b.chain_stage(x, n, out, stride, path)
-        elif pat == "tree":
-            x, _ = b.tree_plain(x, lv, out, stride, path, k, rr, reenter=False)
-        elif pat == "reentrant":
-            x, _ = b.tree_plain(x, lv, out, stride, path, k, rr, reenter=True)
-        elif pat == "hda":
-            x = b.tree_hda(x, lv, out, stride, path, False, k, rr)
+        elif pat in ("tree", "reentrant"):
+            x, _ = b.tree_plain(x, lv, out, stride, path, k, rr, reenter=pat == "reentrant")
         else:
-            x = b.tree_hda(x, lv, out, stride, path, i > 0, k, rr)
+            x = b.tree_hda(x, lv, out, stride, path, pat == "dla" and i > 0, k, rr)
         stage_outs.append(x)
         strides.append(strides[-1] * stride)
         if pat == "ida":
@@ -321,16 +329,29 @@ def build(spec: dict, name: str | None = None) -> IR:
         x = b.agg("skip.root", [stage_outs[-1], *ins], s["stages"][-1]["channels"], k, rr)
     elif pat == "ida" and ida is not None:
         x = ida
-    if s["task"] == "segment":
-        fl = s["first_level"]
-        b.prefix = ""
-        chosen = levels[fl:]
-        if pat in ("skip", "ida"):
-            chosen[-1] = x
-        lvl_strides = strides[1:]
-        base = lvl_strides[fl]
-        y = b.ida_up(chosen, [st // base for st in lvl_strides[fl:]])
-        b.segment(y, s["num_classes"], base)
-    else:
+    return x, levels, strides
+
+
+def build(spec: dict, name: str | None = None) -> IR:
+    """Spec -> validated IR (see the module docstring for the spec); raises ``IRError`` on a bad spec."""
+    s = normalize(spec)
+    pat = s["pattern"]
+    block_kw = {"type": s["block"]}
+    if s["block"] == "bottleneckx":
+        block_kw["cardinality"] = s["cardinality"]
+    b = Builder(s["in_channels"], name or f"{pat}_net", block_kw)
+    if s["task"] != "segment":
+        x, _, _ = _backbone(b, s)
         b.classify(x, s["num_classes"])
+        return validate(b.ir)
+    with b.scope("base."):  # the original segmentation model keeps its backbone under `base`
+        x, levels, strides = _backbone(b, s)
+    fl = s["first_level"]
+    chosen = levels[fl:]
+    if pat in ("skip", "ida"):
+        chosen[-1] = x
+    lvl_strides = strides[1:]
+    base = lvl_strides[fl]
+    y = b.ida_up(chosen, [st // base for st in lvl_strides[fl:]])
+    b.segment(y, s["num_classes"], base)
     return validate(b.ir)
