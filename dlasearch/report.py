@@ -32,13 +32,6 @@ class ReportError(DLASearchError):
 
 # ------------------------------------------------------------------ loading
 
-def open_study(name: str, storage: str | None = None):
-    """(study, storage URL); the journal under ``results/<name>/`` unless ``storage`` is given."""
-    from dlasearch import search
-
-    return search.find_study(name, storage)
-
-
 def objectives(study) -> list[str]:
     """Objective names from the space stored with the study (``objective<i>`` for foreign studies)."""
     space = _space(study)
@@ -294,7 +287,9 @@ def report(name: str, storage: str | None = None, out=None, top: int = 3, log=pr
 
     if isinstance(top, bool) or not isinstance(top, int) or top < 0:
         raise ReportError(f"top={top!r}: expected an int >= 0 (architectures to draw)")
-    study, url = open_study(str(name), storage)
+    from dlasearch.search import find_study
+
+    study, url = find_study(str(name), storage)
     out = Path(str(out)).expanduser() if out is not None else Path("results") / str(name) / "report"
     try:
         _prepare(out, str(name), url)

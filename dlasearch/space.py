@@ -226,8 +226,6 @@ def validate(space: dict) -> dict:
     for k, allowed in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
         if st[k] not in allowed:
             raise _fail(f"study.{k}", f"{st[k]!r}{did_you_mean(st[k], allowed)}; allowed: {', '.join(allowed)}")
-    if st["sampler"] == "nsga2" and len(objs) == 1:
-        pass  # NSGA-II also works on one objective
     if st["sampler"] == "grid" and any("low" in p for p in s["params"].values()):
         raise _fail("study.sampler", "grid needs every parameter as choices or value, not a range")
     for k in ("trials", "workers", "heartbeat", "grace"):
@@ -357,11 +355,6 @@ def sample(space: dict, trial) -> dict:
             "conv_stages": bb.get("conv_stages", DEFAULTS["backbone"]["conv_stages"]), "stages": stages,
             "block": block, "cardinality": v["cardinality"], "root_kernel": v["root_kernel"],
             "residual_root": v["residual_root"]}
-
-
-def distributions(space: dict) -> str:
-    """A canonical text of the searched parameters: a study refuses to resume with a different one."""
-    return json.dumps(space["params"], sort_keys=True)
 
 
 def _contains(p: dict, v) -> bool:
