@@ -5,7 +5,7 @@ Figure 1: ``chain`` (a), ``skip`` (b), ``ida`` (c), ``tree`` (d), ``reentrant`` 
 pattern runs on the same backbone (stem, conv stages, block stages), so two
 specs differing only in ``pattern`` compare aggregation alone.
 
-Spec (a dict, e.g. from JSON/YAML)::
+Spec (a dict, e.g. from JSON/YAML, checked into the typed ``Spec`` by ``Spec.parse``)::
 
     pattern: dla                   # one of PATTERNS (or its Figure-1 letter)
     in_channels: 3
@@ -27,7 +27,8 @@ Tree patterns (tree, reentrant, hda, dla) need ``blocks`` a power of two >= 2.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+import dataclasses
+from dataclasses import dataclass
 
 from dlasearch.errors import did_you_mean
 from dlasearch.ir import BLOCK_TYPES, IR, IRError, validate
@@ -36,17 +37,61 @@ PATTERNS = {"chain": "a", "skip": "b", "ida": "c", "tree": "d", "reentrant": "e"
 LETTERS = {v: k for k, v in PATTERNS.items()}
 TREE_PATTERNS = ("tree", "reentrant", "hda", "dla")
 
-DEFAULTS: dict[str, Any] = {
-    "pattern": "dla", "in_channels": 3, "num_classes": 10,
-    "stem": {"channels": 16, "kernel": 7},
-    "conv_stages": [{"convs": 1, "channels": 16, "stride": 1}, {"convs": 1, "channels": 32, "stride": 2}],
-    "stages": [{"blocks": 2, "channels": 64, "stride": 2}, {"blocks": 4, "channels": 128, "stride": 2},
-               {"blocks": 4, "channels": 256, "stride": 2}, {"blocks": 2, "channels": 512, "stride": 2}],
-    "block": "basic", "cardinality": 32, "root_kernel": 1, "residual_root": False,
-    "task": "classify", "first_level": 1,
-}
-_STAGE_KEYS = {"stem": {"channels", "kernel"}, "conv_stages": {"convs", "channels", "stride"},
-               "stages": {"blocks", "channels", "stride"}}
+@dataclass(frozen=True)
+class Stem:
+    """The first conv: ``channels`` outputs, ``kernel`` x ``kernel``, stride 1."""
+    channels: int
+    kernel: int = 7
+
+
+@dataclass(frozen=True)
+class ConvStage:
+    """``convs`` plain 3x3 conv+BN+ReLU layers of ``channels``; the first has ``stride``."""
+    convs: int
+    channels: int
+    stride: int = 1
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stage of ``blocks`` residual blocks of ``channels``; its first block has ``stride``."""
+    blocks: int
+    channels: int
+    stride: int = 2
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A checked pattern spec; ``Spec.parse(dict)`` validates, ``to_dict()`` gives the JSON form."""
+    pattern: str = "dla"
+    in_channels: int = 3
+    num_classes: int = 10
+    stem: Stem = Stem(16, 7)
+    conv_stages: tuple[ConvStage, ...] = (ConvStage(1, 16, 1), ConvStage(1, 32, 2))
+    stages: tuple[Stage, ...] = (Stage(2, 64), Stage(4, 128), Stage(4, 256), Stage(2, 512))
+    block: str = "basic"
+    cardinality: int = 32
+    root_kernel: int = 1
+    residual_root: bool = False
+    task: str = "classify"
+    first_level: int = 1
+
+    @classmethod
+    def parse(cls, spec: "dict | Spec") -> "Spec":
+        """Fill defaults and check every field; raise ``IRError`` naming the bad one."""
+        if isinstance(spec, Spec):
+            return spec
+        return _parse(spec)
+
+    def to_dict(self) -> dict:
+        """Plain dicts and lists, as stored in trial attributes and spec JSON files."""
+        d = dataclasses.asdict(self)
+        d["conv_stages"], d["stages"] = list(d["conv_stages"]), list(d["stages"])
+        return d
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(Spec))
+_STAGE_TYPES = {"stem": Stem, "conv_stages": ConvStage, "stages": Stage}
 
 
 def _unknown(key: str, allowed, where: str) -> IRError:
@@ -60,8 +105,12 @@ def _int(v, where: str, lo: int = 1) -> int:
     return v
 
 
+def _keys(cls) -> set:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
 def _check_top(s: dict) -> None:
-    """The scalar fields of a spec with defaults filled in (``pattern`` already resolved)."""
+    """The scalar fields of a spec (``pattern`` already resolved)."""
     if s["block"] not in BLOCK_TYPES:
         raise IRError(f"spec.block={s['block']!r}: allowed: {', '.join(BLOCK_TYPES)}")
     if s["task"] not in ("classify", "segment"):
@@ -73,31 +122,41 @@ def _check_top(s: dict) -> None:
         raise IRError(f"spec.root_kernel={s['root_kernel']}: expected an odd int")
     if not isinstance(s["residual_root"], bool):
         raise IRError(f"spec.residual_root={s['residual_root']!r}: expected true or false")
-    stem = s["stem"]
+
+
+def _check_stem(stem) -> Stem:
+    if isinstance(stem, Stem):
+        return stem
     if not isinstance(stem, dict):
         raise IRError(f"spec.stem={stem!r}: expected a mapping with keys channels, kernel")
     for k in stem:
-        if k not in _STAGE_KEYS["stem"]:
-            raise _unknown(k, _STAGE_KEYS["stem"], ".stem")
-    s["stem"] = {"kernel": 7, **stem}
-    _int(s["stem"].get("channels"), "stem.channels")
-    _int(s["stem"]["kernel"], "stem.kernel")
+        if k not in _keys(Stem):
+            raise _unknown(k, _keys(Stem), ".stem")
+    stem = {"kernel": 7, **stem}
+    return Stem(_int(stem.get("channels"), "stem.channels"), _int(stem["kernel"], "stem.kernel"))
 
 
-def _check_stage(s: dict, group: str, i: int, st) -> dict:
-    """One entry of ``conv_stages`` or ``stages``, with its default stride filled in."""
+def _check_stage(s: dict, group: str, i: int, st):
+    """One entry of ``conv_stages`` or ``stages`` as its dataclass."""
+    cls = _STAGE_TYPES[group]
+    if isinstance(st, cls):
+        st = dataclasses.asdict(st)
     count = "convs" if group == "conv_stages" else "blocks"
     if not isinstance(st, dict):
         raise IRError(f"spec.{group}[{i}]={st!r}: expected a mapping")
     for k in st:
-        if k not in _STAGE_KEYS[group]:
-            raise _unknown(k, _STAGE_KEYS[group], f".{group}[{i}]")
+        if k not in _keys(cls):
+            raise _unknown(k, _keys(cls), f".{group}[{i}]")
     st = {"stride": 2 if group == "stages" else 1, **st}
     _int(st.get(count), f"{group}[{i}].{count}")
     _int(st.get("channels"), f"{group}[{i}].channels")
     _int(st["stride"], f"{group}[{i}].stride")
-    if group == "conv_stages":
-        return st
+    if group == "stages":
+        _check_block_stage(s, i, st)
+    return cls(**st)
+
+
+def _check_block_stage(s: dict, i: int, st: dict) -> None:
     if s["pattern"] in TREE_PATTERNS:
         b = st["blocks"]
         if b < 2 or b & (b - 1):
@@ -112,35 +171,40 @@ def _check_stage(s: dict, group: str, i: int, st) -> dict:
                           f"a positive multiple of cardinality (use channels that are multiples of 32)")
     if s["block"] == "bottleneck" and st["channels"] < 2:
         raise IRError(f"spec.stages[{i}].channels={st['channels']}: bottleneck needs >= 2")
-    return st
 
 
-def normalize(spec: dict) -> dict:
-    """Fill defaults and check every field; return the full spec or raise ``IRError`` naming the bad one."""
+def _parse(spec: dict) -> Spec:
     if not isinstance(spec, dict):
         raise IRError(f"spec must be a mapping, got {type(spec).__name__}")
     for k in spec:
-        if k not in DEFAULTS:
-            raise _unknown(k, DEFAULTS, "")
-    s = {**DEFAULTS, **spec}
+        if k not in FIELDS:
+            raise _unknown(k, FIELDS, "")
+    defaults = Spec()
+    s = {**{f: getattr(defaults, f) for f in FIELDS}, **spec}
     pat = LETTERS.get(s["pattern"], s["pattern"])
     if pat not in PATTERNS:
         raise IRError(f"spec.pattern={s['pattern']!r}: unknown pattern; allowed: "
                       f"{', '.join(f'{k} ({v})' for k, v in PATTERNS.items())}")
     s["pattern"] = pat
     _check_top(s)
+    s["stem"] = _check_stem(s["stem"])
     for group in ("conv_stages", "stages"):
         lst = s[group]
-        if not isinstance(lst, list) or (group == "stages" and not lst):
+        if not isinstance(lst, (list, tuple)) or (group == "stages" and not lst):
             raise IRError(f"spec.{group}={lst!r}: expected a {'non-empty ' if group == 'stages' else ''}list "
-                          f"of mappings with keys {', '.join(sorted(_STAGE_KEYS[group]))}")
-        s[group] = [_check_stage(s, group, i, st) for i, st in enumerate(lst)]
+                          f"of mappings with keys {', '.join(sorted(_keys(_STAGE_TYPES[group])))}")
+        s[group] = tuple(_check_stage(s, group, i, st) for i, st in enumerate(lst))
     n_levels = 1 + len(s["conv_stages"]) + len(s["stages"])
     _int(s["first_level"], "first_level", 0)
     if s["task"] == "segment" and not (0 <= s["first_level"] < n_levels - 2):
         raise IRError(f"spec.first_level={s['first_level']}: expected 0..{n_levels - 3} "
                       f"(a stage index with at least two deeper stages)")
-    return s
+    return Spec(**s)
+
+
+def normalize(spec: dict) -> dict:
+    """Fill defaults and check every field; return the full spec as a dict or raise ``IRError``."""
+    return Spec.parse(spec).to_dict()
 
 
 class Builder:
@@ -289,22 +353,22 @@ class Builder:
         return self.node("output", "output", [y])
 
 
-def _backbone(b: Builder, s: dict) -> tuple[str, list, list]:
+def _backbone(b: Builder, s: Spec) -> tuple[str, list, list]:
     """Stem, conv stages and block stages of ``pattern``; returns (output, per-level outputs, strides)."""
-    pat = s["pattern"]
-    x = b.conv("base_layer", b.x, s["stem"]["channels"], s["stem"]["kernel"], 1)
+    pat = s.pattern
+    x = b.conv("base_layer", b.x, s.stem.channels, s.stem.kernel, 1)
     levels, strides = [], [1]
-    for i, st in enumerate(s["conv_stages"]):
-        for c in range(st["convs"]):
-            x = b.conv(f"level{i}", x, st["channels"], 3, st["stride"] if c == 0 else 1, seq=3 * c)
+    for i, st in enumerate(s.conv_stages):
+        for c in range(st.convs):
+            x = b.conv(f"level{i}", x, st.channels, 3, st.stride if c == 0 else 1, seq=3 * c)
         levels.append(x)
-        strides.append(strides[-1] * st["stride"])
-    offset = len(s["conv_stages"])
-    k, rr = s["root_kernel"], s["residual_root"]
+        strides.append(strides[-1] * st.stride)
+    offset = len(s.conv_stages)
+    k, rr = s.root_kernel, s.residual_root
     stage_outs = []
     ida = None
-    for i, st in enumerate(s["stages"]):
-        path, out, stride, n = f"level{i + offset}", st["channels"], st["stride"], st["blocks"]
+    for i, st in enumerate(s.stages):
+        path, out, stride, n = f"level{i + offset}", st.channels, st.stride, st.blocks
         lv = n.bit_length() - 1
         if pat in ("chain", "skip", "ida"):
             x = b.chain_stage(x, n, out, stride, path)
@@ -326,32 +390,32 @@ def _backbone(b: Builder, s: dict) -> tuple[str, list, list]:
         deepest = strides[-1]
         ins = [b.down(o, deepest // strides[offset + 1 + j], f"skip.{j}.downsample")
                for j, o in enumerate(stage_outs[:-1])]
-        x = b.agg("skip.root", [stage_outs[-1], *ins], s["stages"][-1]["channels"], k, rr)
+        x = b.agg("skip.root", [stage_outs[-1], *ins], s.stages[-1].channels, k, rr)
     elif pat == "ida" and ida is not None:
         x = ida
     return x, levels, strides
 
 
-def build(spec: dict, name: str | None = None) -> IR:
-    """Spec -> validated IR (see the module docstring for the spec); raises ``IRError`` on a bad spec."""
-    s = normalize(spec)
-    pat = s["pattern"]
-    block_kw = {"type": s["block"]}
-    if s["block"] == "bottleneckx":
-        block_kw["cardinality"] = s["cardinality"]
-    b = Builder(s["in_channels"], name or f"{pat}_net", block_kw)
-    if s["task"] != "segment":
+def build(spec: "dict | Spec", name: str | None = None) -> IR:
+    """Spec (a dict or ``Spec``) -> validated IR; raises ``IRError`` naming a bad field."""
+    s = Spec.parse(spec)
+    pat = s.pattern
+    block_kw = {"type": s.block}
+    if s.block == "bottleneckx":
+        block_kw["cardinality"] = s.cardinality
+    b = Builder(s.in_channels, name or f"{pat}_net", block_kw)
+    if s.task != "segment":
         x, _, _ = _backbone(b, s)
-        b.classify(x, s["num_classes"])
+        b.classify(x, s.num_classes)
         return validate(b.ir)
     with b.scope("base."):  # the original segmentation model keeps its backbone under `base`
         x, levels, strides = _backbone(b, s)
-    fl = s["first_level"]
+    fl = s.first_level
     chosen = levels[fl:]
     if pat in ("skip", "ida"):
         chosen[-1] = x
     lvl_strides = strides[1:]
     base = lvl_strides[fl]
     y = b.ida_up(chosen, [st // base for st in lvl_strides[fl:]])
-    b.segment(y, s["num_classes"], base)
+    b.segment(y, s.num_classes, base)
     return validate(b.ir)
