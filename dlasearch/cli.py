@@ -54,7 +54,7 @@ def cmd_zoo(args: dict) -> int:
     return 0
 
 
-_TRAIN_RUN_OPTIONS = ("arch", "data", "image_size", "resize", "test", "latency", "out", "name")
+_TRAIN_RUN_OPTIONS = ("arch", "data", "image_size", "resize", "test", "latency", "out", "name", "weights")
 
 
 def cmd_train(args: dict) -> int:
