@@ -181,8 +181,8 @@ def load_weights(model: torch.nn.Module, source, graph: irmod.IR | None = None) 
     note = ""
     if not missing and not unexpected and shapes and set(shapes) <= head:
         k = sorted(shapes)[0]
-        note = (f"{where}: classifier re-initialised ({k} is {tuple(sd[k].shape)} in the checkpoint, "
-                f"{tuple(own[k].shape)} here: a different number of classes)")
+        note = (f"{where}: classifier re-initialised: the checkpoint predicts {sd[k].shape[0]} classes, "
+                f"this model {own[k].shape[0]} ({', '.join(sorted(shapes))} left at their initial values)")
         for k in head:
             sd.pop(k, None)
         shapes = []
