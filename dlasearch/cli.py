@@ -54,7 +54,7 @@ def cmd_zoo(args: dict) -> int:
     return 0
 
 
-_TRAIN_RUN_OPTIONS = ("arch", "data", "image_size", "resize", "test", "latency", "out", "name")
+_TRAIN_RUN_OPTIONS = ("arch", "data", "image_size", "resize", "test", "latency", "out", "name", "weights")
 
 
 def cmd_train(args: dict) -> int:
@@ -132,6 +132,13 @@ def cmd_compare(args: dict) -> int:
     return compare.command(args)
 
 
+def cmd_export(args: dict) -> int:
+    """Write a trained model as model.py (+ weights), model.pt2 and/or model.onnx with a README."""
+    from dlasearch import export
+
+    return export.command(args)
+
+
 def cmd_report(args: dict) -> int:
     """Summarise a study: trials table, Pareto/history, importance, plots, top-k diagrams, report.md."""
     from dlasearch import report
@@ -147,12 +154,14 @@ COMMANDS = {
     "render": (cmd_render, "draw an architecture (or arch=figure1) as svg/png/pdf with graphviz"),
     "compare": (cmd_compare, "train every pattern at one params budget over seeds: "
                              "patterns=chain,ida,dla budget.params=P seeds=3 epochs=E"),
+    "export": (cmd_export, "export a trained model for use without dlasearch: from=RUN_FOLDER|ZOO_NAME "
+                           "or study=NAME trial=N, format=py,pt2,onnx out=DIR"),
     "report": (cmd_report, "report on a study: study=NAME [storage=URL out=DIR top=3]"),
 }
 
 
 SHORTCUTS = {"run": RUN_SHORTCUTS}
-POSITIONAL = {"render": "arch", "train": "arch", "run": "space"}
+POSITIONAL = {"render": "arch", "train": "arch", "run": "space", "export": "from"}
 
 
 def main(argv: list[str] | None = None) -> int:

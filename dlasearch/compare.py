@@ -29,6 +29,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from dlasearch import checkpoint
 from dlasearch.errors import DLASearchError, did_you_mean
 from dlasearch.patterns import LETTERS, PATTERNS
 
@@ -620,7 +621,7 @@ def _train_one(graph, ds, config, seed: int):
 
     torch.manual_seed(seed)  # initial weights: the same seed gives the same network
     model = to_module(graph)
-    return trainmod.train(model, ds, dataclasses.replace(config, seed=seed), test=True)
+    return trainmod.train(model, ds, dataclasses.replace(config, seed=seed), test=True), model
 
 
 def compare(patterns=None, data="digits", seeds=3, budget=None, *, root=None, path=None, limit=None,
@@ -718,8 +719,12 @@ def compare(patterns=None, data="digits", seeds=3, budget=None, *, root=None, pa
             how = f"same network as {a['same_as']}"
         else:
             t0 = time.perf_counter()
-            res = _train_one(graphs[key], ds, config, seed)
+            res, model = _train_one(graphs[key], ds, config, seed)
             trained += 1
+            if res.status == "ok":  # weights first: the run's .json marks it finished
+                checkpoint.save(path_.with_suffix(".safetensors"), model, graphs[key], ds,
+                                config=dataclasses.asdict(dataclasses.replace(config, seed=seed)),
+                                name=f"{key}-seed{seed}")
             rec = {"pattern": key, "seed": seed, "fingerprint": a["fingerprint"], "status": res.status,
                    "reason": res.reason, "test_accuracy": res.test_accuracy, "val_accuracy": res.val_accuracy,
                    "train_seconds": res.train_seconds, "wall_seconds": time.perf_counter() - t0,

@@ -110,6 +110,6 @@ def command(args: dict) -> int:
     write_atomic(out, df.to_csv(index=False))
     table = df.sort_values(names[0], ascending=False)[["pattern", "arch", *names]]
     print(table.to_markdown(index=False, floatfmt=".4g"))
-    print(f"seconds per architecture: " + ", ".join(f"{p} {df[f'{p}_s'].mean():.2f}" for p in names))
+    print("seconds per architecture: " + ", ".join(f"{p} {df[f'{p}_s'].mean():.2f}" for p in names))
     print(f"wrote {out}")
     return 0

@@ -31,6 +31,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from dlasearch import keep
 from dlasearch import space as spacemod
 from dlasearch.errors import DLASearchError, did_you_mean
 from dlasearch.ir import IRError, fingerprint, from_json, to_json
@@ -332,6 +333,7 @@ class Objective:
             raise optuna.TrialPruned(f"pruned after epoch {result.epochs}: val_accuracy={result.val_accuracy}")
         metrics.update(val_accuracy=result.val_accuracy, train_seconds=result.train_seconds)
         trial.set_user_attr("val_accuracy", result.val_accuracy)
+        keep.upload(trial, model, ir, self.data, config, self.space)
         return self.values(metrics)
 
     def _fail(self, trial, reason: str):
@@ -418,6 +420,7 @@ def work(study: optuna.Study, space: dict, data=None, log=print, train_fn=None) 
                 break
             log(f"trial {k + 1}/{total} | {_best_line(study)}")
             study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[_logger(log)])
+            keep.prune(study, space)
     except KeyboardInterrupt:
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if t.user_attrs.get("worker") == ME:
@@ -492,6 +495,7 @@ def export(study: optuna.Study, space: dict, log=print) -> dict:
         write_atomic(best_dir / f"trial{t.number}.ir.json", json.dumps(json.loads(t.user_attrs["ir"]), indent=1))
         write_atomic(best_dir / f"trial{t.number}.spec.json", json.dumps(json.loads(t.user_attrs["spec"]),
                                                                           indent=1))
+    weights = keep.save_best(study, space, best, best_dir)
     cols = [c for c in ("number", "state", "pattern", "val_accuracy", "params", "macs", "train_memory",
                         "arch") if c in df.columns]
     unique = df[(df.state == "COMPLETE") & df.duplicate_of.isna()] if len(df) else df
@@ -502,7 +506,8 @@ def export(study: optuna.Study, space: dict, log=print) -> dict:
         + (f" ({dups} answered from an identical earlier architecture)" if dups else ""))
     if len(top):
         log(top.to_markdown(index=False, floatfmt=".4g"))
-    log(f"\nwrote {out / 'trials.csv'} and {len(best)} best architecture(s) under {best_dir}")
+    log(f"\nwrote {out / 'trials.csv'} and {len(best)} best architecture(s) under {best_dir}"
+        + (f" ({weights} with trained weights: dlasearch.load(PATH) or dlasearch export)" if weights else ""))
     return {"trials": len(df), "best": [t.number for t in best], "dir": str(out)}
 
 

@@ -60,7 +60,7 @@ SCHEMA: dict[str, Any] = {
               "channels_last": bool, "nesterov": bool, "augment": bool, "precision": str},
     "study": {"name": (str, type(None)), "storage": (str, type(None)), "trials": int, "workers": int,
               "seed": int, "sampler": str, "pruner": str, "timeout": (int, float, type(None)),
-              "heartbeat": int, "grace": int, "results": str},
+              "heartbeat": int, "grace": int, "results": str, "keep": str, "artifacts": (str, type(None))},
     "objectives": list,
     "budget": {"params": (int, float, type(None)), "macs": (int, float, type(None)),
                "train_memory": (int, float, type(None))},
@@ -76,7 +76,8 @@ DEFAULTS: dict[str, Any] = {
               "warmup_epochs": 0.5, "label_smoothing": 0.0, "steps": None, "device": "auto",
               "channels_last": False},
     "study": {"name": None, "storage": None, "trials": 20, "workers": 1, "seed": 0, "sampler": "tpe",
-              "pruner": "hyperband", "timeout": None, "heartbeat": 10, "grace": 60, "results": "results"},
+              "pruner": "hyperband", "timeout": None, "heartbeat": 10, "grace": 60, "results": "results",
+              "keep": "best", "artifacts": None},
     "objectives": ["val_accuracy"],
     "budget": {"params": None, "macs": None, "train_memory": None},
     "backbone": {"stem": {"channels": 16, "kernel": 3},
@@ -87,11 +88,13 @@ DEFAULTS: dict[str, Any] = {
     "params": {},
     "seed_published": True,
 }
+KEEP = ("best", "all", "none")  # whose trained weights a study keeps
 # top-level shortcuts accepted on the command line: `trials=5` means `study.trials=5`
 SHORTCUTS = {"trials": "study.trials", "workers": "study.workers", "seed": "study.seed",
              "sampler": "study.sampler", "pruner": "study.pruner", "study": "study.name",
              "storage": "study.storage", "epochs": "train.epochs", "data": "data.name",
-             "batch_size": "train.batch_size", "timeout": "study.timeout"}
+             "batch_size": "train.batch_size", "timeout": "study.timeout",
+             "keep": "study.keep"}
 
 
 def _fail(path: str, msg: str) -> SpaceError:
@@ -223,7 +226,7 @@ def validate(space: dict) -> dict:
     if "val_accuracy" not in objs:
         raise _fail("objectives", "must include val_accuracy (the others trade off against it)")
     st = s["study"]
-    for k, allowed in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
+    for k, allowed in (("sampler", SAMPLERS), ("pruner", PRUNERS), ("keep", KEEP)):
         if st[k] not in allowed:
             raise _fail(f"study.{k}", f"{st[k]!r}{did_you_mean(st[k], allowed)}; allowed: {', '.join(allowed)}")
     if st["sampler"] == "grid" and any("low" in p for p in s["params"].values()):

@@ -62,6 +62,7 @@ class TrainConfig:
     eval_batch_size: int = 512
     deterministic: bool = True  # cuDNN: deterministic kernels, no autotuning
     progress: bool | None = None  # null: a progress bar only when stderr is a terminal
+    freeze: str = "none"  # backbone: fine-tune only the classifier (see checkpoint.frozen)
 
     def __post_init__(self):
         def integer(name, lo, none_ok=False):
@@ -96,6 +97,8 @@ class TrainConfig:
             raise TrainError(f"progress={self.progress!r}: expected true, false or null (auto)")
         if self.nesterov and self.momentum == 0:
             raise TrainError("nesterov=true needs momentum > 0; set momentum=0.9 or nesterov=false")
+        if self.freeze not in ("none", "backbone"):
+            raise TrainError(f"freeze={self.freeze!r}; allowed: none, backbone")
         if self.precision not in PRECISIONS:
             raise TrainError(f"precision={self.precision!r}; allowed: {', '.join(PRECISIONS)}")
         resolve_device(self.device)
@@ -323,7 +326,10 @@ def train(model: torch.nn.Module, data: Dataset, config: TrainConfig | None = No
     cudnn = (torch.backends.cudnn.flags(enabled=True, benchmark=not cfg.deterministic,
                                         deterministic=cfg.deterministic)
              if device.type == "cuda" else contextlib.nullcontext())
-    with _threads(cfg.threads), cudnn, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    from dlasearch.checkpoint import frozen
+
+    with _threads(cfg.threads), cudnn, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+            frozen(model, cfg.freeze):
         torch.manual_seed(cfg.seed)
         return _fit(model.to(device, memory_format=fmt), data.to(device), cfg, device, amp, fmt, callback, test)
 
@@ -493,17 +499,23 @@ def data_options(value) -> dict:
 
 def run(arch: str, data: dict | str | None, config: TrainConfig, *, image_size="auto",
         resize: str = "interpolate", test: bool = False, latency: bool = True,
-        out: str | None = None, name: str | None = None) -> tuple[dict, Path]:
+        out: str | None = None, name: str | None = None, weights: str | None = None,
+        log=print) -> tuple[dict, Path]:
     """Resolve, check, measure and train one architecture; write its run folder; return (record, folder).
 
     Every input is checked before anything runs or is written.  ``image_size``
     ``auto`` keeps the native size unless the network downsamples more than
-    that, then uses its total stride (e.g. digits 8x8 -> 32 for a DLA).
+    that, then uses its total stride (e.g. digits 8x8 -> 32 for a DLA).  ``weights``: a
+    checkpoint to start from (fine-tuning; a different class count re-initialises the classifier).
     """
     from dlasearch import data as datamod
     from dlasearch.ir import to_module
 
+    from dlasearch import checkpoint
+
     read_arch(arch)
+    if weights is not None:
+        checkpoint.read_state_dict(weights)  # a missing or corrupt file fails before the data loads
     opts = data_options(data)
     split_seed = opts.pop("seed", 0)
     ds = datamod.load(opts.pop("name"), seed=split_seed, **opts)
@@ -517,15 +529,22 @@ def run(arch: str, data: dict | str | None, config: TrainConfig, *, image_size="
     folder = run_folder(out, name, f"{arch_name}-{ds.name}")
     torch.manual_seed(config.seed)  # the same seed gives the same initial weights
     model = to_module(graph)
+    if weights is not None:
+        note = checkpoint.load_weights(model, weights, graph)
+        if note:
+            log(note)
     record = {"arch": str(arch), "name": arch_name, "fingerprint": irmod.fingerprint(graph),
               "data": {**ds.summary(), "split_seed": split_seed, "resize": resize},
               "config": dataclasses.asdict(config), "device": str(resolve_device(config.device)),
-              "torch": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+              "torch": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "normalisation": {"mean": list(ds.mean), "std": list(ds.std)},
+              "weights_from": None if weights is None else str(weights), "weights": checkpoint.WEIGHTS}
     metrics = measure_arch(model, ds, config, latency)
     result = train(model, ds, config, test=test)
     metrics.update({"val_accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy,
                     "train_seconds": result.train_seconds})
     record.update({"status": result.status, "reason": result.reason, "metrics": metrics,
                    "epochs": result.epochs, "steps": result.steps, "history": result.history})
+    checkpoint.save(folder / checkpoint.WEIGHTS, model, graph, ds, config=dataclasses.asdict(config), name=arch_name)
     save_run(folder, graph, record)
     return record, folder

@@ -7,6 +7,7 @@ with ``dlasearch.compile``; module names follow the original code
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -97,9 +98,30 @@ def ir(name: str, num_classes: int | None = None) -> IR:
     return g
 
 
-def create(name: str, num_classes: int = 1000) -> torch.nn.Module:
-    """A compiled zoo model (randomly initialised as the original)."""
-    return to_module(ir(name, num_classes), name=name)
+def create(name: str, num_classes: int = 1000, weights=None, features_only: bool = False) -> torch.nn.Module:
+    """A compiled zoo model, randomly initialised as the original unless ``weights`` is given.
+
+    ``weights``: a timm or original checkpoint (``.pth`` or ``.safetensors``); a different
+    class count re-initialises the classifier, with a warning.  ``features_only=True``
+    returns the stage outputs (a list, finest first; ``model.feature_info`` as in timm).
+    """
+    graph = ir(name, num_classes)
+    model = to_module(graph, name=name)
+    if weights is not None:
+        from dlasearch.checkpoint import load_weights
+
+        note = load_weights(model, weights, graph)
+        if note:
+            warnings.warn(note, stacklevel=2)
+    if not features_only:
+        return model
+    from dlasearch.backbone import features
+
+    cut = features(graph)
+    feats = to_module(cut, name=f"{name}_features")
+    feats.load_state_dict({k: v for k, v in model.state_dict().items() if k in feats.state_dict()})
+    feats.feature_info = cut.graph["feature_info"]
+    return feats
 
 
 _PROJECT = re.compile(r"^(?P<tree>.*)\.project\.[01]\.")

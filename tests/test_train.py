@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dlasearch import compile as compile_ir
+from dlasearch.ir import to_module
 from dlasearch import data, ir, patterns, train
 from dlasearch.cli import main
 from dlasearch.errors import DLASearchError
@@ -23,7 +23,7 @@ TINY = {"pattern": "dla", "stem": {"channels": 8, "kernel": 3},
 
 def tiny(in_channels=1, num_classes=10, seed=0):
     torch.manual_seed(seed)
-    return compile_ir(patterns.build({**TINY, "in_channels": in_channels, "num_classes": num_classes}, "tiny"))
+    return to_module(patterns.build({**TINY, "in_channels": in_channels, "num_classes": num_classes}, "tiny"))
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +156,7 @@ def test_cli_train_writes_a_complete_run(tmp_path, capsys):
                "latency=false", "test=true"])
     assert rc == 0
     assert "val_accuracy" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["ir.json", "metrics.json"]  # no temp files left
+    assert sorted(p.name for p in out.iterdir()) == ["ir.json", "metrics.json", "model.safetensors"]  # no temp files left
     rec = json.loads((out / "metrics.json").read_text())
     assert rec["status"] == "ok" and rec["data"]["image_size"] == [32, 32] and rec["config"]["epochs"] == 1
     m = rec["metrics"]
