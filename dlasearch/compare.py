@@ -19,6 +19,7 @@ less than doubling a plain network would.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import json
@@ -425,6 +426,19 @@ def _chance_mark(row) -> str:
     return f" {dstats.CHANCE_MARK}" if getattr(row, "at_chance", False) else ""
 
 
+PLOT_STYLE = "ggplot"
+
+
+@contextlib.contextmanager
+def plot_style():
+    """One look for every plot (also a decorator): Optuna draws its history and Pareto plots in
+    ggplot and cannot be told otherwise, so the plots drawn here use ggplot too."""
+    import matplotlib.style
+
+    with matplotlib.style.context(PLOT_STYLE):
+        yield
+
+
 def save_figure(fig, stem: Path) -> list[Path]:
     """Write ``stem``.png and ``stem``.svg (SVG ids salted with a constant, so reruns give the same file)."""
     import matplotlib
@@ -468,6 +482,7 @@ def _cost_panel(ax, rows, ok, col: str, scale: float) -> None:
     ax.grid(alpha=0.3)
 
 
+@plot_style()
 def plots(summary, runs, folder: Path) -> list[Path]:
     """Accuracy vs params, vs training memory (per-seed points, mean ± 95% CI) and per-pattern spread.
 
