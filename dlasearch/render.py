@@ -60,6 +60,7 @@ from pathlib import Path
 
 import graphviz
 
+from dlasearch import layout
 from dlasearch.errors import DLASearchError
 from dlasearch.ir import IR, infer_shapes
 from dlasearch.patterns import PATTERNS, build
@@ -325,30 +326,6 @@ def _details(details, collapse_blocks, default: bool) -> bool:
         (details if details is not None else collapse_blocks)
 
 
-def _aspect(g: graphviz.Digraph) -> float | None:
-    """Width over height of ``g`` as dot lays it out (None without a working ``dot``)."""
-    if shutil.which("dot") is None:
-        return None
-    try:
-        head = g.pipe(format="plain").split(b"\n", 1)[0].split()  # graph <scale> <width> <height>
-        return float(head[2]) / float(head[3])
-    except (graphviz.ExecutableNotFound, graphviz.CalledProcessError, IndexError, ValueError, ZeroDivisionError):
-        return None
-
-
-def _pick_direction(make, ir: IR) -> graphviz.Digraph:
-    """``make(direction)`` in the direction whose layout is closer to square; TB on a tie or without dot."""
-    import math
-
-    import networkx as nx
-
-    graphs = {d: make(d) for d in ("TB", "LR")}
-    ratios = {d: _aspect(g) for d, g in graphs.items()}
-    if None in ratios.values():
-        return graphs["TB" if nx.dag_longest_path_length(ir) > 12 else "LR"]
-    return graphs["LR" if abs(math.log(ratios["LR"])) < abs(math.log(ratios["TB"])) else "TB"]
-
-
 def _check(details, direction, size) -> None:
     _details(details, None, True)
     if direction not in DIRECTIONS:
@@ -370,7 +347,7 @@ def to_dot(ir: IR, details: bool | None = None, direction: str = "auto", title: 
         g.attr(label=_legend(f"{title or ir.graph.get('name') or 'network'}  (shapes at {size}x{size} input)",
                              used))
         return g
-    return _pick_direction(make, ir) if direction == "auto" else make(direction)
+    return layout.pick_direction(make, ir) if direction == "auto" else make(direction)
 
 
 def figure1_irs() -> dict:

@@ -497,7 +497,7 @@ def export(study: optuna.Study, space: dict, log=print) -> dict:
         write_atomic(best_dir / f"trial{t.number}.spec.json", json.dumps(json.loads(t.user_attrs["spec"]),
                                                                           indent=1))
     cols = [c for c in ("number", "state", "pattern", "val_accuracy", "params", "macs", "train_memory",
-                        "arch") if c in df.columns]
+                        "arch") if c in df.columns] + (["at_chance"] if len(df) and df.at_chance.any() else [])
     unique = df[(df.state == "COMPLETE") & df.duplicate_of.isna()] if len(df) else df
     top = unique.sort_values("val_accuracy", ascending=False).head(10)[cols] if len(unique) else unique
     dups = int(df.duplicate_of.notna().sum()) if len(df) else 0

@@ -57,6 +57,16 @@ def chance_line(what: str, accuracy: float, chance_level: float, n: int) -> str:
             f"(epochs=, steps=) or lower lr")
 
 
+def chance_record(dataset, val_accuracy, test_accuracy=None) -> dict:
+    """Per scored split of ``dataset``: its chance level, its size, and whether the accuracy is at chance."""
+    out = {}
+    for split, acc in (("val", val_accuracy), ("test", test_accuracy)):
+        y = dataset.split(split)[1]
+        level = chance(y)
+        out[split] = {"chance": level, "n": len(y), "at_chance": at_chance(acc, level, len(y))}
+    return out
+
+
 def fmt(x, spec: str, n: int | None = None, need: int = 1, missing: str = DASH) -> str:
     """``format(x, spec)``, or ``missing`` when x is undefined or rests on fewer than ``need`` samples."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)) or (n is not None and n < need):

@@ -304,14 +304,10 @@ def evaluate(model: torch.nn.Module, data: Dataset, split: str = "val", batch_si
 def recalibrate_bn(model, data: Dataset, cfg: TrainConfig, device, amp, fmt) -> None:
     """Replace BatchNorm running statistics by exact averages over ``cfg.bn_batches`` training batches.
 
-    Why: the running averages lag the weights.  Early in training the scale-invariant
-    conv weights in front of each BatchNorm grow fast (dla46_c on digits: the stem's
-    output variance goes from 1 to 3e6 in 33 steps), and an exponential average with
-    momentum 0.1 trails that growth, so a short run evaluated in eval mode scores chance
-    with a validation loss of 1e11 while its training accuracy rises.  Recomputing the
-    statistics from the current weights ("precise BN") removes the lag; it costs
-    ``bn_batches`` forward passes and draws from its own generator, so the training
-    batches stay the same.
+    Why: early on, the conv weights in front of each BatchNorm grow fast and the momentum-0.1
+    running averages trail them, so a short run scored chance in eval mode (val loss 1e11)
+    while it was learning; docs/train.md has the numbers.  Its own generator keeps the
+    training batches unchanged.
     """
     import itertools
 
@@ -518,18 +514,6 @@ def data_options(value) -> dict:
     return dict(value)
 
 
-def chance_record(ds: Dataset, result: TrainResult, test: bool) -> dict:
-    """Chance level and size of each scored split, and whether the run's accuracy is at chance."""
-    from dlasearch import stats
-
-    out = {}
-    for split, acc in (("val", result.val_accuracy), ("test", result.test_accuracy if test else None)):
-        y = ds.split(split)[1]
-        level = stats.chance(y)
-        out[split] = {"chance": level, "n": len(y), "at_chance": stats.at_chance(acc, level, len(y))}
-    return out
-
-
 def run(arch: str, data: dict | str | None, config: TrainConfig, *, image_size="auto",
         resize: str = "interpolate", test: bool = False, latency: bool = True,
         out: str | None = None, name: str | None = None) -> tuple[dict, Path]:
@@ -540,6 +524,7 @@ def run(arch: str, data: dict | str | None, config: TrainConfig, *, image_size="
     that, then uses its total stride (e.g. digits 8x8 -> 32 for a DLA).
     """
     from dlasearch import data as datamod
+    from dlasearch import stats
     from dlasearch.compile import compile as compile_ir
 
     read_arch(arch)
@@ -566,6 +551,6 @@ def run(arch: str, data: dict | str | None, config: TrainConfig, *, image_size="
                     "train_seconds": result.train_seconds})
     record.update({"status": result.status, "reason": result.reason, "metrics": metrics,
                    "epochs": result.epochs, "steps": result.steps, "history": result.history,
-                   "chance": chance_record(ds, result, test)})
+                   "chance": stats.chance_record(ds, result.val_accuracy, result.test_accuracy if test else None)})
     save_run(folder, graph, record)
     return record, folder
