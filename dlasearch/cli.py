@@ -61,7 +61,7 @@ def cmd_train(args: dict) -> int:
     """Train one architecture on one dataset, print its metrics, write metrics.json + ir.json."""
     from tabulate import tabulate
 
-    from dlasearch import train
+    from dlasearch import stats, train
 
     if "arch" not in args:
         raise DLASearchError("arch=<zoo name | spec.json | ir.json> is required, e.g. "
@@ -84,6 +84,9 @@ def cmd_train(args: dict) -> int:
              for k, v in m.items()]
     rows.append(("run folder", str(folder)))
     print(tabulate(rows, headers=["metric", "value"], tablefmt="github"))
+    val = record["chance"]["val"]
+    if val["at_chance"]:
+        print(stats.chance_line("validation accuracy", m["val_accuracy"], val["chance"], val["n"]), file=sys.stderr)
     return 0
 
 

@@ -19,6 +19,7 @@ less than doubling a plain network would.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import json
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dlasearch import checkpoint
+from dlasearch import stats as dstats
 from dlasearch.errors import DLASearchError, did_you_mean
 from dlasearch.patterns import LETTERS, PATTERNS
 
@@ -320,8 +322,8 @@ def welch(a, b) -> tuple[float, float, float, float]:
         return diff, math.nan, math.nan, math.nan
     va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
     se = math.sqrt(va + vb)
-    if se == 0:
-        return diff, diff, diff, (1.0 if diff == 0 else 0.0)
+    if se == 0:  # constant samples (e.g. every seed at chance): no spread, so no test
+        return diff, math.nan, math.nan, math.nan
     df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
     p = float(2 * stats.t.sf(abs(diff) / se, df))
     h = float(stats.t.ppf(0.975, df)) * se
@@ -339,8 +341,11 @@ def holm(pvalues: dict) -> dict:
     return out
 
 
-def summarize(runs, archs: dict, order: list[str]):
-    """Per-pattern summary (a DataFrame in ``order``) from the per-run frame and the measured archs."""
+def summarize(runs, archs: dict, order: list[str], chance: tuple[float, int] | None = None):
+    """Per-pattern summary (a DataFrame in ``order``) from the per-run frame and the measured archs.
+
+    ``chance`` is (chance level, images) of the test split; rows whose mean is within it are marked.
+    """
     import pandas as pd
 
     ok = runs[runs.status == "ok"]
@@ -367,6 +372,7 @@ def summarize(runs, archs: dict, order: list[str]):
             "diff_vs_chain": diff, "diff_ci_low": dlo, "diff_ci_high": dhi, "p_welch": pv,
             "p_holm": adjusted.get(p, math.nan), "train_seconds_mean": tm, "train_seconds_std": ts,
             "same_as": a.get("same_as") or "", "fingerprint": a["fingerprint"],
+            "at_chance": bool(chance) and dstats.at_chance(m, *chance),
         })
     return pd.DataFrame(rows)
 
@@ -376,7 +382,7 @@ def size_correlation(runs, keys) -> tuple[float, float, int]:
     from scipy import stats
 
     ok = runs[(runs.status == "ok") & runs.test_accuracy.notna() & runs.pattern.isin(keys)]
-    if len(ok) < 3 or ok.params.nunique() < 2 or ok.test_accuracy.nunique() < 2:
+    if len(ok) < dstats.MIN_CORRELATION or ok.params.nunique() < 2 or ok.test_accuracy.nunique() < 2:
         return math.nan, math.nan, len(ok)
     r = stats.spearmanr(ok.params, ok.test_accuracy)
     return float(r.statistic), float(r.pvalue), len(ok)
@@ -384,7 +390,7 @@ def size_correlation(runs, keys) -> tuple[float, float, int]:
 
 # ------------------------------------------------------------------ presentation
 
-def _num(x, fmt: str, missing: str = "n/a") -> str:
+def _num(x, fmt: str, missing: str = dstats.DASH) -> str:
     return missing if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, fmt)
 
 
@@ -396,7 +402,7 @@ def markdown_table(summary) -> str:
     for r in summary.itertuples():
         pm = "" if not math.isfinite(r.test_acc_std) else f" ± {100 * r.test_acc_std:.2f}"
         ci = f"[{_num(100 * r.test_acc_ci_low, '.2f')}, {_num(100 * r.test_acc_ci_high, '.2f')}]" \
-            if math.isfinite(r.test_acc_ci_low) else "n/a"
+            if math.isfinite(r.test_acc_ci_low) else dstats.DASH
         if r.pattern == REFERENCE:
             diff = "reference"
         elif math.isfinite(r.diff_vs_chain):
@@ -404,17 +410,34 @@ def markdown_table(summary) -> str:
             if math.isfinite(r.diff_ci_low):
                 diff += f" [{100 * r.diff_ci_low:+.2f}, {100 * r.diff_ci_high:+.2f}]"
         else:
-            diff = "n/a"
+            diff = dstats.DASH
         tpm = "" if not math.isfinite(r.train_seconds_std) else f" ± {r.train_seconds_std:.1f}"
         label = r.pattern + (f" (= {r.same_as})" if r.same_as else "")
         rows.append([label, r.figure, r.widths, f"{r.params:,} ({100 * r.params_vs_target:+.1f}%)",
                      f"{r.macs / 1e6:.2f}M", f"{r.train_memory_bytes / 2 ** 20:.1f}",
-                     f"{_num(100 * r.test_acc_mean, '.2f')}{pm}", ci, diff, _num(r.p_welch, '.3g', '–'),
+                     f"{_num(100 * r.test_acc_mean, '.2f')}{pm}" + _chance_mark(r), ci, diff, _num(r.p_welch, '.3g', '–'),
                      _num(r.p_holm, '.3g', '–'), f"{_num(r.train_seconds_mean, '.1f')}{tpm}",
                      f"{r.ok_runs}/{r.runs}"])
     headers = ["pattern", "fig.", "widths", "params (vs target)", "MACs", "train MiB", "test acc % (mean ± std)",
                "95% CI", "Δ vs chain, pp [95% CI]", "p Welch", "p Holm", "train s", "runs ok"]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def _chance_mark(row) -> str:
+    return f" {dstats.CHANCE_MARK}" if getattr(row, "at_chance", False) else ""
+
+
+PLOT_STYLE = "ggplot"
+
+
+@contextlib.contextmanager
+def plot_style():
+    """One look for every plot (also a decorator): Optuna draws its history and Pareto plots in
+    ggplot and cannot be told otherwise, so the plots drawn here use ggplot too."""
+    import matplotlib.style
+
+    with matplotlib.style.context(PLOT_STYLE):
+        yield
 
 
 def save_figure(fig, stem: Path) -> list[Path]:
@@ -460,6 +483,7 @@ def _cost_panel(ax, rows, ok, col: str, scale: float) -> None:
     ax.grid(alpha=0.3)
 
 
+@plot_style()
 def plots(summary, runs, folder: Path) -> list[Path]:
     """Accuracy vs params, vs training memory (per-seed points, mean ± 95% CI) and per-pattern spread.
 
@@ -673,6 +697,7 @@ def compare(patterns=None, data="digits", seeds=3, budget=None, *, root=None, pa
 
     load_opts = {k: v for k, v in opts.items() if k not in ("name", "seed")}
     ds = datamod.load(opts["name"], seed=opts["seed"], image_size=image_size, progress=False, **load_opts)
+    chance = (dstats.chance(ds.y_test), len(ds.y_test))
     targets = {p: budget_params for p in order}
     sized = {p: size(p, budget_params, tolerance, blocks, ds.channels, ds.num_classes) for p in order}
     for m in multiples:
@@ -734,22 +759,30 @@ def compare(patterns=None, data="digits", seeds=3, budget=None, *, root=None, pa
             _write_json(path_, rec)
             how = f"{rec['wall_seconds']:.1f}s"
         acc = rec.get("test_accuracy")
+        low = dstats.at_chance(acc, *chance)
         log(f"[{i}/{total}] {key} seed {seed}: "
-            + (f"test accuracy {100 * acc:.2f}%" if acc is not None else f"status {rec.get('status')}")
+            + (f"test accuracy {100 * acc:.2f}%" + (f" {dstats.CHANCE_MARK}" if low else "")
+               if acc is not None else f"status {rec.get('status')}")
             + f" ({how})")
         records.append({"pattern": key, "seed": seed, "status": rec.get("status"),
                         "test_accuracy": acc, "val_accuracy": rec.get("val_accuracy"),
                         "train_seconds": rec.get("train_seconds"), "epochs": rec.get("epochs"),
                         "steps": rec.get("steps"), "params": a["params"], "macs": a["macs"],
                         "train_memory_bytes": a["train_memory_bytes"], "widths": "-".join(map(str, a["widths"])),
-                        "fingerprint": a["fingerprint"], "same_as": rec.get("same_as") or ""})
+                        "fingerprint": a["fingerprint"], "same_as": rec.get("same_as") or "",
+                        "at_chance": low})
     runs = pd.DataFrame(records)
-    summary = summarize(runs, archs, rows)
+    summary = summarize(runs, archs, rows, chance)
     rho, rho_p, rho_n = size_correlation(runs, order)
     table = markdown_table(summary)
     notes = _notes(summary, rho, rho_p, rho_n, budget_params, tolerance, seed_list, ds, config, multiples)
+    notes += _honesty_notes(summary, seed_list, chance)
     files = _write_outputs(folder, summary, runs, table, notes)
     log("\n" + table + "\n\n" + "\n".join(f"- {n}" for n in notes))
+    low = summary[summary.at_chance]
+    if len(low):
+        log(f"warning: mean test accuracy of {', '.join(low.pattern)} is at chance (within "
+            f"{100 * dstats.chance_limit(*chance):.1f}%); their differences mean nothing; train longer (epochs=)")
     log(f"\n{trained} run(s) trained, {reused} reused in {time.perf_counter() - t_start:.0f}s; "
         f"wrote {', '.join(p.name for p in files)} to {folder}")
     return {"dir": folder, "summary": summary, "runs": runs, "trained": trained, "reused": reused,
@@ -773,6 +806,9 @@ def _notes(summary, rho, rho_p, rho_n, budget, tolerance, seeds, ds, config, mul
         notes.append(f"Spearman rank correlation of params and test accuracy over the {rho_n} budget-matched "
                      f"runs: rho = {rho:+.2f} (p = {rho_p:.2g}); near 0 means the remaining size differences "
                      f"(within ±{tolerance:.0%}) do not explain the ranking.")
+    else:
+        notes.append(f"Spearman rank correlation of params and test accuracy: {dstats.DASH} (needs at least "
+                     f"{dstats.MIN_CORRELATION} finished runs with different params and accuracies; {rho_n} here).")
     twins = summary[summary.same_as != ""]
     for r in twins.itertuples():
         notes.append(f"{r.pattern} builds the same network as {r.same_as} (same fingerprint); its runs are "
@@ -781,6 +817,20 @@ def _notes(summary, rho, rho_p, rho_n, budget, tolerance, seeds, ds, config, mul
     for r in failed.itertuples():
         notes.append(f"{r.pattern}: {r.runs - r.ok_runs} of {r.runs} runs diverged (NaN loss) and are left "
                      f"out of its statistics.")
+    return notes
+
+
+def _honesty_notes(summary, seeds, chance) -> list[str]:
+    """Footnotes for statistics that were not computed and for rows at chance."""
+    notes = []
+    if len(seeds) < dstats.MIN_SPREAD or (summary.ok_runs < dstats.MIN_SPREAD).any():
+        notes.append(f"{dstats.DASH}: not computed: a std, CI, Welch test or Holm p-value needs at least "
+                     f"{dstats.MIN_SPREAD} finished seeds per row (and a spread: identical accuracies give no test).")
+    if summary.at_chance.any():
+        level, n = chance
+        notes.append(f"{dstats.CHANCE_MARK}: the mean test accuracy is within chance + 2 standard errors "
+                     f"({100 * level:.1f}% + 2 SE on {n} images = {100 * dstats.chance_limit(level, n):.1f}%): "
+                     f"the network learned nothing measurable on this schedule.")
     return notes
 
 

@@ -8,10 +8,16 @@ install graphviz.
 What is drawn
 
 * Each IR node is one graph node (a residual block is a single IR node), shaped
-  and coloured by ``kind`` (each kind's ``style``).  ``collapse_blocks=True`` (the
-  default) draws every IR node.  ``collapse_blocks=False`` hides ``downsample``
-  and ``project`` nodes and writes them on the edge they feed ("pool /2, proj
-  128"), which leaves only blocks, aggregations and the path between them.
+  and coloured by ``kind`` (each kind's ``style``).  ``details=True`` (the default for
+  one architecture) draws every IR node.  ``details=False`` (the default for
+  Figure 1) draws the aggregation structure the way the paper does: blocks,
+  aggregations and upsamplings only, with short labels; the input, stem and other
+  convs, pools, projections, head and output are hidden, an edge through hidden
+  pools/projections joins its ends, and residual shortcuts are left out.
+  ``collapse_blocks`` is the old name of ``details`` (it never collapsed blocks).
+* ``direction="auto"`` lays the graph out both ways and keeps the one whose
+  aspect ratio is closer to square (top-to-bottom on a tie), so a deep network
+  such as dla34 is drawn top to bottom instead of as a 4537x288 strip.
 * Nodes whose name has a ``levelN`` component form one cluster per stage (the
   IDA-up decoder ``dla_up.*`` forms one more).  A cluster's label gives the
   resolution and width of its last node, from ``infer_shapes`` at a nominal input
@@ -54,13 +60,14 @@ from pathlib import Path
 
 import graphviz
 
+from dlasearch import layout
 from dlasearch.errors import DLASearchError
 from dlasearch.ir import IR, KINDS, infer_shapes
 from dlasearch.patterns import PATTERNS, build
 
 FORMATS = ("svg", "png", "pdf")
-DIRECTIONS = ("LR", "TB")
-FOLDED = ("downsample", "project")
+DIRECTIONS = ("auto", "LR", "TB")
+SHOWN_COMPACT = ("block", "aggregate", "upsample")  # what details=False draws
 ROLES = ("backbone", "residual", "hierarchical", "re-entrant", "iterative", "skip", "size")
 _STRONGEST = ("iterative", "skip", "hierarchical", "re-entrant", "residual")
 
@@ -191,7 +198,10 @@ def _op_text(ir: IR, n) -> str:
     return KINDS[d["kind"]].text(ir, n, d)
 
 
-def _label(ir: IR, n) -> str:
+def _label(ir: IR, n, details: bool = True) -> str:
+    if not details:  # short: what the block or aggregation does, not where it sits
+        d = ir.nodes[n]
+        return KINDS[d["kind"]].short_text(ir, n, d)
     text = _op_text(ir, n)
     if ir.nodes[n]["kind"] in ("conv", "block", "aggregate"):
         return f"{_short(n, _group(n))}\n{text}"
@@ -208,18 +218,29 @@ def _cluster_label(ir: IR, group: str, shapes: dict) -> str:
     return f"{name}: {_shape_text(shapes[last])}"
 
 
-def _draw(g: graphviz.Digraph, ir: IR, collapse_blocks: bool, size: int, prefix: str = "") -> set:
+def _source(ir: IR, u, shown: set):
+    """The drawn node an edge from ``u`` starts at: ``u`` or the first drawn node up its input-0 chain."""
+    while u not in shown:
+        ins = ir.inputs(u)
+        if not ins:
+            return None
+        u = ins[0]
+    return u
+
+
+def _draw(g: graphviz.Digraph, ir: IR, details: bool, size: int, prefix: str = "") -> set:
     """Add ``ir`` to ``g`` (node ids prefixed by ``prefix``); return the edge roles used."""
     shapes = infer_shapes(ir, size)
     roles = edge_roles(ir)
-    shown = [n for n in ir.order() if collapse_blocks or ir.nodes[n]["kind"] not in FOLDED]
+    shown = [n for n in ir.order() if details or ir.nodes[n]["kind"] in SHOWN_COMPACT]
     groups: dict = {}
     for n in shown:
         groups.setdefault(_group(n), []).append(n)
 
     def node(sub, n):
-        sub.node(prefix + str(n), _label(ir, n), tooltip=f"{n}: {ir.nodes[n]['kind']} -> {shapes[n]}",
-                 **KINDS[ir.nodes[n]["kind"]].style)
+        small = {} if details else {"fontsize": "9", "margin": "0.04,0.02", "height": "0.3"}
+        sub.node(prefix + str(n), _label(ir, n, details), tooltip=f"{n}: {ir.nodes[n]['kind']} -> {shapes[n]}",
+                 **{**KINDS[ir.nodes[n]["kind"]].style, **small})
 
     for group, nodes in groups.items():
         if group is None:
@@ -231,15 +252,14 @@ def _draw(g: graphviz.Digraph, ir: IR, collapse_blocks: bool, size: int, prefix:
                    color="#bdbdbd", fontsize="11", labeljust="l")
             for n in nodes:
                 node(c, n)
-    used = set()
+    used, drawn, visible = set(), set(), set(shown)
     for v in shown:
         for u in ir.inputs(v):
-            role, via = roles[u, v], []
-            while not collapse_blocks and ir.nodes[u]["kind"] in FOLDED:
-                via.append(_op_text(ir, u))
-                u = ir.inputs(u)[0]
-            extra = {"label": ", ".join(reversed(via))} if via else {}
-            g.edge(prefix + str(u), prefix + str(v), **ROLE_STYLE[role], **extra)
+            role, src = roles[u, v], _source(ir, u, visible)
+            if not details and (role == "residual" or src is None or (src, v) in drawn):
+                continue
+            drawn.add((src, v))
+            g.edge(prefix + str(src), prefix + str(v), **ROLE_STYLE[role])
             used.add(role)
     return used
 
@@ -253,32 +273,48 @@ def _legend(title: str, used: set) -> str:
             f"<tr>{cells}</tr></table>>")
 
 
-def _graph(direction: str) -> graphviz.Digraph:
+def _graph(direction: str, details: bool = True) -> graphviz.Digraph:
     return graphviz.Digraph(
         graph_attr={"rankdir": direction, "newrank": "true", "fontname": "Helvetica", "labelloc": "t",
-                    "nodesep": "0.25", "ranksep": "0.35"},
+                    "nodesep": "0.25" if details else "0.15", "ranksep": "0.35" if details else "0.2"},
         node_attr={"fontname": "Helvetica", "fontsize": "11", "style": "filled"},
         edge_attr={"arrowsize": "0.6", "fontname": "Helvetica", "fontsize": "9"})
 
 
-def _check(collapse_blocks, direction, size) -> None:
-    if not isinstance(collapse_blocks, bool):
-        raise DLASearchError(f"collapse_blocks={collapse_blocks!r}: allowed: true, false")
+def _details(details, collapse_blocks, default: bool) -> bool:
+    """``details``, or its old name ``collapse_blocks`` (same meaning), or ``default``; checked."""
+    for name, v in (("details", details), ("collapse_blocks", collapse_blocks)):
+        if v is not None and not isinstance(v, bool):
+            raise DLASearchError(f"{name}={v!r}: allowed: true, false")
+    if details is not None and collapse_blocks is not None and details != collapse_blocks:
+        raise DLASearchError(f"details={details} and collapse_blocks={collapse_blocks} (its old name) disagree; "
+                             f"give details= only")
+    return default if details is None and collapse_blocks is None else \
+        (details if details is not None else collapse_blocks)
+
+
+def _check(details, direction, size) -> None:
+    _details(details, None, True)
     if direction not in DIRECTIONS:
         raise DLASearchError(f"direction={direction!r}: allowed: {', '.join(DIRECTIONS)}")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
         raise DLASearchError(f"size={size!r}: expected a positive int (the nominal input size)")
 
 
-def to_dot(ir: IR, collapse_blocks: bool = True, direction: str = "LR", title: str | None = None,
-           size: int | None = None) -> graphviz.Digraph:
-    """The drawing of ``ir`` as a graphviz graph (not rendered yet)."""
-    _check(collapse_blocks, direction, size)
+def to_dot(ir: IR, details: bool | None = None, direction: str = "auto", title: str | None = None,
+           size: int | None = None, *, collapse_blocks: bool | None = None) -> graphviz.Digraph:
+    """The drawing of ``ir`` as a graphviz graph (not rendered yet); ``collapse_blocks`` is ``details``' old name."""
+    details = _details(details, collapse_blocks, True)
+    _check(details, direction, size)
     size = size or nominal_size(ir)
-    g = _graph(direction)
-    used = _draw(g, ir, collapse_blocks, size)
-    g.attr(label=_legend(f"{title or ir.graph.get('name') or 'network'}  (shapes at {size}x{size} input)", used))
-    return g
+
+    def make(d):
+        g = _graph(d, details)
+        used = _draw(g, ir, details, size)
+        g.attr(label=_legend(f"{title or ir.graph.get('name') or 'network'}  (shapes at {size}x{size} input)",
+                             used))
+        return g
+    return layout.pick_direction(make, ir) if direction == "auto" else make(direction)
 
 
 def figure1_irs() -> dict:
@@ -286,17 +322,21 @@ def figure1_irs() -> dict:
     return {p: build({**FIGURE1_SPEC, "pattern": p}, name=p) for p in PATTERNS}
 
 
-def figure1_dot(collapse_blocks: bool = True, direction: str = "TB") -> graphviz.Digraph:
-    """Figure 1's six patterns and Figure 2's DLA, one cluster each, in one graph."""
-    _check(collapse_blocks, direction, None)
-    g = _graph(direction)
+def figure1_dot(details: bool | None = None, direction: str = "TB", *,
+                collapse_blocks: bool | None = None) -> graphviz.Digraph:
+    """Figure 1's six patterns and Figure 2's DLA, one cluster each, in one graph (compact unless ``details``)."""
+    details = _details(details, collapse_blocks, False)
+    _check(details, direction, None)
+    if direction == "auto":
+        direction = "TB"
+    g = _graph(direction, details)
     used: set = set()
     for pattern, ir in figure1_irs().items():
         letter = PATTERNS[pattern]
         title = "Figure 2: dla" if letter == "fig2" else f"({letter}) {pattern}"
         with g.subgraph(name=f"cluster_panel_{letter}") as c:
             c.attr(label=title, fontsize="16", style="rounded", color="#737373")
-            used |= _draw(c, ir, collapse_blocks, 32, prefix=f"{letter}/")
+            used |= _draw(c, ir, details, 32, prefix=f"{letter}/")
     blocks = ", ".join(str(s["blocks"]) for s in FIGURE1_SPEC["stages"])
     g.attr(label=_legend(f"Aggregation patterns on one backbone (stages of {blocks} blocks; shapes at "
                          f"32x32 input)", used))
@@ -361,20 +401,21 @@ def write(dot: graphviz.Digraph, path, format: str | None = None) -> Path:
     return path
 
 
-def render(ir: IR, path, format: str | None = None, collapse_blocks: bool = True, direction: str = "LR",
-           title: str | None = None, size: int | None = None) -> Path:
+def render(ir: IR, path, format: str | None = None, details: bool | None = None, direction: str = "auto",
+           title: str | None = None, size: int | None = None, *, collapse_blocks: bool | None = None) -> Path:
     """Draw ``ir`` to ``path`` (svg, png or pdf); returns the path written."""
-    return write(to_dot(ir, collapse_blocks, direction, title, size), path, format)
+    return write(to_dot(ir, details, direction, title, size, collapse_blocks=collapse_blocks), path, format)
 
 
-def figure1(path, format: str | None = None, collapse_blocks: bool = True, direction: str = "TB") -> Path:
+def figure1(path, format: str | None = None, details: bool | None = None, direction: str = "TB", *,
+            collapse_blocks: bool | None = None) -> Path:
     """Draw Figure 1 (a)-(f) plus Figure 2 to ``path``; returns the path written."""
-    return write(figure1_dot(collapse_blocks, direction), path, format)
+    return write(figure1_dot(details, direction, collapse_blocks=collapse_blocks), path, format)
 
 
 # ------------------------------------------------------------------- CLI
 
-OPTIONS = ("arch", "format", "out", "collapse_blocks", "direction", "size", "study", "trial", "storage")
+OPTIONS = ("arch", "format", "out", "details", "collapse_blocks", "direction", "size", "study", "trial", "storage")
 
 
 def load_arch(value: str) -> tuple[IR, str]:
@@ -416,7 +457,7 @@ def command(args: dict) -> int:
     fmt = args.get("format")
     if fmt is not None and fmt not in FORMATS:
         raise DLASearchError(f"format={fmt!r}: allowed: {', '.join(FORMATS)}")
-    collapse = args.get("collapse_blocks", True)
+    details, old = args.get("details"), args.get("collapse_blocks")
     direction = args.get("direction")
     size = args.get("size")
     arch = None if args.get("arch") is None else str(args["arch"])
@@ -424,9 +465,9 @@ def command(args: dict) -> int:
     if arch == "figure1":
         if size is not None:
             raise DLASearchError(f"size={size!r}: figure1 is always labelled at 32x32; drop size=")
-        _check(collapse, direction or "TB", None)
-        path = figure1(out or f"results/render/figure1.{fmt or 'svg'}", fmt, collapse,
-                       direction or "TB")
+        details = _details(details, old, False)
+        _check(details, direction or "TB", None)
+        path = figure1(out or f"results/render/figure1.{fmt or 'svg'}", fmt, details, direction or "TB")
     else:
         if {"study", "trial", "storage"} & set(args):
             ir, name = _trial(args)
@@ -434,9 +475,9 @@ def command(args: dict) -> int:
             raise DLASearchError("render: missing arch=; give arch=<zoo name | spec.json | ir.json>, "
                                  "arch=figure1, or study=NAME trial=N")
         else:
-            _check(collapse, direction or "LR", size)
+            _check(_details(details, old, True), direction or "auto", size)
             ir, name = load_arch(arch)
-        path = render(ir, out or f"results/render/{name}.{fmt or 'svg'}", fmt, collapse,
-                      direction or "LR", size=size)
+        path = render(ir, out or f"results/render/{name}.{fmt or 'svg'}", fmt, _details(details, old, True),
+                      direction or "auto", size=size)
     print(f"wrote {path}")
     return 0

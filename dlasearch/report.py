@@ -17,13 +17,17 @@ import time
 import warnings
 from pathlib import Path
 
-from dlasearch.compare import CompareError, check_writable, color, save_figure
+from dlasearch import stats
+from dlasearch.compare import CompareError, check_writable, color, plot_style, save_figure
 from dlasearch.errors import DLASearchError, did_you_mean
 
 OPTIONS = ("study", "storage", "out", "top")
 MARKER = "report.json"
 COSTS = (("params", 1e3, "parameters (thousands)"), ("macs", 1e6, "MACs per image (millions)"),
          ("train_memory", 2 ** 20, "training memory (MiB)"))
+# how each objective is plotted: (divide by, axis label); accuracy in percent like every other plot
+UNITS = {"val_accuracy": (0.01, "validation accuracy (%)"), "train_seconds": (1, "training time (s)"),
+         **{c: (scale, label) for c, scale, label in COSTS}}
 
 
 class ReportError(DLASearchError):
@@ -91,7 +95,7 @@ def _optuna_plot(fn, stem: Path, **kw) -> list[Path]:
     import optuna
 
     plt = _pyplot()
-    with matplotlib.rc_context(), warnings.catch_warnings():
+    with matplotlib.rc_context(), warnings.catch_warnings(), plot_style():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         ax = fn(**kw)
         fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
@@ -107,11 +111,14 @@ def progress_plot(study, names: list[str], out: Path) -> tuple[list[Path], str]:
 
     if not complete_trials(study):
         return [], "No complete trials yet, so no history or Pareto front."
+    units = [UNITS.get(n, (1, n)) for n in names]
     if len(names) == 1:
-        return _optuna_plot(ovm.plot_optimization_history, out / "history", study=study, target_name=names[0]), ""
-    kw = {"target_names": names}
-    if len(names) > 3:
-        kw = {"target_names": names[:2], "targets": lambda t: (t.values[0], t.values[1])}
+        (scale, label), = units
+        return _optuna_plot(ovm.plot_optimization_history, out / "history", study=study,
+                            target=lambda t: t.values[0] / scale, target_name=label), ""
+    shown = units[:2] if len(names) > 3 else units
+    kw = {"target_names": [label for _, label in shown],
+          "targets": lambda t: tuple(v / scale for v, (scale, _) in zip(t.values, shown))}
     files = _optuna_plot(ovm.plot_pareto_front, out / "pareto", study=study, **kw)
     return files, ("" if len(names) <= 3 else f"Showing the first two of {len(names)} objectives.")
 
@@ -142,6 +149,7 @@ def importance(study, names: list[str]):
     return df.sort_values(names[0], ascending=False)
 
 
+@plot_style()
 def importance_plot(df, out: Path) -> list[Path]:
     from matplotlib.figure import Figure
 
@@ -160,6 +168,7 @@ def importance_plot(df, out: Path) -> list[Path]:
     return save_figure(fig, out / "importance")
 
 
+@plot_style()
 def accuracy_plot(df, out: Path) -> list[Path]:
     """Validation accuracy against params, MACs and training memory, one colour per pattern."""
     from matplotlib.figure import Figure
@@ -241,6 +250,20 @@ def _markdown(df) -> str:
         else:
             df[col] = [("" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)) for v in df[col]]
     return df.to_markdown(index=False, disable_numparse=True)
+
+
+def _best_table(done, ranked: list):
+    """The complete trials of ``ranked`` in that order, each with the other trials of the same architecture."""
+    cols = [c for c in ("number", "pattern", "val_accuracy", "params", "macs", "train_memory", "arch")
+            if c in done.columns]
+    rows = done.set_index("number", drop=False).loc[[t.number for t in ranked[:10]]]
+    table = rows[cols].copy()
+    table["same architecture"] = [", ".join(f"#{n}" for n in done.number[(done.fingerprint == fp)
+                                                                         & (done.number != k)])
+                                  for k, fp in zip(rows.number, rows.fingerprint)]
+    if "at_chance" in rows and rows.at_chance.fillna(False).astype(bool).any():
+        table["chance"] = [stats.CHANCE_MARK if v is True else "" for v in rows.at_chance]
+    return table
 
 
 def _rel(path: Path, out: Path) -> str:
@@ -327,13 +350,19 @@ def report(name: str, storage: str | None = None, out=None, top: int = 3, log=pr
         md.append(f"- data: {d.get('name')} at {d.get('image_size')}px"
                   + (f", {d['limit']} training images" if d.get("limit") else "")
                   + f"; training: {tr.get('epochs')} epoch(s), batch {tr.get('batch_size')}, lr {tr.get('lr')}")
-    md += ["", "## Trials", ""]
     done = df[(df.state == "COMPLETE")] if len(df) else df
-    if len(done) and "val_accuracy" in done and done.val_accuracy.notna().any():
-        cols = [c for c in ("number", "pattern", "val_accuracy", "params", "macs", "train_memory", "arch")
-                if c in done.columns]
-        best = done.sort_values("val_accuracy", ascending=False).head(10)[cols]
-        md += ["Best complete trials by validation accuracy:", "", _markdown(best), ""]
+    low = int(done.at_chance.fillna(False).astype(bool).sum()) if "at_chance" in done else 0
+    if low:
+        md.append(f"- **{low} of {len(done)} complete trials are at chance** ({stats.CHANCE_MARK}: validation "
+                  f"accuracy within chance + 2 standard errors; column `at_chance` of trials.csv): their "
+                  f"ranking means nothing; train longer")
+        log(f"warning: {low} of {len(done)} complete trials of {name!r} are at chance; their ranking means nothing")
+    md += ["", "## Trials", ""]
+    ranked = top_trials(study, max(top, 10))
+    if len(done) and "val_accuracy" in done and done.val_accuracy.notna().any() and ranked:
+        md += ["Best distinct architectures by validation accuracy (in the order of the top architectures "
+               "below; each once, with the other trials that built it):", "", _markdown(_best_table(done, ranked)),
+               ""]
     md += ["Every trial: [trials.csv](trials.csv) · [trials.md](trials.md)", ""]
 
     prog, note = progress_plot(study, names, out)
@@ -363,7 +392,7 @@ def report(name: str, storage: str | None = None, out=None, top: int = 3, log=pr
     else:
         md += ["No complete trials with a validation accuracy yet.", ""]
 
-    chosen = top_trials(study, top)
+    chosen = ranked[:top]
     md += [f"## Top {top} architectures", ""]
     if top and not chosen:
         md += ["No complete trials with an architecture yet.", ""]
@@ -375,7 +404,8 @@ def report(name: str, storage: str | None = None, out=None, top: int = 3, log=pr
         u = t.user_attrs
         files += tfiles
         md += [f"### {rank}. Trial {t.number}: {u.get('pattern', '?')}" + (" (on the Pareto front)"
-                                                                          if t.number in pareto else ""), "",
+                                                                          if t.number in pareto else "")
+               + (f" {stats.CHANCE_MARK}" if u.get("at_chance") else ""), "",
                f"{u.get('arch', '')} — val_accuracy {_fmt(u.get('val_accuracy'))}, "
                f"params {_fmt(u.get('params'), ',')}, "
                f"MACs {_fmt(u.get('macs'), ',')}, training memory {_fmt(u.get('train_memory'), ',')} bytes", ""]

@@ -33,6 +33,7 @@ from optuna.trial import TrialState
 
 from dlasearch import keep
 from dlasearch import space as spacemod
+from dlasearch import stats
 from dlasearch.errors import DLASearchError, did_you_mean
 from dlasearch.ir import IRError, fingerprint, from_json, to_json
 from dlasearch.patterns import build
@@ -271,6 +272,7 @@ class Objective:
         self.train_fn = train_fn or trainmod.train
         self.trainmod = trainmod
         self.multi = len(space["objectives"]) > 1
+        self.chance = (stats.chance(data.y_val), len(data.y_val))
         self._config()
 
     def values(self, metrics: dict):
@@ -334,6 +336,7 @@ class Objective:
         metrics.update(val_accuracy=result.val_accuracy, train_seconds=result.train_seconds)
         trial.set_user_attr("val_accuracy", result.val_accuracy)
         keep.upload(trial, model, ir, self.data, config, self.space)
+        trial.set_user_attr("at_chance", stats.at_chance(result.val_accuracy, *self.chance))
         return self.values(metrics)
 
     def _fail(self, trial, reason: str):
@@ -345,7 +348,7 @@ class Objective:
             if t.user_attrs.get("fingerprint") == fp and t.number != trial.number:
                 trial.set_user_attr("duplicate_of", t.number)
                 for k in ("params", "macs", "train_memory", "val_accuracy", "train_seconds", "status",
-                          "rejected"):
+                          "rejected", "at_chance"):
                     if k in t.user_attrs:
                         trial.set_user_attr(k, t.user_attrs[k])
                 if t.state == TrialState.PRUNED:
@@ -437,7 +440,8 @@ def _logger(log):
         if t.state == TrialState.COMPLETE:
             vals = ", ".join(f"{o}={v:.4g}" for o, v in zip(json.loads(study.user_attrs["space"])["objectives"],
                                                              t.values))
-            log(f"  trial #{t.number} complete: {vals}")
+            log(f"  trial #{t.number} complete: {vals}"
+                + (f" {stats.CHANCE_MARK}" if t.user_attrs.get("at_chance") else ""))
         elif t.state == TrialState.PRUNED:
             log(f"  trial #{t.number} pruned: {t.user_attrs.get('rejected') or 'by the pruner'}")
         else:
@@ -497,7 +501,7 @@ def export(study: optuna.Study, space: dict, log=print) -> dict:
                                                                           indent=1))
     weights = keep.save_best(study, space, best, best_dir)
     cols = [c for c in ("number", "state", "pattern", "val_accuracy", "params", "macs", "train_memory",
-                        "arch") if c in df.columns]
+                        "arch") if c in df.columns] + (["at_chance"] if len(df) and df.at_chance.any() else [])
     unique = df[(df.state == "COMPLETE") & df.duplicate_of.isna()] if len(df) else df
     top = unique.sort_values("val_accuracy", ascending=False).head(10)[cols] if len(unique) else unique
     dups = int(df.duplicate_of.notna().sum()) if len(df) else 0
@@ -506,6 +510,10 @@ def export(study: optuna.Study, space: dict, log=print) -> dict:
         + (f" ({dups} answered from an identical earlier architecture)" if dups else ""))
     if len(top):
         log(top.to_markdown(index=False, floatfmt=".4g"))
+    low = unique[unique.at_chance.fillna(False).astype(bool)] if len(unique) else unique
+    if len(low):
+        log(f"warning: {len(low)} of {len(unique)} complete trials have a validation accuracy at chance "
+            f"(column at_chance of trials.csv): their ranking means nothing; train longer (epochs=)")
     log(f"\nwrote {out / 'trials.csv'} and {len(best)} best architecture(s) under {best_dir}"
         + (f" ({weights} with trained weights: dlasearch.load(PATH) or dlasearch export)" if weights else ""))
     return {"trials": len(df), "best": [t.number for t in best], "dir": str(out)}
@@ -522,7 +530,7 @@ def trials_frame(study: optuna.Study):
                "value": t.values[0] if t.values else None,
                "duration_s": t.duration.total_seconds() if t.duration else None}
         for k in ("pattern", "arch", "fingerprint", "params", "macs", "train_memory", "val_accuracy",
-                  "train_seconds", "epochs_trained", "duplicate_of", "seeded_from", "retry_of", "rejected",
+                  "train_seconds", "at_chance", "epochs_trained", "duplicate_of", "seeded_from", "retry_of", "rejected",
                   "fail_reason"):
             row[k] = u.get(k)
         row.update({f"param_{k}": v for k, v in t.params.items()})

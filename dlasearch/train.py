@@ -63,6 +63,7 @@ class TrainConfig:
     deterministic: bool = True  # cuDNN: deterministic kernels, no autotuning
     progress: bool | None = None  # null: a progress bar only when stderr is a terminal
     freeze: str = "none"  # backbone: fine-tune only the classifier (see checkpoint.frozen)
+    bn_batches: int = 16  # recompute BatchNorm statistics from this many training batches before each evaluation
 
     def __post_init__(self):
         def integer(name, lo, none_ok=False):
@@ -85,6 +86,7 @@ class TrainConfig:
         integer("eval_batch_size", 1)
         integer("seed", 0)
         integer("threads", 1, none_ok=True)
+        integer("bn_batches", 0)
         number("lr", 0)
         number("momentum", 0, 1, hi_open=True)
         number("weight_decay", 0)
@@ -302,6 +304,26 @@ def evaluate(model: torch.nn.Module, data: Dataset, split: str = "val", batch_si
     return float(loss) / n, int(correct) / n
 
 
+def recalibrate_bn(model, data: Dataset, cfg: TrainConfig, device, amp, fmt) -> None:
+    """Replace BatchNorm running statistics by exact averages over ``cfg.bn_batches`` training batches.
+
+    Why: early on, the conv weights in front of each BatchNorm grow fast and the momentum-0.1
+    running averages trail them, so a short run scored chance in eval mode (val loss 1e11)
+    while it was learning; docs/train.md has the numbers.  Its own generator keeps the
+    training batches unchanged.
+    """
+    import itertools
+
+    from torch.optim.swa_utils import update_bn
+
+    if cfg.bn_batches == 0:
+        return
+    gen = torch.Generator().manual_seed(cfg.seed)
+    batches = data.batches("train", cfg.batch_size, shuffle=True, augment=cfg.augment, generator=gen)
+    with autocast(device, amp):
+        update_bn((x.contiguous(memory_format=fmt) for x, _ in itertools.islice(batches, cfg.bn_batches)), model)
+
+
 def train(model: torch.nn.Module, data: Dataset, config: TrainConfig | None = None, *,
           callback: Callable[[int, dict], object] | None = None, test: bool = False,
           **overrides) -> TrainResult:
@@ -383,6 +405,7 @@ def _fit(model, data: Dataset, cfg: TrainConfig, device, amp, fmt, callback, tes
             if res.status == "nan":
                 break
             res.epochs = epoch
+            recalibrate_bn(model, data, cfg, device, amp, fmt)
             val_loss, val_acc = evaluate(model, data, "val", cfg.eval_batch_size, amp, cfg.channels_last)
             metrics = {"epoch": epoch, "steps": res.steps, "lr": lr, "train_loss": float(loss_sum) / max(seen, 1),
                        "train_accuracy": int(correct) / max(seen, 1), "val_loss": val_loss,
@@ -509,9 +532,8 @@ def run(arch: str, data: dict | str | None, config: TrainConfig, *, image_size="
     checkpoint to start from (fine-tuning; a different class count re-initialises the classifier).
     """
     from dlasearch import data as datamod
+    from dlasearch import checkpoint, stats
     from dlasearch.ir import to_module
-
-    from dlasearch import checkpoint
 
     read_arch(arch)
     if weights is not None:
@@ -544,7 +566,8 @@ def run(arch: str, data: dict | str | None, config: TrainConfig, *, image_size="
     metrics.update({"val_accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy,
                     "train_seconds": result.train_seconds})
     record.update({"status": result.status, "reason": result.reason, "metrics": metrics,
-                   "epochs": result.epochs, "steps": result.steps, "history": result.history})
+                   "epochs": result.epochs, "steps": result.steps, "history": result.history,
+                   "chance": stats.chance_record(ds, result.val_accuracy, result.test_accuracy if test else None)})
     checkpoint.save(folder / checkpoint.WEIGHTS, model, graph, ds, config=dataclasses.asdict(config), name=arch_name)
     save_run(folder, graph, record)
     return record, folder

@@ -192,3 +192,20 @@ def test_other_folders_and_options_are_refused(tmp_path, capsys):
     assert "did you mean 'budget'" in one_error_line(capsys)
     assert main(["compare", "patterns=chain", "seeds=0", *CLI]) == 2
     assert "seeds=0" in one_error_line(capsys)
+
+
+def test_one_seed_at_chance_shows_dashes_marks_and_one_warning(tmp_path, capsys):
+    """lr=0 leaves the networks at their random init: every row is at chance and nothing needs 2 seeds is shown."""
+    out = tmp_path / "chance"
+    assert main(["compare", "patterns=hda", "seeds=1", "baseline=false", "lr=0", f"out={out}", *CLI]) == 0
+    printed = capsys.readouterr().out
+    s = pd.read_csv(out / "comparison.csv")
+    assert s.at_chance.all() and pd.read_csv(out / "runs.csv").at_chance.all()
+    md = (out / "comparison.md").read_text()
+    for text in (printed, md):
+        rows = [ln for ln in text.splitlines() if ln.startswith("| hda ")]
+        assert len(rows) == 1 and "≈chance" in rows[0] and "–" in rows[0] and "n/a" not in rows[0]
+        assert "–: not computed" in text and "≈chance: the mean test accuracy is within chance" in text
+        assert "Spearman rank correlation of params and test accuracy: –" in text and "rho =" not in text
+    warnings = [ln for ln in printed.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1 and "chain, hda" in warnings[0]

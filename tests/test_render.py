@@ -37,10 +37,19 @@ def texts(path):
     return {t.text for t in ET.parse(path).getroot().iter(f"{SVG}text")}
 
 
-def folded_counts(ir):
-    """(nodes, edges) drawn with collapse_blocks=False: downsample/project become edge labels."""
-    shown = {n for n, k in ir.nodes(data="kind") if k not in render.FOLDED}
-    return len(shown), sum(v in shown for _, v in ir.edges)
+def compact_counts(ir):
+    """(nodes, edges) drawn with details=False: blocks, aggregations and upsamplings, joined through what is
+    hidden, without residual shortcuts."""
+    shown = {n for n, k in ir.nodes(data="kind") if k in ("block", "aggregate", "upsample")}
+    roles = render.edge_roles(ir)
+    edges = set()
+    for u, v in ir.edges:
+        if v in shown and roles[u, v] != "residual":
+            while u not in shown and ir.inputs(u):
+                u = ir.inputs(u)[0]
+            if u in shown:
+                edges.add((u, v))
+    return len(shown), len(edges)
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +76,10 @@ def test_each_pattern_counts_match_ir(pattern, tmp_path):
     path = render.render(ir, tmp_path / "full.svg")
     assert (len(svg_groups(path, "node")), len(svg_groups(path, "edge"))) == \
         (ir.number_of_nodes(), ir.number_of_edges())
-    path = render.render(ir, tmp_path / "folded.svg", collapse_blocks=False)
-    assert (len(svg_groups(path, "node")), len(svg_groups(path, "edge"))) == folded_counts(ir)
+    path = render.render(ir, tmp_path / "compact.svg", details=False)
+    assert (len(svg_groups(path, "node")), len(svg_groups(path, "edge"))) == compact_counts(ir)
+    old = render.render(ir, tmp_path / "old.svg", collapse_blocks=False)  # the old name of details
+    assert (len(svg_groups(old, "node")), len(svg_groups(old, "edge"))) == compact_counts(ir)
 
 
 def test_edge_roles_follow_structure():
@@ -104,7 +115,23 @@ def test_figure1_has_seven_panels(tmp_path):
     assert sorted(panels) == sorted(f"cluster_panel_{v}" for v in PATTERNS.values())
     assert {"(a) chain", "(b) skip", "(c) ida", "(d) tree", "(e) reentrant", "(f) hda",
             "Figure 2: dla"} <= texts(path)
-    assert len(svg_groups(path, "node")) == sum(g.number_of_nodes() for g in render.figure1_irs().values())
+    irs = render.figure1_irs().values()
+    assert len(svg_groups(path, "node")) == sum(compact_counts(g)[0] for g in irs)  # like the paper: no stem...
+    assert not {"fc 10 pooled", "input", "output", "pool /2"} & texts(path)  # ...head, pools or projections
+    full = render.figure1(tmp_path / "full.svg", details=True)
+    assert len(svg_groups(full, "node")) == sum(g.number_of_nodes() for g in irs)
+
+
+@needs_dot
+def test_direction_auto_draws_deep_nets_top_to_bottom(dla34, tmp_path):
+    def size(path):
+        root = ET.parse(path).getroot()
+        return float(root.get("width").rstrip("pt")), float(root.get("height").rstrip("pt"))
+
+    w, h = size(render.render(dla34, tmp_path / "auto.svg"))
+    assert h > 2 * w  # dla34 left to right was a 4537x288 strip
+    w, h = size(render.render(dla34, tmp_path / "lr.svg", direction="LR"))
+    assert w > 10 * h  # asked for, it is still drawn
 
 
 @needs_dot
@@ -155,8 +182,10 @@ def test_cli_spec_and_ir_json(tmp_path):
     (["arch=dla35"], "did you mean 'dla34'"),
     (["arch=dla34", "format=jpg"], "format='jpg': allowed: svg, png, pdf"),
     (["arch=dla34", "out=x.png", "format=svg"], "ends in .png but format='svg'"),
-    (["arch=dla34", "direction=up"], "direction='up': allowed: LR, TB"),
+    (["arch=dla34", "direction=up"], "direction='up': allowed: auto, LR, TB"),
     (["arch=dla34", "collapse_blocks=maybe"], "collapse_blocks='maybe': allowed: true, false"),
+    (["arch=dla34", "details=1"], "details=1: allowed: true, false"),
+    (["arch=dla34", "details=true", "collapse_blocks=false"], "disagree; give details= only"),
     (["arch=dla34", "colour=red"], "unknown option"),
     ([], "missing arch="),
 ])

@@ -172,3 +172,34 @@ def test_postgres_study(tmp_path):
         assert "pareto.svg" in assert_links_resolve(md)
     finally:
         optuna.delete_study(study_name=name, storage=url)
+
+
+@needs_dot
+def test_best_table_lists_each_architecture_once_in_top_order_and_marks_chance(tmp_path, monkeypatch):
+    journal = str(tmp_path / "journal.log")
+    synthetic(journal, "ties", 4, objectives=("val_accuracy",))
+    study = optuna.load_study(study_name="ties", storage=search.open_storage(journal))
+    first = study.trials[0]
+    for acc in (0.9, 0.9):  # the same architecture twice more, now the best: a tie, not two rows
+        study.add_trial(optuna.trial.create_trial(
+            params=first.params, distributions=first.distributions, values=[acc],
+            user_attrs={**first.user_attrs, "val_accuracy": acc}))
+    low = study.trials[1]
+    study.add_trial(optuna.trial.create_trial(params=low.params, distributions=low.distributions, values=[0.1],
+                                              user_attrs={**low.user_attrs, "val_accuracy": 0.1, "at_chance": True,
+                                                          "fingerprint": "other", "ir": low.user_attrs["ir"]}))
+    labels = []
+    real = report.save_figure
+    monkeypatch.setattr(report, "save_figure", lambda fig, stem: labels.extend(
+        a.get_ylabel() for a in fig.axes) or real(fig, stem))
+    lines = []
+    md = report.report("ties", storage=journal, out=tmp_path / "rep", top=3, log=lines.append)
+    text = md.read_text()
+    table = text.split("Best distinct architectures")[1].split("\n\n")[1].splitlines()[2:]
+    numbers = [int(row.split("|")[1]) for row in table]
+    tops = [int(n) for n in re.findall(r"^### \d+\. Trial (\d+)", text, re.M)]
+    assert numbers[:3] == tops and sorted(numbers) == [1, 2, 3, 4, 6]  # 5 architectures, each once
+    assert numbers[0] == 4 and "#0, #5" in table[0]  # trial 4 (0.9, earlier than 5) stands for 0, 4 and 5
+    assert "≈chance" in table[-1] and "**1 of 7 complete trials are at chance**" in text
+    assert sum(ln.startswith("warning:") for ln in lines) == 1
+    assert "validation accuracy (%)" in labels  # the history plot in percent, like every other plot

@@ -233,3 +233,18 @@ def test_postgres_two_workers(tmp_path):
     assert len(t) >= 4 and not [x for x in t if x.state == TrialState.RUNNING]
     assert len({x.user_attrs.get("worker") for x in t}) == 2
     optuna.delete_study(study_name=name, storage=url)
+
+
+def test_trials_at_chance_are_marked_and_warned_about(tmp_path):
+    """lr=0 leaves every network at its random init: each trial is at chance, and run says so once."""
+    import pandas as pd
+
+    sp = tiny(tmp_path, train={"lr": 0.0}, study={"trials": 2}, seed_published=False)
+    lines = []
+    summary = search.run(sp, log=lines.append)
+    assert all(t.user_attrs["at_chance"] is True for t in trials(sp))
+    df = pd.read_csv(Path(summary["dir"]) / "trials.csv")
+    assert df.at_chance.all()
+    assert sum("≈chance" in ln for ln in lines if ln.startswith("  trial #")) == 2
+    warnings = [ln for ln in lines if ln.startswith("warning:")]
+    assert len(warnings) == 1 and "2 of 2 complete trials" in warnings[0]

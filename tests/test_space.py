@@ -100,3 +100,20 @@ def test_cli_bad_override_is_one_line(capsys):
     assert main(["run", "space=hda", "train.epocs=3"]) == 2
     err = capsys.readouterr().err.strip()
     assert "did you mean 'epochs'" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_pattern_choice_is_a_distinct_network(name):
+    """A space that offers several patterns must build a different network for each one at every setting."""
+    from dlasearch.ir import fingerprint
+
+    sp = space.load(name)
+    choices = sp["params"].get("pattern", {}).get("choices", [])
+    if len(choices) < 2:
+        pytest.skip(f"{name} does not compare patterns")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(6):
+        spec = space.sample(sp, study.ask())
+        prints = {p: fingerprint(build({**spec, "pattern": p, "in_channels": 1, "num_classes": 10}))
+                  for p in choices}
+        assert len(set(prints.values())) == len(choices), (spec["stages"], prints)

@@ -190,3 +190,26 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, me
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and err.startswith("dlasearch train: error:")
     assert not out.exists()
+
+
+def test_short_run_of_a_zoo_dla_on_digits_is_not_at_chance(digits32):
+    """dla46_c, 2 epochs of 11 steps: the BatchNorm averages used to lag the weights (val loss 1e11, 10%)."""
+    from dlasearch import stats
+
+    torch.manual_seed(0)
+    model = to_module(train.resolve_arch("dla46_c", 1, 10))
+    res = train.train(model, digits32, epochs=2, progress=False, threads=1)
+    n = len(digits32.y_val)
+    assert res.val_loss < 5, res.history
+    assert not stats.at_chance(res.val_accuracy, stats.chance(digits32.y_val), n), res.history
+
+
+def test_cli_train_warns_at_chance(tmp_path, capsys):
+    spec = tmp_path / "tiny.json"
+    spec.write_text(json.dumps(TINY))
+    out = tmp_path / "run"
+    assert main(["train", f"arch={spec}", "steps=1", "lr=0", f"out={out}", "latency=false", "bn_batches=0"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: validation accuracy") and "at chance" in err[0]
+    rec = json.loads((out / "metrics.json").read_text())
+    assert rec["chance"]["val"]["at_chance"] is True and rec["chance"]["val"]["n"] == 144

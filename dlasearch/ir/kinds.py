@@ -89,6 +89,10 @@ class Kind:
         """The operation as a diagram shows it (one or two short lines)."""
         return self.name
 
+    def short_text(self, ir, n, d: dict) -> str:
+        """The label of a compact, paper-style diagram."""
+        return self.text(ir, n, d)
+
 
 def _stride_text(d: dict) -> str:
     return f" /{d['stride']}" if d.get("stride", 1) > 1 else ""
@@ -170,6 +174,9 @@ class Block(Kind):
 
     def text(self, ir, n, d):
         return f"{d['type']} {d['out']}{_stride_text(d)}"
+
+    def short_text(self, ir, n, d):
+        return f"{d['out']}{_stride_text(d)}"
 
 
 class Aggregate(Kind):
