@@ -24,6 +24,7 @@ import difflib
 import json
 import math
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -855,7 +856,7 @@ def command(args: dict) -> int:
     old = [k for k in ("root", "path", "limit", "val_fraction") if k in args]
     if old:
         print(f"note: {', '.join(f'{k}=' for k in old)} is now spelled "
-              f"{', '.join(f'data.{k}=' for k in old)} (as in train and run)")
+              f"{', '.join(f'data.{k}=' for k in old)} (as in train and run)", file=sys.stderr)
     for k in args:
         if k not in allowed:
             if k in _NOT_TRAIN_OPTIONS:

@@ -247,12 +247,19 @@ def _type_error(o: Option, v) -> str | None:
     return None
 
 
+# names a user may reasonably try that a command does not take, with the reason
+REFUSED = {"compare": {"seed": "seed= is not a compare option: seeds come from seeds=N (or seeds=[0,5,7])",
+                       "progress": "progress= is not a compare option: compare prints its own progress"}}
+
+
 def check(command: str, args: dict) -> None:
     """Raise ``DLASearchError`` for an option ``command`` does not have, or a value of the wrong type."""
     opts = {o.name: o for o in table(command)}
     mappings = {n for n, o in opts.items() if o.type in ("mapping", "any")}
     for key, v in flatten(args, mappings=mappings).items():
         o = opts.get(key)
+        if key in REFUSED.get(command, {}):
+            raise DLASearchError(REFUSED[command][key])
         if o is None:
             raise DLASearchError(f"unknown option {key!r}{did_you_mean(key, opts)}; "
                                  f"`dlasearch {command} --help` lists them")

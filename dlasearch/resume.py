@@ -41,12 +41,14 @@ def stored(name: str, storage, args: dict) -> dict:
                              f"(e.g. `dlasearch run space=hda study={name}`), or pass storage=URL")
     study, url = find_study(name, url)
     sp = json.loads(study.user_attrs["space"])
-    extra = {k: v for k, v in args.items() if k != "study"}
-    extra.update({f"study.{k}": v for k, v in args.get("study", {}).items() if k not in CHANGEABLE + IDENTITY})
+    from dlasearch.options import flatten
+
+    extra = {k: v for k, v in flatten(args).items()
+             if not (k.startswith("study.") and k[len("study."):] in CHANGEABLE + IDENTITY)}
     if extra:
-        key = next(iter(extra))
+        key, value = next(iter(extra.items()))
         raise DLASearchError(f"study {name!r} exists: resuming keeps the space, data, training and storage it "
-                             f"was created with; only {', '.join(CHANGEABLE)} can change (got {key}=...). "
+                             f"was created with; only {', '.join(CHANGEABLE)} can change (got {key}={value!r}). "
                              f"Start a new study with space=... study=NEW_NAME")
     for k in CHANGEABLE:
         if k in args["study"]:
