@@ -275,7 +275,7 @@ class Objective:
         self.trainmod = trainmod
         self.multi = len(space["objectives"]) > 1
         self.progress = self.tracker = None
-        self.epochs_run = 0
+        self.epochs_run, self.position = 0, "?"
         self._config()
 
     def values(self, metrics: dict):
@@ -374,8 +374,8 @@ class Objective:
         def report(epoch: int, metrics: dict):
             self.epochs_run = epoch
             if self.progress is not None:
-                self.progress.update(f"trial #{trial.number} epoch {epoch}/{self.space['train']['epochs']} "
-                                     f"val {metrics['val_accuracy']:.3f}")
+                self.progress.update(f"trial {self.position} (#{trial.number}) epoch {epoch}/"
+                                     f"{self.space['train']['epochs']} val {metrics['val_accuracy']:.3f}")
             if self.tracker is not None:
                 self.tracker.epoch(trial.number, epoch, metrics)
             if self.multi:
@@ -441,7 +441,7 @@ def work(study: optuna.Study, space: dict, data=None, log=print, train_fn=None) 
             if k >= total:
                 break
             log(f"trial {k + 1}/{total} | {_best_line(study)}")
-            objective.epochs_run = 0
+            objective.epochs_run, objective.position = 0, f"{k + 1}/{total}"
             study.optimize(fn, n_trials=1, catch=(Exception,), callbacks=callbacks)
             objective.progress.drop(epochs - objective.epochs_run)  # pruned, rejected or reused early
     except KeyboardInterrupt:

@@ -4,7 +4,7 @@ So a user can watch runs in the tools they already use.  Both are optional
 extras (``pip install dlasearch[tensorboard]`` / ``[mlflow]``); asking for one
 that is not installed is a one-line error before anything trains.  TensorBoard
 event files go next to the results (``<folder>/tensorboard``); MLflow uses
-``$MLFLOW_TRACKING_URI`` when set, else a file store ``<folder>/mlruns``.
+``$MLFLOW_TRACKING_URI`` when set, else an SQLite store ``<folder>/mlflow.db``.
 """
 from __future__ import annotations
 
@@ -48,7 +48,11 @@ def require(name: str) -> None:
 
 
 def mlflow_uri(folder: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or (Path(folder).resolve() / "mlruns").as_uri()
+    """``$MLFLOW_TRACKING_URI``, else an SQLite store ``<folder>/mlflow.db`` (MLflow refuses plain files)."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{Path(folder).resolve() / 'mlflow.db'}"
 
 
 class Tracker:
@@ -98,8 +102,12 @@ class StudyTracker:
             except ImportError:
                 raise DLASearchError("log=mlflow for a study needs optuna-integration: "
                                      "pip install 'dlasearch[mlflow]'") from None
-            self.callback = MLflowCallback(tracking_uri=mlflow_uri(folder), metric_name=list(metric_names),
-                                           create_experiment=True)
+            import warnings
+
+            with warnings.catch_warnings():  # deprecated in optuna-integration 4.9, still the maintained bridge
+                warnings.simplefilter("ignore", FutureWarning)
+                self.callback = MLflowCallback(tracking_uri=mlflow_uri(folder), metric_name=list(metric_names),
+                                               create_experiment=True)
 
     def wrap(self, objective):
         """The objective, run inside the trial's MLflow run (so per-epoch metrics land in it)."""
@@ -116,7 +124,8 @@ class StudyTracker:
 
                 if self.writer is not None:
                     self.writer.close()
-                self.writer, self.trial = SummaryWriter(log_dir=str(self.folder / "tensorboard" / f"trial{trial}")), trial
+                self.writer = SummaryWriter(log_dir=str(self.folder / "tensorboard" / f"trial{trial}"))
+                self.trial = trial
             for k, v in numbers.items():
                 self.writer.add_scalar(k, v, epoch)
             self.writer.flush()

@@ -156,7 +156,7 @@ def test_worker_exports_and_says_when_finished(tmp_path, capsys):
     assert len(csv.read_text().strip().splitlines()) == 3  # header + 2 trials, as `run` writes
 
 
-def test_ctrl_c_still_writes_trials_csv(tmp_path, monkeypatch):
+def test_ctrl_c_still_writes_trials_csv_and_progress_is_shown(tmp_path, monkeypatch, capsys):
     from dlasearch import train as trainmod
 
     real = trainmod.train
@@ -175,6 +175,9 @@ def test_ctrl_c_still_writes_trials_csv(tmp_path, monkeypatch):
         search.run(sp, log=lambda *a: None)
     rows = (tmp_path / "hda" / "trials.csv").read_text().splitlines()
     assert len(rows) == 3 and "COMPLETE" in rows[1] and "FAIL" in rows[2]
+    err = capsys.readouterr().err  # not a terminal: one progress line per epoch, with count, elapsed, ETA
+    line = next(x for x in err.splitlines() if x.startswith("trial 1/3 (#0) epoch 1/1"))
+    assert "1/3 epochs | elapsed" in line and "| ETA " in line
 
 
 # ------------------------------------------------------------------ progress
@@ -230,7 +233,7 @@ def test_mlflow_study_logs_each_trial(tmp_path):
     sp = tiny_space(tmp_path)
     sp["log"] = "mlflow"
     search.run(sp, log=lambda *a: None)
-    mlflow.set_tracking_uri((tmp_path / "hda" / "mlruns").as_uri())
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'hda' / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["hda"])
     assert len(runs) == 1 and "metrics.val_accuracy" in runs.columns
     client = mlflow.MlflowClient()
