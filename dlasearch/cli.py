@@ -109,8 +109,8 @@ def cmd_run(args: dict) -> int:
 
     show = args.pop("print_config", False)
     sp = resume.resolve(args)
-    if show:
-        return print_config(sp)
+    if show:  # as results/<study>/config.yaml holds it
+        return print_config({k: v for k, v in sp.items() if k != "name"} | {"space": sp["name"]})
     search.run(sp)
     return 0
 
