@@ -25,6 +25,7 @@ import difflib
 import json
 import math
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -637,7 +638,7 @@ def _measure(folder: Path, key: str, sized: Sized, ds, config, target: float) ->
     return rec, graph
 
 
-def _train_one(graph, ds, config, seed: int):
+def _train_one(graph, ds, config, seed: int, callback=None):
     import torch
 
     from dlasearch import train as trainmod
@@ -645,12 +646,12 @@ def _train_one(graph, ds, config, seed: int):
 
     torch.manual_seed(seed)  # initial weights: the same seed gives the same network
     model = to_module(graph)
-    return trainmod.train(model, ds, dataclasses.replace(config, seed=seed), test=True), model
+    return trainmod.train(model, ds, dataclasses.replace(config, seed=seed), test=True, callback=callback), model
 
 
 def compare(patterns=None, data="digits", seeds=3, budget=None, *, root=None, path=None, limit=None,
             val_fraction=None, image_size=32, blocks=DEFAULT_BLOCKS, baseline=DEFAULT_BASELINE, out=None,
-            name=None, train: dict | None = None, log=print) -> dict:
+            name=None, train: dict | None = None, log=print, tracking_log=None, print_config: bool = False) -> dict:
     """Size, train and summarise every pattern; returns {"dir", "summary", "runs", "trained", "reused"}.
 
     ``budget`` is ``{"params": P, "tolerance": 0.05}`` or a number; ``baseline``
@@ -693,6 +694,19 @@ def compare(patterns=None, data="digits", seeds=3, budget=None, *, root=None, pa
         Path("results/compare") / str(name or f"{label}-{short_number(budget_params)}")
     check_writable(folder)
     settings = _contract(opts, image_size, config, budget_params, tolerance, blocks)
+    resolved = {"command": "compare", "patterns": order, "data": {**opts, "image_size": image_size},
+                "seeds": seed_list, "budget": {"params": budget_params, "tolerance": tolerance},
+                "blocks": list(blocks), "baseline": list(multiples), "out": str(folder), "log": tracking_log,
+                "train": dataclasses.asdict(config)}
+    if print_config:
+        from dlasearch.options import print_config as show
+
+        show(resolved)
+        return {"dir": folder, "config": resolved}
+    from dlasearch import tracking
+    from dlasearch.progress import Progress
+
+    tracking.parse(tracking_log)
     check_settings(folder, settings)
 
     load_opts = {k: v for k, v in opts.items() if k not in ("name", "seed")}
@@ -714,6 +728,9 @@ def compare(patterns=None, data="digits", seeds=3, budget=None, *, root=None, pa
     except OSError as e:
         raise CompareError(f"out={str(folder)!r}: cannot create it: {e.strerror or e}") from None
     _write_json(folder / SETTINGS, {**settings, "data_summary": ds.summary(), "torch": torch.__version__})
+    from dlasearch.options import write_config
+
+    write_config(folder, resolved)
 
     archs, graphs = {}, {}
     for key in rows:
@@ -723,54 +740,15 @@ def compare(patterns=None, data="digits", seeds=3, budget=None, *, root=None, pa
         first = by_fp.setdefault(archs[key]["fingerprint"], key)
         archs[key]["same_as"] = first if first != key else None
 
-    total, trained, reused = len(rows) * len(seed_list), 0, 0
-    records = []
+    total = len(rows) * len(seed_list)
     t_start = time.perf_counter()
-    for i, (key, seed) in enumerate(((k, s) for k in rows for s in seed_list), start=1):
-        a = archs[key]
-        path_ = run_path(folder, key, seed)
-        rec = _read_json(path_)
-        twin = a["same_as"] and _read_json(run_path(folder, a["same_as"], seed))
-        if rec is not None and rec.get("fingerprint") != a["fingerprint"]:
-            raise CompareError(f"{path_} holds a run of another architecture than {key!r} at these settings; "
-                               f"move it away, or give a new out=")
-        if rec is not None:
-            reused += 1
-            how = "done earlier"
-        elif twin:
-            rec = {**twin, "pattern": key, "same_as": a["same_as"]}
-            _write_json(path_, rec)
-            reused += 1
-            how = f"same network as {a['same_as']}"
-        else:
-            t0 = time.perf_counter()
-            res, model = _train_one(graphs[key], ds, config, seed)
-            trained += 1
-            if res.status == "ok":  # weights first: the run's .json marks it finished
-                checkpoint.save(path_.with_suffix(".safetensors"), model, graphs[key], ds,
-                                config=dataclasses.asdict(dataclasses.replace(config, seed=seed)),
-                                name=f"{key}-seed{seed}")
-            rec = {"pattern": key, "seed": seed, "fingerprint": a["fingerprint"], "status": res.status,
-                   "reason": res.reason, "test_accuracy": res.test_accuracy, "val_accuracy": res.val_accuracy,
-                   "train_seconds": res.train_seconds, "wall_seconds": time.perf_counter() - t0,
-                   "epochs": res.epochs, "steps": res.steps, "history": res.history, "same_as": None,
-                   "torch": torch.__version__, "device": config.device,
-                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            _write_json(path_, rec)
-            how = f"{rec['wall_seconds']:.1f}s"
-        acc = rec.get("test_accuracy")
-        low = dstats.at_chance(acc, *chance)
-        log(f"[{i}/{total}] {key} seed {seed}: "
-            + (f"test accuracy {100 * acc:.2f}%" + (f" {dstats.CHANCE_MARK}" if low else "")
-               if acc is not None else f"status {rec.get('status')}")
-            + f" ({how})")
-        records.append({"pattern": key, "seed": seed, "status": rec.get("status"),
-                        "test_accuracy": acc, "val_accuracy": rec.get("val_accuracy"),
-                        "train_seconds": rec.get("train_seconds"), "epochs": rec.get("epochs"),
-                        "steps": rec.get("steps"), "params": a["params"], "macs": a["macs"],
-                        "train_memory_bytes": a["train_memory_bytes"], "widths": "-".join(map(str, a["widths"])),
-                        "fingerprint": a["fingerprint"], "same_as": rec.get("same_as") or "",
-                        "at_chance": low})
+    progress = Progress(total * config.epochs, "compare")
+    try:
+        records = _runs(rows, seed_list, archs, graphs, folder, ds, config, chance, progress, tracking_log, log)
+    finally:
+        progress.close()
+    trained = sum(1 for r in records if r.pop("trained"))
+    reused = len(records) - trained
     runs = pd.DataFrame(records)
     summary = summarize(runs, archs, rows, chance)
     rho, rho_p, rho_n = size_correlation(runs, order)
@@ -787,6 +765,69 @@ def compare(patterns=None, data="digits", seeds=3, budget=None, *, root=None, pa
         f"wrote {', '.join(p.name for p in files)} to {folder}")
     return {"dir": folder, "summary": summary, "runs": runs, "trained": trained, "reused": reused,
             "files": files, "spearman": (rho, rho_p, rho_n)}
+
+
+def _runs(rows, seed_list, archs, graphs, folder, ds, config, chance, progress, tracking_log, log) -> list[dict]:
+    """Train (or reuse) every (row, seed) run; one record per run, with live progress per epoch."""
+    import torch
+
+    from dlasearch import tracking
+
+    total, records = len(rows) * len(seed_list), []
+    for i, (key, seed) in enumerate(((k, s) for k in rows for s in seed_list), start=1):
+        a = archs[key]
+        path_ = run_path(folder, key, seed)
+        rec = _read_json(path_)
+        twin = a["same_as"] and _read_json(run_path(folder, a["same_as"], seed))
+        if rec is not None and rec.get("fingerprint") != a["fingerprint"]:
+            raise CompareError(f"{path_} holds a run of another architecture than {key!r} at these settings; "
+                               f"move it away, or give a new out=")
+        trained = False
+        if rec is not None:
+            how = "done earlier"
+        elif twin:
+            rec = {**twin, "pattern": key, "same_as": a["same_as"]}
+            _write_json(path_, rec)
+            how = f"same network as {a['same_as']}"
+        else:
+            t0 = time.perf_counter()
+
+            def on_epoch(epoch, metrics, tracker=None, key=key, seed=seed, i=i):
+                progress.update(f"[{i}/{total}] {key} seed {seed} epoch {epoch}/{config.epochs}")
+                if tracker is not None:
+                    tracker.epoch(epoch, metrics)
+
+            with tracking.open_tracker(tracking_log, folder, f"{key}-seed{seed}") as tracker:
+                res, model = _train_one(graphs[key], ds, config, seed,
+                                        callback=lambda e, m, t=tracker: on_epoch(e, m, t))
+            trained = True
+            if res.status == "ok":  # weights first: the run's .json marks it finished
+                checkpoint.save(path_.with_suffix(".safetensors"), model, graphs[key], ds,
+                                config=dataclasses.asdict(dataclasses.replace(config, seed=seed)),
+                                name=f"{key}-seed{seed}")
+            rec = {"pattern": key, "seed": seed, "fingerprint": a["fingerprint"], "status": res.status,
+                   "reason": res.reason, "test_accuracy": res.test_accuracy, "val_accuracy": res.val_accuracy,
+                   "train_seconds": res.train_seconds, "wall_seconds": time.perf_counter() - t0,
+                   "epochs": res.epochs, "steps": res.steps, "history": res.history, "same_as": None,
+                   "torch": torch.__version__, "device": config.device,
+                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            _write_json(path_, rec)
+            how = f"{rec['wall_seconds']:.1f}s"
+        progress.drop(config.epochs - (rec.get("epochs") or 0 if trained else 0))
+        acc = rec.get("test_accuracy")
+        low = dstats.at_chance(acc, *chance)
+        log(f"[{i}/{total}] {key} seed {seed}: "
+            + (f"test accuracy {100 * acc:.2f}%" + (f" {dstats.CHANCE_MARK}" if low else "")
+               if acc is not None else f"status {rec.get('status')}")
+            + f" ({how})")
+        records.append({"pattern": key, "seed": seed, "status": rec.get("status"),
+                        "test_accuracy": acc, "val_accuracy": rec.get("val_accuracy"),
+                        "train_seconds": rec.get("train_seconds"), "epochs": rec.get("epochs"),
+                        "steps": rec.get("steps"), "params": a["params"], "macs": a["macs"],
+                        "train_memory_bytes": a["train_memory_bytes"], "widths": "-".join(map(str, a["widths"])),
+                        "fingerprint": a["fingerprint"], "same_as": rec.get("same_as") or "", "at_chance": low,
+                        "trained": trained})
+    return records
 
 
 def _notes(summary, rho, rho_p, rho_n, budget, tolerance, seeds, ds, config, multiples) -> list[str]:
@@ -863,7 +904,14 @@ def command(args: dict) -> int:
     from dlasearch.train import TrainConfig
 
     train_names = [n for n in TrainConfig.option_names() if n not in _NOT_TRAIN_OPTIONS]
-    allowed = (*OPTIONS, *train_names)
+    allowed = (*OPTIONS, *train_names, "log", "print_config")
+    data = args.get("data")
+    if isinstance(data, dict) and "image_size" in data:
+        args["image_size"] = data.pop("image_size")  # data.image_size: the spelling train and run use
+    old = [k for k in ("root", "path", "limit", "val_fraction") if k in args]
+    if old:
+        print(f"note: {', '.join(f'{k}=' for k in old)} is now spelled "
+              f"{', '.join(f'data.{k}=' for k in old)} (as in train and run)", file=sys.stderr)
     for k in args:
         if k not in allowed:
             if k in _NOT_TRAIN_OPTIONS:
@@ -873,5 +921,6 @@ def command(args: dict) -> int:
     opts = {k: args[k] for k in OPTIONS if k in args}
     train = {k: args[k] for k in train_names if k in args}
     compare(opts.pop("patterns", None), opts.pop("data", "digits"), opts.pop("seeds", 3),
-            opts.pop("budget", None), train=train, log=lambda *a: print(*a, flush=True), **opts)
+            opts.pop("budget", None), train=train, log=lambda *a: print(*a, flush=True),
+            tracking_log=args.get("log"), print_config=bool(args.get("print_config")), **opts)
     return 0

@@ -133,16 +133,20 @@ def open_study(space: dict, create: bool = True) -> optuna.Study:
         study.sampler = make_sampler(space, len(study.get_trials(deepcopy=False)) + space["study"].get("worker", 0))
         old = study.user_attrs.get("contract")
         if old is not None and old != contract:
-            diff = [k for k in CONTRACT if json.loads(old).get(k) != space[k]]
-            raise SearchError(f"study {name!r} in {url} was created with different {', '.join(diff)}; "
-                              f"resume it unchanged, or start a new one with study=NEW_NAME")
+            from dlasearch.resume import differences
+
+            stored = json.loads(old)
+            diff = differences({k: stored.get(k) for k in CONTRACT}, {k: space[k] for k in CONTRACT})
+            raise SearchError(f"study {name!r} in {url} was created with different {'; '.join(diff)}; "
+                              f"resume it unchanged (`dlasearch run study={name}`), or start a new one with "
+                              f"study=NEW_NAME")
         return study
     if not create:
         raise SearchError(f"study {name!r} not found in {url}; existing: {', '.join(sorted(existing)) or 'none'}")
     study = optuna.create_study(storage=storage, study_name=name, directions=directions,
                                 sampler=make_sampler(space), pruner=make_pruner(space))
     study.set_user_attr("contract", contract)
-    study.set_user_attr("space", json.dumps(space))
+    study.set_user_attr("space", json.dumps({k: v for k, v in space.items() if k != "log"}))
     if space["seed_published"]:
         for pub in spacemod.published_params(space):
             study.enqueue_trial(pub["params"], user_attrs={"seeded_from": pub["name"]}, skip_if_exists=True)
@@ -273,6 +277,8 @@ class Objective:
         self.trainmod = trainmod
         self.multi = len(space["objectives"]) > 1
         self.chance = (stats.chance(data.y_val), len(data.y_val))
+        self.progress = self.tracker = None
+        self.epochs_run, self.position = 0, "?"
         self._config()
 
     def values(self, metrics: dict):
@@ -367,10 +373,18 @@ class Objective:
         return self.trainmod.TrainConfig(**values)
 
     def _reporter(self, trial):
-        if self.multi:
-            return None
+        """Per epoch: progress, tracking, and (single objective) Optuna's pruning."""
+        self.epochs_run = 0
 
         def report(epoch: int, metrics: dict):
+            self.epochs_run = epoch
+            if self.progress is not None:
+                self.progress.update(f"trial {self.position} (#{trial.number}) epoch {epoch}/"
+                                     f"{self.space['train']['epochs']} val {metrics['val_accuracy']:.3f}")
+            if self.tracker is not None:
+                self.tracker.epoch(trial.number, epoch, metrics)
+            if self.multi:
+                return
             trial.report(metrics["val_accuracy"], epoch)
             if trial.should_prune():
                 raise self.trainmod.StopTraining(f"pruned at epoch {epoch}")
@@ -409,10 +423,20 @@ def work(study: optuna.Study, space: dict, data=None, log=print, train_fn=None) 
     if space["study"].get("threads"):
         torch.set_num_threads(space["study"]["threads"])
     data = data if data is not None else load_data(space)
+    from dlasearch import tracking
+    from dlasearch.progress import Progress
+
     objective = Objective(space, data, log, train_fn)
     total = space["study"]["trials"]
+    epochs = space["train"]["epochs"]
     deadline = time.time() + space["study"]["timeout"] if space["study"]["timeout"] else math.inf
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    objective.progress = Progress(max(0, total - counted(study)) * epochs, "search")
+    backends = tracking.parse(space.get("log"))
+    fn, callbacks = objective, [_logger(log)]
+    if backends:
+        objective.tracker = tracking.StudyTracker(backends, results_dir(space), space["objectives"])
+        fn, callbacks = objective.tracker.wrap(objective), callbacks + objective.tracker.callbacks()
     try:
         while time.time() < deadline:
             stale = fail_stale(study, space["study"]["grace"])
@@ -422,7 +446,9 @@ def work(study: optuna.Study, space: dict, data=None, log=print, train_fn=None) 
             if k >= total:
                 break
             log(f"trial {k + 1}/{total} | {_best_line(study)}")
-            study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[_logger(log)])
+            objective.epochs_run, objective.position = 0, f"{k + 1}/{total}"
+            study.optimize(fn, n_trials=1, catch=(Exception,), callbacks=callbacks)
+            objective.progress.drop(epochs - objective.epochs_run)  # pruned, rejected or reused early
             keep.prune(study, space)
     except KeyboardInterrupt:
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -433,6 +459,10 @@ def work(study: optuna.Study, space: dict, data=None, log=print, train_fn=None) 
                 except Exception:
                     pass
         raise
+    finally:
+        objective.progress.close()
+        if objective.tracker is not None:
+            objective.tracker.close()
 
 
 def _logger(log):
@@ -459,13 +489,29 @@ def run(space: dict, log=print) -> dict:
     url = storage_url(space)
     log(f"study {study_name(space)!r} ({url}): {counted(study)}/{space['study']['trials']} trials done, "
         f"{workers} worker(s) x {threads} thread(s)")
+    from dlasearch.options import write_config
+
+    write_config(results_dir(space), {k: v for k, v in space.items() if k != "name"} | {"space": space["name"]})
+    try:
+        _run_workers(study, space, workers, threads, url, log)
+    except KeyboardInterrupt:
+        export(study, space, log=log)  # what finished is in trials.csv even after Ctrl-C
+        raise
+    return export(study, space, log=log)
+
+
+def _run_workers(study, space: dict, workers: int, threads: int, url: str, log) -> None:
     if workers == 1:
         space = {**space, "study": {**space["study"], "threads": threads}}
         work(study, space, log=log)
     else:
+        from dlasearch.tracking import parse
+
+        tracking_names = parse(space.get("log"))
         procs = [subprocess.Popen([sys.executable, "-m", "dlasearch.cli", "worker",
                                    f"study={study_name(space)}", f"storage={url}", f"threads={threads}",
-                                   f"trials={space['study']['trials']}", f"index={i}"])
+                                   f"trials={space['study']['trials']}", f"index={i}"]
+                                  + ([f"log={','.join(tracking_names)}"] if tracking_names else []))
                  for i in range(workers)]
         try:
             codes = [p.wait() for p in procs]
@@ -477,7 +523,6 @@ def run(space: dict, log=print) -> dict:
             raise
         if any(codes):
             log(f"warning: worker exit codes {codes}")
-    return export(study, space, log=log)
 
 
 def export(study: optuna.Study, space: dict, log=print) -> dict:

@@ -31,7 +31,14 @@ from typing import Any
 from dlasearch.errors import DLASearchError, did_you_mean
 from dlasearch.patterns import LETTERS, PATTERNS
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+def _spaces_dir() -> Path:
+    """The shipped spaces: ``dlasearch/_spaces`` in an installed wheel, else the checkout's ``search_spaces/``."""
+    here = Path(__file__).resolve().parent
+    installed = here / "_spaces"
+    return installed if installed.is_dir() else here.parent / "search_spaces"
+
+
+SPACES_DIR = _spaces_dir()
 
 
 class SpaceError(DLASearchError):

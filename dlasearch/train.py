@@ -316,7 +316,7 @@ def recalibrate_bn(model, data: Dataset, cfg: TrainConfig, device, amp, fmt) -> 
 
     from torch.optim.swa_utils import update_bn
 
-    if cfg.bn_batches == 0:
+    if cfg.bn_batches == 0 or cfg.freeze == "backbone":  # a frozen backbone keeps its statistics too
         return
     gen = torch.Generator().manual_seed(cfg.seed)
     batches = data.batches("train", cfg.batch_size, shuffle=True, augment=cfg.augment, generator=gen)
@@ -413,6 +413,10 @@ def _fit(model, data: Dataset, cfg: TrainConfig, device, amp, fmt, callback, tes
             res.history.append(metrics)
             res.val_loss, res.val_accuracy = val_loss, val_acc
             bar.set_postfix(epoch=epoch, loss=f"{metrics['train_loss']:.3f}", val=f"{val_acc:.3f}")
+            if cfg.progress is None and not show:  # a log file or pipe: one line per epoch instead of a bar
+                print(f"epoch {epoch}/{math.ceil(total / per_epoch)}: train_loss {metrics['train_loss']:.4f}, "
+                      f"val_loss {val_loss:.4f}, val_accuracy {val_acc:.4f}, {metrics['seconds']:.1f}s",
+                      file=sys.stderr, flush=True)
             if not math.isfinite(val_loss):
                 res.status, res.reason = "nan", f"validation loss became {val_loss} after epoch {epoch}; lower lr"
                 break
@@ -510,9 +514,7 @@ def data_options(value) -> dict:
         value = {"name": "npz", "path": value} if value.endswith(".npz") else {"name": value}
     if not isinstance(value, dict):
         raise TrainError(f"data={value!r}: expected a dataset name, a .npz path, or data.name=... options")
-    if "name" not in value:
-        raise TrainError(f"data options {sorted(value)} need data.name too (data=<name> and data.<key>=... "
-                         f"cannot be mixed; write data.name=<name> data.<key>=...)")
+    value = {"name": "digits", **value}
     unknown = set(value) - set(DATA_OPTIONS)
     if unknown:
         raise TrainError(f"unknown data option(s) {sorted(unknown)}; allowed: "
@@ -520,10 +522,19 @@ def data_options(value) -> dict:
     return dict(value)
 
 
+def resolved_config(arch, data, config: TrainConfig, *, image_size="auto", resize: str = "interpolate",
+                    test: bool = False, latency: bool = True, out=None, name=None, log=None) -> dict:
+    """Everything a ``dlasearch train`` run uses, as ``config.yaml`` holds it (``--cfg`` prints it)."""
+    opts = data_options(data)
+    return {"command": "train", "arch": arch, "data": {**opts, "image_size": image_size}, "resize": resize,
+            "test": test, "latency": latency, "out": out, "name": name, "log": log,
+            "train": dataclasses.asdict(config)}
+
+
 def run(arch: str, data: dict | str | None, config: TrainConfig, *, image_size="auto",
         resize: str = "interpolate", test: bool = False, latency: bool = True,
         out: str | None = None, name: str | None = None, weights: str | None = None,
-        log=print) -> tuple[dict, Path]:
+        log=None) -> tuple[dict, Path]:
     """Resolve, check, measure and train one architecture; write its run folder; return (record, folder).
 
     Every input is checked before anything runs or is written.  ``image_size``
@@ -554,15 +565,21 @@ def run(arch: str, data: dict | str | None, config: TrainConfig, *, image_size="
     if weights is not None:
         note = checkpoint.load_weights(model, weights, graph)
         if note:
-            log(note)
+            print(note)
     record = {"arch": str(arch), "name": arch_name, "fingerprint": irmod.fingerprint(graph),
               "data": {**ds.summary(), "split_seed": split_seed, "resize": resize},
               "config": dataclasses.asdict(config), "device": str(resolve_device(config.device)),
               "torch": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "normalisation": {"mean": list(ds.mean), "std": list(ds.std)},
               "weights_from": None if weights is None else str(weights), "weights": checkpoint.WEIGHTS}
+    from dlasearch import options, tracking
+
+    options.write_config(folder, resolved_config(arch, data, config, image_size=image_size, resize=resize,
+                                                 test=test, latency=latency, out=str(folder), name=name, log=log)
+                         | {"data": {**opts, "name": ds.name, "image_size": list(ds.image_size)}})
     metrics = measure_arch(model, ds, config, latency)
-    result = train(model, ds, config, test=test)
+    with tracking.open_tracker(log, folder, arch_name) as tracker:
+        result = train(model, ds, config, test=test, callback=tracker.epoch)
     metrics.update({"val_accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy,
                     "train_seconds": result.train_seconds})
     record.update({"status": result.status, "reason": result.reason, "metrics": metrics,

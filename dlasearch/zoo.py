@@ -150,22 +150,59 @@ def convert_original(state_dict: dict) -> dict:
     return out
 
 
-def table(models=None):
-    """A pandas table of zoo models: params, MACs at 224 and 32, blocks, aggregation nodes."""
-    import pandas as pd
+def _cache_file():
+    """``<cache>/zoo-table.json`` (``$XDG_CACHE_HOME/dlasearch``, else ~/.cache/dlasearch)."""
+    import os
+    from pathlib import Path
 
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache).expanduser() / "dlasearch" / "zoo-table.json"
+
+
+def _row(name: str, g: IR) -> dict:
     from dlasearch import measure
 
-    rows = []
+    with torch.device("meta"):  # shapes only: no weight init and no arithmetic
+        m = to_module(g, name=name)
+    return {
+        "name": name,
+        "params": measure.params(m),
+        "MACs@224 (G)": round(measure.macs(m, (1, 3, 224, 224)) / 1e9, 3),
+        "MACs@32 (M)": round(measure.macs(m, (1, 3, 32, 32)) / 1e6, 1),
+        "blocks": len(g.of_kind("block")),
+        "aggregation nodes": len(g.of_kind("aggregate")),
+    }
+
+
+def table(models=None, cache: bool = True):
+    """A pandas table of zoo models: params, MACs at 224 and 32, blocks, aggregation nodes.
+
+    Counting takes seconds per model, so rows are cached by IR fingerprint and torch version (a
+    changed architecture or counter is recounted); an unwritable cache only costs the recount.
+    """
+    import json
+
+    import pandas as pd
+
+    from dlasearch.ir import fingerprint
+
+    path = _cache_file()
+    try:
+        stored = json.loads(path.read_text()) if cache else {}
+    except (OSError, ValueError):
+        stored = {}
+    rows, changed = [], False
     for name in models or names():
         g = ir(name)
-        m = to_module(g, name=name)
-        rows.append({
-            "name": name,
-            "params": measure.params(m),
-            "MACs@224 (G)": round(measure.macs(m, (1, 3, 224, 224)) / 1e9, 3),
-            "MACs@32 (M)": round(measure.macs(m, (1, 3, 32, 32)) / 1e6, 1),
-            "blocks": len(g.of_kind("block")),
-            "aggregation nodes": len(g.of_kind("aggregate")),
-        })
+        key = f"{fingerprint(g)}/{torch.__version__}"
+        if not isinstance(stored.get(key), dict):
+            stored[key], changed = _row(name, g), True
+        rows.append({**stored[key], "name": name})
+    if cache and changed:
+        try:
+            from dlasearch.train import write_atomic
+
+            write_atomic(path, json.dumps(stored, indent=1))
+        except OSError:
+            pass
     return pd.DataFrame(rows)

@@ -21,7 +21,7 @@ def test_zoo_csv(capsys):
 
 
 @pytest.mark.parametrize("args,msg", [
-    (["zoo", "format=pdf"], "format='pdf'; allowed: markdown, csv"),
+    (["zoo", "format=pdf"], "format='pdf': allowed: markdown, csv"),
     (["zoo", "colour=red"], "unknown option"),
     (["zoo", "format"], "expected key=value"),
 ])

@@ -14,7 +14,7 @@ BUDGET = 20000
 # one torch thread: on a busy 2-core machine two OpenMP threads can run ten times slower than one
 COMMON = {"data": "digits", "budget": {"params": BUDGET}, "limit": 300,
           "train": {"epochs": 1, "batch_size": 64, "threads": 1}}
-CLI = ["data=digits", f"budget.params={BUDGET}", "limit=300", "epochs=1", "batch_size=64", "threads=1"]
+CLI = ["data=digits", f"budget.params={BUDGET}", "data.limit=300", "epochs=1", "batch_size=64", "threads=1"]
 PLOTS = ("accuracy_vs_params", "accuracy_vs_memory", "accuracy_spread")
 real_train = dlasearch.train.train
 

@@ -99,7 +99,7 @@ def test_bad_yaml_file(tmp_path):
 def test_cli_bad_override_is_one_line(capsys):
     assert main(["run", "space=hda", "train.epocs=3"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "did you mean 'epochs'" in err and len(err.splitlines()) == 1
+    assert "did you mean 'train.epochs'" in err and len(err.splitlines()) == 1
 
 
 @pytest.mark.parametrize("name", SHIPPED)

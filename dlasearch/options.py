@@ -1,0 +1,358 @@
+"""The options of every command, as typed tables: one schema both checks ``key=value`` input and
+prints ``dlasearch <command> --help``, so the help cannot drift from what is accepted.
+
+Where a module already defines its options (``TrainConfig``, the search-space ``SCHEMA`` and
+``DEFAULTS``, ``render.OPTIONS``...), the table is built from it; this module adds the type
+words and one-line meanings.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from dlasearch.errors import DLASearchError, did_you_mean
+
+REQUIRED = object()  # default of an option that must be given
+
+
+@dataclass(frozen=True)
+class Option:
+    """One ``key=value`` option: ``type`` is int, float, bool, str, choice, list, mapping or any."""
+
+    name: str
+    type: str
+    default: Any
+    help: str
+    choices: tuple = ()
+    nullable: bool = False
+
+
+def _o(name, type_, default, help_, choices=(), nullable=None):
+    return Option(name, type_, default, help_, tuple(choices), default is None if nullable is None else nullable)
+
+
+# ------------------------------------------------------------------ shared pieces
+
+TRAIN_HELP = {
+    "epochs": "epochs to train", "steps": "a step budget; replaces epochs",
+    "batch_size": "training batch size (also the batch of the memory and speed metrics)",
+    "lr": "SGD learning rate", "momentum": "SGD momentum", "nesterov": "Nesterov momentum",
+    "weight_decay": "on weights only, not on biases and norm scales",
+    "warmup_epochs": "linear warm-up, then cosine decay to 0", "label_smoothing": "cross-entropy label smoothing",
+    "augment": "random crop with padding, plus flips where they keep the class",
+    "seed": "initial weights, shuffling and augmentation", "device": "auto (CUDA when present), cpu, cuda[:N]",
+    "precision": "auto (bf16 on CUDA, fp32 on CPU), fp32, bf16", "channels_last": "NHWC memory format",
+    "threads": "torch intra-op threads (null: torch's setting)", "eval_batch_size": "batch size of evaluation",
+    "deterministic": "on CUDA: deterministic cuDNN kernels", "progress": "bar (true), none (false), "
+    "or null: a bar on a terminal, else one line per epoch",
+    "freeze": "backbone: fine-tune only the classifier (with weights=); none: train everything",
+    "bn_batches": "recompute BatchNorm statistics from this many training batches before each evaluation",
+}
+_TYPES = {int: "int", float: "float", bool: "bool", str: "str"}
+
+
+def train_options(skip=()) -> list[Option]:
+    """``TrainConfig``'s fields, typed from their annotations and defaults."""
+    from dlasearch.train import PRECISIONS, TrainConfig
+
+    out = []
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in skip:
+            continue
+        base = f.type.split("|")[0].strip() if isinstance(f.type, str) else f.type.__name__
+        t = {"int": "int", "float": "float", "bool": "bool", "str": "str"}.get(base, "any")
+        choices = PRECISIONS if f.name == "precision" else ()
+        out.append(_o(f.name, "choice" if choices else t, f.default, TRAIN_HELP.get(f.name, ""), choices,
+                      nullable="None" in str(f.type)))
+    return out
+
+
+DATA_HELP = {
+    "name": "digits, mnist, fashion_mnist, cifar10 or npz", "path": "the .npz file for data.name=npz",
+    "root": "download/cache folder", "limit": "a seeded, stratified subset of this many training images",
+    "image_size": "resize every split once to N x N", "val_fraction": "share of the training images used for "
+    "validation", "seed": "seed of the train/validation split", "flip": "allow horizontal flips",
+    "download": "fetch missing files",
+}
+
+
+def data_options(image_size=None, val_fraction=0.1, extra=()) -> list[Option]:
+    """``data=NAME|FILE.npz`` and the ``data.<key>`` options shared by train, run and compare."""
+    out = [_o("data", "str", "digits", "a dataset name or a .npz path (same as data.name / data.path)"),
+           _o("data.name", "str", "digits", DATA_HELP["name"]),
+           _o("data.path", "str", None, DATA_HELP["path"]), _o("data.root", "str", None, DATA_HELP["root"]),
+           _o("data.limit", "int", None, DATA_HELP["limit"]),
+           _o("data.image_size", "any" if image_size == "auto" else "int", image_size, DATA_HELP["image_size"]
+              + (" (auto: native unless the network downsamples more)" if image_size == "auto" else ""),
+              nullable=True),
+           _o("data.val_fraction", "float", val_fraction, DATA_HELP["val_fraction"])]
+    out += [_o(f"data.{k}", t, d, DATA_HELP[k], nullable=d is None) for k, t, d in extra]
+    return out
+
+
+COMMON = [_o("print_config", "bool", False, "print the resolved config as YAML and exit (also --cfg)"),
+          _o("log", "any", None, "experiment tracking: tensorboard, mlflow, or a list of both")]
+
+# ------------------------------------------------------------------ per command
+
+
+def _zoo():
+    return [_o("format", "choice", "markdown", "table format", ("markdown", "csv"))]
+
+
+def _train():
+    opts = [_o("arch", "str", REQUIRED, "a zoo name, a spec .json/.yaml, or an IR .json (or the first word)")]
+    opts += data_options("auto", 0.1, (("seed", "int", 0), ("flip", "bool", None), ("download", "bool", True)))
+    opts += [_o("image_size", "any", "auto", "old spelling of data.image_size"),
+             _o("resize", "choice", "interpolate", "how image_size resizes", ("interpolate", "pad")),
+             _o("test", "bool", False, "also evaluate the test split at the end"),
+             _o("latency", "bool", True, "measure latency and training speed first"),
+             _o("out", "str", None, "run folder path"), _o("name", "str", None, "run folder name under results/train/"),
+             _o("weights", "str", None, "a checkpoint to fine-tune from (.safetensors/.pth; timm, original or dlasearch)")]
+    return opts + train_options() + COMMON
+
+
+SPACE_HELP = {
+    "description": "what the space is for", "objectives": "val_accuracy plus any of params, macs, train_memory, "
+    "train_seconds (Pareto front)", "backbone": "the fixed part of the spec (stem, conv_stages, stages)",
+    "params": "what is searched: {choices: [...]}, {low, high[, step][, log]} or {value}",
+    "seed_published": "enqueue published DLA configs that fit the space",
+    "study.name": "study name (default: the space's name)", "study.storage": "journal file or database URL",
+    "study.trials": "total trials of the study", "study.workers": "processes on this machine",
+    "study.seed": "sampler and training seed", "study.sampler": "tpe, random, nsga2, gp or grid",
+    "study.pruner": "hyperband, median or none", "study.timeout": "stop starting trials after N seconds",
+    "study.heartbeat": "seconds between heartbeats of a running trial",
+    "study.grace": "seconds without heartbeat before a trial elsewhere is stale",
+    "study.results": "folder holding results/<study>/", "budget.params": "reject architectures above it",
+    "budget.macs": "reject architectures above it", "budget.train_memory": "reject above it (bytes)",
+    "study.keep": "trained weights kept: best (the best trials), all, or none",
+    "study.artifacts": "artifact folder for trial weights (default results/<study>/artifacts)",
+}
+_SPACE_TYPES = {str: "str", int: "int", float: "float", bool: "bool", list: "list", dict: "mapping"}
+
+
+def _run():
+    from dlasearch import space
+
+    opts = [_o("space", "str", "hda", "a shipped space name or a .yaml path (or the first word); "
+                                      "omit it to resume study=NAME as stored")]
+    for key, typ in space.SCHEMA.items():
+        if key == "data":
+            continue
+        if isinstance(typ, dict):
+            for sub, t in typ.items():
+                name = f"{key}.{sub}"
+                if key == "train":
+                    continue
+                types = t if isinstance(t, tuple) else (t,)
+                words = [_SPACE_TYPES[x] for x in types if x in _SPACE_TYPES]
+                choices = {"study.sampler": space.SAMPLERS, "study.pruner": space.PRUNERS}.get(name, ())
+                kind = "choice" if choices else "float" if "float" in words else words[0]
+                opts.append(_o(name, kind, space.DEFAULTS[key][sub], SPACE_HELP.get(name, ""), choices,
+                               nullable=type(None) in types))
+        else:
+            opts.append(_o(key, _SPACE_TYPES[typ], space.DEFAULTS[key], SPACE_HELP.get(key, "")))
+    d = space.DEFAULTS["data"]
+    opts += data_options(d["image_size"], d["val_fraction"])
+    tdef = space.DEFAULTS["train"]
+    opts += [dataclasses.replace(o, name=f"train.{o.name}", default=tdef.get(o.name, o.default))
+             for o in train_options() if o.name in space.SCHEMA["train"]]
+    by_name = {o.name: o for o in opts}
+    for short, target in space.SHORTCUTS.items():
+        if short != "data":
+            o = by_name[target]
+            opts.append(dataclasses.replace(o, name=short, help=f"= {target}"))
+    return opts + COMMON
+
+
+def _worker():
+    return [_o("study", "str", REQUIRED, "the study to work on"),
+            _o("storage", "str", None, "journal file or database URL (default results/<study>/journal.log)"),
+            _o("threads", "int", None, "torch threads of this process"),
+            _o("trials", "int", None, "total trials to reach (default: the study's)"),
+            _o("index", "int", None, "worker number (set by `run workers=K`)"), COMMON[1]]
+
+
+def _compare():
+    from dlasearch import compare
+
+    opts = [_o("patterns", "any", "all seven", "comma list of chain, skip, ida, tree, reentrant, hda, dla (or a-f)"),
+            _o("budget", "any", REQUIRED, "the parameter budget (same as budget.params)"),
+            _o("budget.params", "any", REQUIRED, "the parameter budget: 20000, 2e4 or 20k"),
+            _o("budget.tolerance", "float", 0.05, "allowed relative distance from the budget"),
+            _o("seeds", "any", 3, "a count (seeds 0..N-1) or a list [0,5,7]"),
+            _o("blocks", "any", "2,4,4", "blocks per residual stage, powers of two"),
+            _o("baseline", "any", 2, "budget multiples for plain-chain baseline rows; false for none"),
+            _o("out", "str", None, "output folder"), _o("name", "str", None, "its name under results/compare/")]
+    opts += data_options(32, 0.1, (("seed", "int", 0),))
+    opts += [_o(k, "any", None, f"old spelling of data.{k}") for k in ("root", "path", "limit", "val_fraction",
+                                                                         "image_size")]
+    return opts + train_options(skip=compare._NOT_TRAIN_OPTIONS) + COMMON
+
+
+def _report():
+    return [_o("study", "str", REQUIRED, "the study"), _o("storage", "str", None, "journal file or database URL"),
+            _o("out", "str", None, "report folder (default results/<study>/report)"),
+            _o("top", "int", 3, "diagrams of the k best trials")]
+
+
+RENDER_HELP = {"arch": "zoo name, spec/IR .json, or figure1 (or the first word)", "format": "svg, png or pdf",
+               "out": "output file", "direction": "LR or TB", "size": "input size of the resolution labels",
+               "study": "draw a trial of this study", "trial": "the trial number", "storage": "the study's storage"}
+
+
+def _render():
+    from dlasearch import render
+
+    return [_o(k, "any", None, RENDER_HELP.get(k, "see docs/render.md")) for k in render.OPTIONS]
+
+
+EXPORT_HELP = {"from": "a run folder, a checkpoint file or a zoo name (or the first word)",
+               "study": "export a trial of this study (with trial=)", "trial": "the trial number",
+               "storage": "the study's storage", "artifacts": "the study's artifact folder, if not the default",
+               "format": "comma list of py, pt2, onnx", "out": "export folder",
+               "overwrite": "replace an export folder that holds something else",
+               "weights": "with a zoo name: a checkpoint to load", "num_classes": "with a zoo name: classes"}
+
+
+def _export():
+    from dlasearch import export
+
+    return [_o(k, "any", {"format": "py,pt2", "overwrite": False}.get(k), EXPORT_HELP[k]) for k in export.OPTIONS]
+
+
+RANK_HELP = {"space": "a shipped space name or a .yaml path", "n": "distinct architectures to score",
+             "proxies": "comma list of synflow, snip, grad_norm, naswot, zen, zico, params, macs",
+             "batch": "images in the scoring batch", "seed": "sampling and batch seed",
+             "out": "CSV path (default results/rank/<space>-n<N>-seed<S>.csv)"}
+
+
+def _rank():
+    from dlasearch import rank
+
+    defaults = {"space": REQUIRED, "n": 20, "proxies": "all", "batch": 64, "seed": 0}
+    return [_o(k, "any", defaults.get(k), RANK_HELP[k]) for k in rank.OPTIONS]
+
+
+COMMANDS = {"zoo": _zoo, "train": _train, "run": _run, "worker": _worker, "compare": _compare,
+            "report": _report, "render": _render, "export": _export, "rank": _rank}
+
+
+def table(command: str) -> list[Option]:
+    return COMMANDS[command]()
+
+
+# ------------------------------------------------------------------ checking
+
+
+def flatten(args: dict, prefix: str = "", mappings=()) -> dict:
+    """``{"data": {"limit": 5}}`` -> ``{"data.limit": 5}``; values of mapping options stay whole."""
+    out = {}
+    for k, v in args.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and key not in mappings:
+            out.update(flatten(v, key + ".", mappings))
+        else:
+            out[key] = v
+    return out
+
+
+def _type_error(o: Option, v) -> str | None:
+    if v is None:
+        return None if o.nullable or o.type in ("any", "str") else "expected a value, not null"
+    if o.type == "choice":
+        return None if v in o.choices else f"allowed: {', '.join(map(str, o.choices))}"
+    if o.type == "bool":
+        return None if isinstance(v, bool) else "allowed: true, false"
+    if o.type == "int":
+        return None if isinstance(v, int) and not isinstance(v, bool) else "expected an int"
+    if o.type == "float":
+        return None if isinstance(v, (int, float)) and not isinstance(v, bool) else "expected a number"
+    if o.type == "list":
+        return None if isinstance(v, list) else "expected a list, e.g. [a,b]"
+    if o.type == "mapping":
+        return None if isinstance(v, dict) else "expected a mapping, e.g. key.sub=value"
+    if o.type == "str":
+        return None if not isinstance(v, (dict, list)) else "expected a single value"
+    return None
+
+
+# names a user may reasonably try that a command does not take, with the reason
+REFUSED = {"compare": {"seed": "seed= is not a compare option: seeds come from seeds=N (or seeds=[0,5,7])",
+                       "progress": "progress= is not a compare option: compare prints its own progress"}}
+
+
+def check(command: str, args: dict) -> None:
+    """Raise ``DLASearchError`` for an option ``command`` does not have, or a value of the wrong type."""
+    opts = {o.name: o for o in table(command)}
+    mappings = {n for n, o in opts.items() if o.type in ("mapping", "any")}
+    for key, v in flatten(args, mappings=mappings).items():
+        o = opts.get(key)
+        if key in REFUSED.get(command, {}):
+            raise DLASearchError(REFUSED[command][key])
+        if o is None:
+            raise DLASearchError(f"unknown option {key!r}{did_you_mean(key, opts)}; "
+                                 f"`dlasearch {command} --help` lists them")
+        err = _type_error(o, v)
+        if err:
+            raise DLASearchError(f"{key}={v!r}: {err}")
+
+
+# ------------------------------------------------------------------ help
+
+
+def _default_text(o: Option) -> str:
+    if o.default is REQUIRED:
+        return "required"
+    if o.default is None:
+        return "-"
+    if isinstance(o.default, bool):
+        return str(o.default).lower()
+    text = str(o.default)
+    return text if len(text) <= 24 else "(see --cfg)"
+
+
+def help_text(command: str, summary: str, usage: str) -> str:
+    """The ``--help`` page of ``command``: every option with type, default and meaning."""
+    opts = table(command)
+    rows = [(o.name, o.type if o.type != "choice" else "|".join(o.choices), _default_text(o), o.help)
+            for o in opts]
+    w = [max(len(r[i]) for r in rows + [("option", "type", "default", "")]) for i in range(3)]
+    w = [min(x, 24) for x in w]
+    lines = [f"usage: {usage}", "", summary.replace("``", "`"), "", "options (key=value; nested keys as a.b=value):",
+             f"  {'option':<{w[0]}}  {'type':<{w[1]}}  {'default':<{w[2]}}  meaning"]
+    lines += [f"  {a:<{w[0]}}  {b:<{w[1]}}  {c:<{w[2]}}  {d}" for a, b, c, d in rows]
+    return "\n".join(lines)
+
+
+def to_yaml(config: dict) -> str:
+    """The resolved config as YAML (what ``config.yaml`` holds and ``print_config=true`` prints)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.create(_plain(config)))
+
+
+def _plain(v):
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    return str(v)
+
+
+def write_config(folder, config: dict) -> None:
+    """Write ``config.yaml`` (atomically) into a results folder."""
+    from pathlib import Path
+
+    from dlasearch.train import write_atomic
+
+    write_atomic(Path(folder) / "config.yaml", to_yaml(config))
+
+
+def print_config(config: dict) -> int:
+    sys.stdout.write(to_yaml(config))
+    return 0

@@ -1,0 +1,75 @@
+"""What ``dlasearch run`` runs: a space file plus overrides, or an existing study resumed by name.
+
+``run study=NAME [trials=N]`` (no ``space=``) reopens the study with the space,
+data, training settings and storage it was created with; only ``trials``,
+``timeout`` and ``workers`` may change, since anything else would mix trials
+that are not comparable.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dlasearch.errors import DLASearchError
+
+CHANGEABLE = ("trials", "timeout", "workers")
+IDENTITY = ("name", "storage")
+
+
+def resolve(args: dict) -> dict:
+    """The validated space ``dlasearch run`` should run (``args`` are the parsed overrides)."""
+    from dlasearch import space, tracking
+
+    log = args.pop("log", None)
+    tracking.parse(log)
+    study = args.get("study") if isinstance(args.get("study"), dict) else {}
+    if "space" not in args and study.get("name") is not None:
+        sp = stored(str(study["name"]), study.get("storage"), args)
+    else:
+        sp = space.load(str(args.pop("space", "hda")), args)
+    sp["log"] = log
+    return sp
+
+
+def stored(name: str, storage, args: dict) -> dict:
+    """The space study ``name`` was created with, plus the changeable overrides in ``args``."""
+    from dlasearch.search import find_study
+
+    url = str(storage) if storage else str(Path("results") / name / "journal.log")
+    if "://" not in url and not Path(url).is_file():
+        raise DLASearchError(f"study {name!r}: nothing to resume at {url}; start it with space=NAME "
+                             f"(e.g. `dlasearch run space=hda study={name}`), or pass storage=URL")
+    study, url = find_study(name, url)
+    sp = json.loads(study.user_attrs["space"])
+    from dlasearch.options import flatten
+
+    extra = {k: v for k, v in flatten(args).items()
+             if not (k.startswith("study.") and k[len("study."):] in CHANGEABLE + IDENTITY)}
+    if extra:
+        key, value = next(iter(extra.items()))
+        raise DLASearchError(f"study {name!r} exists: resuming keeps the space, data, training and storage it "
+                             f"was created with; only {', '.join(CHANGEABLE)} can change (got {key}={value!r}). "
+                             f"Start a new study with space=... study=NEW_NAME")
+    for k in CHANGEABLE:
+        if k in args["study"]:
+            sp["study"][k] = args["study"][k]
+    sp["study"]["name"] = name
+    sp["study"]["storage"] = storage if storage else sp["study"]["storage"]
+    sp.pop("log", None)
+    from dlasearch import space as spacemod
+
+    out = spacemod.validate({k: v for k, v in sp.items() if k != "name"})  # type-checks the new values
+    out["name"] = sp["name"]
+    return out
+
+
+def differences(old, new, path: str = "") -> list[str]:
+    """``key: stored X, given Y`` for every leaf that differs (so a refusal names the key and both values)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in list(old) + [k for k in new if k not in old]:
+            out += differences(old.get(k), new.get(k), f"{path}.{k}" if path else str(k))
+        return out
+    if old != new:
+        return [f"{path}: stored {json.dumps(old)}, given {json.dumps(new)}"]
+    return []
