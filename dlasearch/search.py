@@ -270,7 +270,8 @@ class Objective:
         self.train_fn = train_fn or trainmod.train
         self.trainmod = trainmod
         self.multi = len(space["objectives"]) > 1
-        self._config()
+        # on the training device once per worker, not once per trial
+        self.data = data.to(trainmod.resolve_device(self._config().device))
 
     def values(self, metrics: dict):
         vals = [metrics[o] for o in self.space["objectives"]]

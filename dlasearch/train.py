@@ -14,7 +14,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -22,12 +21,12 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
+from dlasearch import engine
 from dlasearch import ir as irmod
 from dlasearch.data import Dataset
+from dlasearch.engine import COMPILE_MODES
 from dlasearch.errors import DLASearchError, did_you_mean
-from dlasearch.measure import autocast
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -56,8 +55,10 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     device: str = "auto"  # auto: CUDA when present, else CPU
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    channels_last: bool = False
+    precision: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16, else fp32
+    channels_last: bool | None = None  # null: on with bf16
+    compile: str = "auto"  # auto|none|default|reduce-overhead (auto: no torch.compile)
+    cuda_graph: bool | None = None  # null: capture the step in a CUDA graph on CUDA unless compiled
     threads: int | None = None  # torch intra-op threads; null keeps torch's setting
     eval_batch_size: int = 512
     deterministic: bool = True  # cuDNN: deterministic kernels, no autotuning
@@ -89,9 +90,14 @@ class TrainConfig:
         number("weight_decay", 0)
         number("warmup_epochs", 0)
         number("label_smoothing", 0, 1, hi_open=True)
-        for name in ("nesterov", "augment", "channels_last", "deterministic"):
+        for name in ("nesterov", "augment", "deterministic"):
             if not isinstance(getattr(self, name), bool):
                 raise TrainError(f"{name}={getattr(self, name)!r}: expected true or false")
+        for name in ("channels_last", "cuda_graph"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
+                raise TrainError(f"{name}={getattr(self, name)!r}: expected true, false or null (auto)")
+        if self.compile not in COMPILE_MODES:
+            raise TrainError(f"compile={self.compile!r}; allowed: {', '.join(COMPILE_MODES)}")
         if self.progress is not None and not isinstance(self.progress, bool):
             raise TrainError(f"progress={self.progress!r}: expected true, false or null (auto)")
         if self.nesterov and self.momentum == 0:
@@ -119,6 +125,7 @@ class TrainResult:
     epochs: int = 0
     steps: int = 0
     reason: str = ""
+    engine: dict = field(default_factory=dict)  # precision, memory format, compile, CUDA graph: what ran and why
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -141,9 +148,7 @@ def resolve_device(device: str) -> torch.device:
 
 def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
     """The autocast dtype a run uses (None: plain fp32)."""
-    if config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
+    return engine.choose_precision(config.precision, config.channels_last, device).amp
 
 
 # ------------------------------------------------------------ architecture vs data
@@ -269,34 +274,12 @@ def _threads(n: int | None):
         torch.set_num_threads(before)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@torch.inference_mode()
 def evaluate(model: torch.nn.Module, data: Dataset, split: str = "val", batch_size: int = 512,
              amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> tuple[float, float]:
     """(mean cross-entropy, accuracy in 0..1) of ``model`` on a split, in eval mode."""
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    loss = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
-    n = 0
-    try:
-        for x, y in data.to(device).batches(split, batch_size):
-            with autocast(device, amp_dtype):
-                out = model(x.contiguous(memory_format=fmt)).float()
-            loss += F.cross_entropy(out, y, reduction="sum")
-            correct += (out.argmax(1) == y).sum()
-            n += len(y)
-    finally:
-        model.train(was_training)
-    if n == 0:
-        return float("nan"), float("nan")
-    return float(loss) / n, int(correct) / n
+    prec = engine.Precision(amp_dtype, channels_last, "as given")
+    return engine.evaluate(model, engine.Feeder(data.to(device), device), split, batch_size, prec)
 
 
 def train(model: torch.nn.Module, data: Dataset, config: TrainConfig | None = None, *,
@@ -318,91 +301,14 @@ def train(model: torch.nn.Module, data: Dataset, config: TrainConfig | None = No
     device = resolve_device(cfg.device)
     if getattr(model, "ir", None) is not None:
         check_fit(model.ir, data)
-    amp = autocast_dtype(cfg, device)
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    prec = engine.choose_precision(cfg.precision, cfg.channels_last, device)
     cudnn = (torch.backends.cudnn.flags(enabled=True, benchmark=not cfg.deterministic,
                                         deterministic=cfg.deterministic)
              if device.type == "cuda" else contextlib.nullcontext())
     with _threads(cfg.threads), cudnn, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(cfg.seed)
-        return _fit(model.to(device, memory_format=fmt), data.to(device), cfg, device, amp, fmt, callback, test)
-
-
-def _fit(model, data: Dataset, cfg: TrainConfig, device, amp, fmt, callback, test) -> TrainResult:
-    from tqdm import tqdm
-
-    gen = torch.Generator().manual_seed(cfg.seed)  # shuffling and augmentation: CPU, so runs match anywhere
-    per_epoch = math.ceil(len(data.y_train) / cfg.batch_size)
-    total = cfg.steps or cfg.epochs * per_epoch
-    warmup = min(round(cfg.warmup_epochs * per_epoch), total // 2)
-    opt = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum,
-                          nesterov=cfg.nesterov)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(total, warmup))
-    res = TrainResult(status="ok")
-    show = sys.stderr.isatty() if cfg.progress is None else cfg.progress
-    bar = tqdm(total=total, desc="train", unit="step", disable=not show, leave=False)
-    model.train()
-    try:
-        for epoch in range(1, math.ceil(total / per_epoch) + 1):
-            _sync(device)
-            t0 = time.perf_counter()
-            loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-            correct = torch.zeros((), device=device, dtype=torch.int64)
-            seen = 0
-            lr = opt.param_groups[0]["lr"]
-            for x, y in data.batches("train", cfg.batch_size, shuffle=True, augment=cfg.augment, generator=gen):
-                if res.steps >= total:
-                    break
-                with autocast(device, amp):
-                    out = model(x.contiguous(memory_format=fmt))
-                if out.ndim != 2:
-                    raise TrainError(f"the model returns shape {tuple(out.shape)}; training needs "
-                                     f"(batch, classes) logits")
-                loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
-                if not torch.isfinite(loss):
-                    res.status = "nan"
-                    res.reason = f"loss became {float(loss.detach())} at step {res.steps + 1} (epoch {epoch}); lower lr"
-                    break
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                res.steps += 1
-                bar.update(1)
-                loss_sum += loss.detach().double() * len(y)
-                correct += (out.detach().argmax(1) == y).sum()
-                seen += len(y)
-            _sync(device)
-            res.train_seconds += time.perf_counter() - t0
-            if res.status == "nan":
-                break
-            res.epochs = epoch
-            val_loss, val_acc = evaluate(model, data, "val", cfg.eval_batch_size, amp, cfg.channels_last)
-            metrics = {"epoch": epoch, "steps": res.steps, "lr": lr, "train_loss": float(loss_sum) / max(seen, 1),
-                       "train_accuracy": int(correct) / max(seen, 1), "val_loss": val_loss,
-                       "val_accuracy": val_acc, "seconds": time.perf_counter() - t0}
-            res.history.append(metrics)
-            res.val_loss, res.val_accuracy = val_loss, val_acc
-            bar.set_postfix(epoch=epoch, loss=f"{metrics['train_loss']:.3f}", val=f"{val_acc:.3f}")
-            if not math.isfinite(val_loss):
-                res.status, res.reason = "nan", f"validation loss became {val_loss} after epoch {epoch}; lower lr"
-                break
-            if callback is not None:
-                try:
-                    stop = callback(epoch, metrics)
-                except StopTraining as e:
-                    res.status, res.reason = "stopped", str(e) or f"stopped by the callback after epoch {epoch}"
-                    break
-                if stop:
-                    res.status, res.reason = "stopped", f"stopped by the callback after epoch {epoch}"
-                    break
-    finally:
-        bar.close()
-    if res.status == "nan":
-        res.val_accuracy = res.val_loss = None
-    elif test:
-        res.test_accuracy = evaluate(model, data, "test", cfg.eval_batch_size, amp, cfg.channels_last)[1]
-    return res
+        return engine.fit(model.to(device, memory_format=prec.memory_format), data.to(device), cfg, device, prec,
+                          callback, test)
 
 
 # ------------------------------------------------------------ one measured run (the CLI command)
@@ -413,7 +319,8 @@ def measure_arch(model: torch.nn.Module, data: Dataset, config: TrainConfig, lat
     from dlasearch import measure
 
     device = resolve_device(config.device)
-    amp = autocast_dtype(config, device)
+    prec = engine.choose_precision(config.precision, config.channels_last, device)
+    amp = prec.amp
     model = model.to(device)
     shape = (config.batch_size, data.channels, *data.image_size)
     mem = measure.train_memory(model, shape, autocast_dtype=amp)
@@ -423,7 +330,7 @@ def measure_arch(model: torch.nn.Module, data: Dataset, config: TrainConfig, lat
         out["train_memory_cuda_peak_bytes"] = mem["cuda_peak"]
     if latency:
         with _threads(config.threads):
-            lat = measure.latency(model, shape, repeats=5, warmup=1, channels_last=config.channels_last,
+            lat = measure.latency(model, shape, repeats=5, warmup=1, channels_last=prec.channels_last,
                                   autocast_dtype=amp)
         out.update({"latency_ms_batch1": lat["infer_ms_1"], f"latency_ms_batch{config.batch_size}": lat["infer_ms_B"],
                     "train_images_per_s": lat["train_images_per_s"]})
@@ -525,7 +432,7 @@ def run(arch: str, data: dict | str | None, config: TrainConfig, *, image_size="
     result = train(model, ds, config, test=test)
     metrics.update({"val_accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy,
                     "train_seconds": result.train_seconds})
-    record.update({"status": result.status, "reason": result.reason, "metrics": metrics,
+    record.update({"status": result.status, "reason": result.reason, "engine": result.engine, "metrics": metrics,
                    "epochs": result.epochs, "steps": result.steps, "history": result.history})
     save_run(folder, graph, record)
     return record, folder

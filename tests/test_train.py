@@ -81,13 +81,13 @@ def test_callback_can_stop(digits32):
 
 def test_test_split_only_when_asked(digits32, monkeypatch):
     used = []
-    batches = data.Dataset.batches
+    split = data.Dataset.split
 
-    def spy(self, split, *a, **k):
-        used.append(split)
-        return batches(self, split, *a, **k)
+    def spy(self, name):
+        used.append(name)
+        return split(self, name)
 
-    monkeypatch.setattr(data.Dataset, "batches", spy)
+    monkeypatch.setattr(data.Dataset, "split", spy)
     res = train.train(tiny(), digits32, steps=2, batch_size=64, progress=False)
     assert "test" not in used and res.test_accuracy is None
     res = train.train(tiny(), digits32, steps=2, batch_size=64, progress=False, test=True)
