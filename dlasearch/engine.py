@@ -233,6 +233,7 @@ class Stepper:
         self.lr.fill_(self.opt.param_groups[0]["lr"])
         self.graph.replay()
 
+    @torch.no_grad()
     def _update(self):
         """SGD (weight decay, momentum, nesterov) as ``torch.optim.SGD`` computes it, with the learning rate
         read from a device tensor so that a replayed graph follows the schedule."""

@@ -90,3 +90,27 @@ def test_metrics_json_records_precision(tmp_path, capsys):
     assert record["config"]["compile"] == "none"
     assert main(["train", "arch=dla34", "compile=max"]) == 2
     assert "compile='max'; allowed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("momentum, nesterov", [(0.9, True), (0.9, False), (0.0, False)])
+def test_graph_update_is_torch_sgd(digits32, momentum, nesterov):
+    """The SGD update the CUDA graph replays (lr read from a tensor) equals torch.optim.SGD's, step for step."""
+    cfg = train.TrainConfig(momentum=momentum, nesterov=nesterov, device="cpu")
+    x, y = digits32.transform(digits32.x_train[:32]), digits32.y_train[:32]
+    models = [tiny(), tiny()]
+    opts = [torch.optim.SGD(train._param_groups(m, 5e-4), lr=0.1, momentum=momentum, nesterov=nesterov)
+            for m in models]
+    steppers = [engine.Stepper(m, o, cfg, CPU, engine.choose_precision("fp32", None, CPU), False, 32)
+                for m, o in zip(models, opts)]
+    steppers[1].lr = torch.tensor(0.1)
+    for k in range(3):
+        steppers[0].eager(x, y)
+        if k == 0:  # the graph is captured after eager warm-up steps, which create the momentum buffers
+            steppers[1].eager(x, y)
+            continue
+        out, loss = steppers[1]._forward_loss(x, y)
+        opts[1].zero_grad(set_to_none=True)
+        loss.backward()
+        steppers[1]._update()
+    for p, q in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)  # rounding only
