@@ -13,7 +13,7 @@ time goes to everything around the arithmetic.  Here
 * on CUDA the whole step (forward, backward, SGD) is captured in one CUDA graph
   and replayed; the last partial batch of an epoch runs eagerly;
 * ``compile=default|reduce-overhead`` wraps the model in ``torch.compile`` with
-  static shapes (``auto`` does not compile: short trials do not earn it back).
+  static shapes; ``auto`` compiles only long, large-image CUDA runs (``resolve_compile``).
 """
 from __future__ import annotations
 
@@ -275,6 +275,24 @@ class Stepper:
         self.correct.zero_()
 
 
+# From bench/trial_speed.py on an H100 (docs/engine.md): at 32 px the compiled step is slower than the
+# graphed one; at 224 px it is ~1.2x faster but costs ~30 s, earned back after ~700k training images.
+COMPILE_MIN_SIDE = 128
+COMPILE_MIN_IMAGES = 700_000
+
+
+def resolve_compile(mode: str, device: torch.device, side: int, images: int) -> tuple[str, str]:
+    """``compile=auto`` -> the mode that pays off for this trial, with the reason."""
+    if mode != "auto":
+        return mode, f"compile={mode} as set"
+    if device.type != "cuda":
+        return "none", "compile=auto on CPU: none (compile time is not earned back by short trials)"
+    if side >= COMPILE_MIN_SIDE and images >= COMPILE_MIN_IMAGES:
+        return "default", f"compile=auto: default ({images:,} images at {side} px earn back the compile time)"
+    return "none", (f"compile=auto: none ({images:,} images at {side} px: the CUDA-graphed eager step is "
+                    f"faster than compiling)")
+
+
 def compile_model(model, mode: str):
     """``torch.compile`` with static shapes (sizes traced as constants: no symbolic ceil-mode arithmetic,
     no recompiles for the batch size), or the model itself for ``none``/``auto``."""
@@ -297,9 +315,10 @@ def fit(model, data: Dataset, cfg, device: torch.device, prec: Precision, callba
     opt = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum,
                           nesterov=cfg.nesterov)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(total, warmup))
-    graph = cfg.cuda_graph if cfg.cuda_graph is not None else cfg.compile in ("auto", "none")
+    mode, compile_why = resolve_compile(cfg.compile, device, min(data.image_size), total * cfg.batch_size)
+    graph = cfg.cuda_graph if cfg.cuda_graph is not None else mode == "none"
     graph = graph and device.type == "cuda"
-    net = compile_model(model, cfg.compile)
+    net = compile_model(model, mode)
     stepper = Stepper(net, opt, cfg, device, prec, graph, cfg.batch_size)
     if cfg.cuda_graph and device.type != "cuda":
         stepper.graph_note = "off: CUDA graphs need a CUDA device"
@@ -353,7 +372,7 @@ def fit(model, data: Dataset, cfg, device: torch.device, prec: Precision, callba
         res.test_accuracy = evaluate(net, feeder, "test", cfg.eval_batch_size, prec)[1]
     if stepper.use_graph and stepper.graph is None:
         stepper.graph_note = f"off: fewer than {WARMUP_STEPS + 1} full batches, nothing to capture"
-    res.engine = {**prec.to_dict(), "compile": cfg.compile, "cuda_graph": stepper.graph_note}
+    res.engine = {**prec.to_dict(), "compile": mode, "compile_reason": compile_why, "cuda_graph": stepper.graph_note}
     return res
 
 

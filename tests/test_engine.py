@@ -54,9 +54,20 @@ def test_result_says_what_ran(digits32, monkeypatch):
     monkeypatch.setattr(engine, "cpu_bf16", lambda: None)
     res = train.train(tiny(), digits32, steps=2, batch_size=64, progress=False)
     assert res.engine["precision"] == "fp32" and res.engine["memory_format"] == "contiguous"
-    assert res.engine["compile"] == "auto" and res.engine["cuda_graph"] == "off"
+    assert res.engine["compile"] == "none" and "on CPU" in res.engine["compile_reason"]
+    assert res.engine["cuda_graph"] == "off"
     res = train.train(tiny(), digits32, steps=2, batch_size=64, progress=False, cuda_graph=True)
     assert res.engine["cuda_graph"].startswith("off: CUDA graphs need")
+
+
+def test_compile_auto_pays_only_for_long_large_image_cuda_runs():
+    cuda = torch.device("cuda")
+    assert engine.resolve_compile("auto", CPU, 224, 10**9)[0] == "none"
+    assert engine.resolve_compile("auto", cuda, 32, 10**9)[0] == "none"  # launch-bound: the graph wins
+    assert engine.resolve_compile("auto", cuda, 224, 22_500)[0] == "none"  # a short trial
+    mode, why = engine.resolve_compile("auto", cuda, 224, 2_000_000)
+    assert mode == "default" and "earn back" in why
+    assert engine.resolve_compile("reduce-overhead", CPU, 32, 1) == ("reduce-overhead", "compile=reduce-overhead as set")
 
 
 def test_bf16_channels_last_trains(digits32):
