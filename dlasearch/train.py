@@ -57,7 +57,7 @@ class TrainConfig:
     device: str = "auto"  # auto: CUDA when present, else CPU
     precision: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16, else fp32
     channels_last: bool | None = None  # null: on with bf16
-    compile: str = "auto"  # auto|none|default|reduce-overhead (auto: no torch.compile)
+    compile: str = "auto"  # auto|none|default|reduce-overhead (auto: only where it pays, docs/engine.md)
     cuda_graph: bool | None = None  # null: capture the step in a CUDA graph on CUDA unless compiled
     threads: int | None = None  # torch intra-op threads; null keeps torch's setting
     eval_batch_size: int = 512
