@@ -602,7 +602,7 @@ def _train_config(options: dict):
 
 def _contract(data_opts: dict, image_size, config, budget, tolerance, blocks) -> dict:
     train = {k: v for k, v in dataclasses.asdict(config).items()
-             if k not in ("seed", "progress", "threads", "device", "eval_batch_size")}
+             if k not in ("seed", "progress", "threads", "device", "eval_batch_size", "compile", "cuda_graph")}
     data = {k: v for k, v in data_opts.items() if k not in ("root", "download")}
     if data.get("path") is not None:
         data["path"] = str(Path(str(data["path"])).expanduser().resolve())

@@ -369,10 +369,16 @@ def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator | None
     """Zero-pad by ``padding`` and cut a random window of the original size per image (one gather)."""
     if padding <= 0:
         return x
-    n, _, h, w = x.shape
-    xp = F.pad(x, (padding,) * 4)
+    n = len(x)
     oy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
     ox = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
+    return crop_at(x, padding, oy, ox)
+
+
+def crop_at(x: torch.Tensor, padding: int, oy: torch.Tensor, ox: torch.Tensor) -> torch.Tensor:
+    """The crop of ``random_crop`` at given window offsets (on ``x``'s device: no host round trip)."""
+    n, _, h, w = x.shape
+    xp = F.pad(x, (padding,) * 4)
     rows = oy[:, None] + torch.arange(h, device=x.device)
     cols = ox[:, None] + torch.arange(w, device=x.device)
     out = xp[torch.arange(n, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]

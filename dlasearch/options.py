@@ -35,21 +35,6 @@ def _o(name, type_, default, help_, choices=(), nullable=None):
 
 # ------------------------------------------------------------------ shared pieces
 
-TRAIN_HELP = {
-    "epochs": "epochs to train", "steps": "a step budget; replaces epochs",
-    "batch_size": "training batch size (also the batch of the memory and speed metrics)",
-    "lr": "SGD learning rate", "momentum": "SGD momentum", "nesterov": "Nesterov momentum",
-    "weight_decay": "on weights only, not on biases and norm scales",
-    "warmup_epochs": "linear warm-up, then cosine decay to 0", "label_smoothing": "cross-entropy label smoothing",
-    "augment": "random crop with padding, plus flips where they keep the class",
-    "seed": "initial weights, shuffling and augmentation", "device": "auto (CUDA when present), cpu, cuda[:N]",
-    "precision": "auto (bf16 on CUDA, fp32 on CPU), fp32, bf16", "channels_last": "NHWC memory format",
-    "threads": "torch intra-op threads (null: torch's setting)", "eval_batch_size": "batch size of evaluation",
-    "deterministic": "on CUDA: deterministic cuDNN kernels", "progress": "bar (true), none (false), "
-    "or null: a bar on a terminal, else one line per epoch",
-    "freeze": "backbone: fine-tune only the classifier (with weights=); none: train everything",
-    "bn_batches": "recompute BatchNorm statistics from this many training batches before each evaluation",
-}
 _TYPES = {int: "int", float: "float", bool: "bool", str: "str"}
 
 
@@ -64,7 +49,7 @@ def train_options(skip=()) -> list[Option]:
         base = f.type.split("|")[0].strip() if isinstance(f.type, str) else f.type.__name__
         t = {"int": "int", "float": "float", "bool": "bool", "str": "str"}.get(base, "any")
         choices = PRECISIONS if f.name == "precision" else ()
-        out.append(_o(f.name, "choice" if choices else t, f.default, TRAIN_HELP.get(f.name, ""), choices,
+        out.append(_o(f.name, "choice" if choices else t, f.default, f.metadata.get("help", ""), choices,
                       nullable="None" in str(f.type)))
     return out
 

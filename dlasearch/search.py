@@ -279,7 +279,8 @@ class Objective:
         self.chance = (stats.chance(data.y_val), len(data.y_val))
         self.progress = self.tracker = None
         self.epochs_run, self.position = 0, "?"
-        self._config()
+        # on the training device once per worker, not once per trial
+        self.data = data.to(trainmod.resolve_device(self._config().device))
 
     def values(self, metrics: dict):
         vals = [metrics[o] for o in self.space["objectives"]]

@@ -14,7 +14,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -22,12 +21,12 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
+from dlasearch import engine
 from dlasearch import ir as irmod
 from dlasearch.data import Dataset
+from dlasearch.engine import COMPILE_MODES
 from dlasearch.errors import DLASearchError, did_you_mean
-from dlasearch.measure import autocast
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -40,30 +39,37 @@ class StopTraining(Exception):
     """Raise from an epoch callback to end training early (e.g. a pruned search trial)."""
 
 
+def _opt(default, help_: str):
+    """A config field whose one-line meaning ``--help`` shows (kept beside the field it explains)."""
+    return field(default=default, metadata={"help": help_})
+
+
 @dataclass
 class TrainConfig:
     """Every knob of a training run; ``dlasearch train key=value`` sets them by name."""
 
-    epochs: int = 10
-    steps: int | None = None  # a step budget; when set it replaces epochs
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4  # not applied to biases and norm scales (1-D parameters)
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.0
-    augment: bool = True
-    seed: int = 0
-    device: str = "auto"  # auto: CUDA when present, else CPU
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    channels_last: bool = False
-    threads: int | None = None  # torch intra-op threads; null keeps torch's setting
-    eval_batch_size: int = 512
-    deterministic: bool = True  # cuDNN: deterministic kernels, no autotuning
-    progress: bool | None = None  # null: a progress bar only when stderr is a terminal
-    freeze: str = "none"  # backbone: fine-tune only the classifier (see checkpoint.frozen)
-    bn_batches: int = 16  # recompute BatchNorm statistics from this many training batches before each evaluation
+    epochs: int = _opt(10, "epochs to train")
+    steps: int | None = _opt(None, "a step budget; replaces epochs")
+    batch_size: int = _opt(128, "training batch size (also the batch of the memory and speed metrics)")
+    lr: float = _opt(0.1, "SGD learning rate")
+    momentum: float = _opt(0.9, "SGD momentum")
+    nesterov: bool = _opt(True, "Nesterov momentum")
+    weight_decay: float = _opt(5e-4, "on weights only, not on biases and norm scales")
+    warmup_epochs: float = _opt(1.0, "linear warm-up, then cosine decay to 0")
+    label_smoothing: float = _opt(0.0, "cross-entropy label smoothing")
+    augment: bool = _opt(True, "random crop with padding, plus flips where they keep the class")
+    seed: int = _opt(0, "initial weights, shuffling and augmentation")
+    device: str = _opt("auto", "auto (CUDA when present), cpu, cuda[:N]")
+    precision: str = _opt("auto", "auto (bf16 autocast on CUDA and on CPUs with native bf16, else fp32), fp32, bf16")
+    channels_last: bool | None = _opt(None, "NHWC memory format (null: on with bf16)")
+    compile: str = _opt("auto", "auto, none, default or reduce-overhead (auto: torch.compile only where it pays, docs/engine.md)")
+    cuda_graph: bool | None = _opt(None, "capture the training step in a CUDA graph (null: on CUDA unless compiled)")
+    threads: int | None = _opt(None, "torch intra-op threads (null: torch's setting)")
+    eval_batch_size: int = _opt(512, "batch size of evaluation")
+    deterministic: bool = _opt(True, "on CUDA: deterministic cuDNN kernels, no autotuning")
+    progress: bool | None = _opt(None, "bar (true), none (false), or null: a bar on a terminal, else one line per epoch")
+    freeze: str = _opt("none", "backbone: fine-tune only the classifier (with weights=); none: train everything")
+    bn_batches: int = _opt(16, "recompute BatchNorm statistics from this many training batches before each evaluation (0: off)")
 
     def __post_init__(self):
         def integer(name, lo, none_ok=False):
@@ -92,9 +98,14 @@ class TrainConfig:
         number("weight_decay", 0)
         number("warmup_epochs", 0)
         number("label_smoothing", 0, 1, hi_open=True)
-        for name in ("nesterov", "augment", "channels_last", "deterministic"):
+        for name in ("nesterov", "augment", "deterministic"):
             if not isinstance(getattr(self, name), bool):
                 raise TrainError(f"{name}={getattr(self, name)!r}: expected true or false")
+        for name in ("channels_last", "cuda_graph"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
+                raise TrainError(f"{name}={getattr(self, name)!r}: expected true, false or null (auto)")
+        if self.compile not in COMPILE_MODES:
+            raise TrainError(f"compile={self.compile!r}; allowed: {', '.join(COMPILE_MODES)}")
         if self.progress is not None and not isinstance(self.progress, bool):
             raise TrainError(f"progress={self.progress!r}: expected true, false or null (auto)")
         if self.nesterov and self.momentum == 0:
@@ -124,6 +135,7 @@ class TrainResult:
     epochs: int = 0
     steps: int = 0
     reason: str = ""
+    engine: dict = field(default_factory=dict)  # precision, memory format, compile, CUDA graph: what ran and why
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -146,9 +158,7 @@ def resolve_device(device: str) -> torch.device:
 
 def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
     """The autocast dtype a run uses (None: plain fp32)."""
-    if config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
+    return engine.choose_precision(config.precision, config.channels_last, device).amp
 
 
 # ------------------------------------------------------------ architecture vs data
@@ -274,54 +284,12 @@ def _threads(n: int | None):
         torch.set_num_threads(before)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@torch.inference_mode()
 def evaluate(model: torch.nn.Module, data: Dataset, split: str = "val", batch_size: int = 512,
              amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> tuple[float, float]:
     """(mean cross-entropy, accuracy in 0..1) of ``model`` on a split, in eval mode."""
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    loss = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
-    n = 0
-    try:
-        for x, y in data.to(device).batches(split, batch_size):
-            with autocast(device, amp_dtype):
-                out = model(x.contiguous(memory_format=fmt)).float()
-            loss += F.cross_entropy(out, y, reduction="sum")
-            correct += (out.argmax(1) == y).sum()
-            n += len(y)
-    finally:
-        model.train(was_training)
-    if n == 0:
-        return float("nan"), float("nan")
-    return float(loss) / n, int(correct) / n
-
-
-def recalibrate_bn(model, data: Dataset, cfg: TrainConfig, device, amp, fmt) -> None:
-    """Replace BatchNorm running statistics by exact averages over ``cfg.bn_batches`` training batches.
-
-    Why: early on, the conv weights in front of each BatchNorm grow fast and the momentum-0.1
-    running averages trail them, so a short run scored chance in eval mode (val loss 1e11)
-    while it was learning; docs/train.md has the numbers.  Its own generator keeps the
-    training batches unchanged.
-    """
-    import itertools
-
-    from torch.optim.swa_utils import update_bn
-
-    if cfg.bn_batches == 0 or cfg.freeze == "backbone":  # a frozen backbone keeps its statistics too
-        return
-    gen = torch.Generator().manual_seed(cfg.seed)
-    batches = data.batches("train", cfg.batch_size, shuffle=True, augment=cfg.augment, generator=gen)
-    with autocast(device, amp):
-        update_bn((x.contiguous(memory_format=fmt) for x, _ in itertools.islice(batches, cfg.bn_batches)), model)
+    prec = engine.Precision(amp_dtype, channels_last, "as given")
+    return engine.evaluate(model, engine.Feeder(data.to(device), device), split, batch_size, prec)
 
 
 def train(model: torch.nn.Module, data: Dataset, config: TrainConfig | None = None, *,
@@ -343,8 +311,7 @@ def train(model: torch.nn.Module, data: Dataset, config: TrainConfig | None = No
     device = resolve_device(cfg.device)
     if getattr(model, "ir", None) is not None:
         check_fit(model.ir, data)
-    amp = autocast_dtype(cfg, device)
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    prec = engine.choose_precision(cfg.precision, cfg.channels_last, device)
     cudnn = (torch.backends.cudnn.flags(enabled=True, benchmark=not cfg.deterministic,
                                         deterministic=cfg.deterministic)
              if device.type == "cuda" else contextlib.nullcontext())
@@ -353,89 +320,8 @@ def train(model: torch.nn.Module, data: Dataset, config: TrainConfig | None = No
     with _threads(cfg.threads), cudnn, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
             frozen(model, cfg.freeze):
         torch.manual_seed(cfg.seed)
-        return _fit(model.to(device, memory_format=fmt), data.to(device), cfg, device, amp, fmt, callback, test)
-
-
-def _fit(model, data: Dataset, cfg: TrainConfig, device, amp, fmt, callback, test) -> TrainResult:
-    from tqdm import tqdm
-
-    gen = torch.Generator().manual_seed(cfg.seed)  # shuffling and augmentation: CPU, so runs match anywhere
-    per_epoch = math.ceil(len(data.y_train) / cfg.batch_size)
-    total = cfg.steps or cfg.epochs * per_epoch
-    warmup = min(round(cfg.warmup_epochs * per_epoch), total // 2)
-    opt = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum,
-                          nesterov=cfg.nesterov)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(total, warmup))
-    res = TrainResult(status="ok")
-    show = sys.stderr.isatty() if cfg.progress is None else cfg.progress
-    bar = tqdm(total=total, desc="train", unit="step", disable=not show, leave=False)
-    model.train()
-    try:
-        for epoch in range(1, math.ceil(total / per_epoch) + 1):
-            _sync(device)
-            t0 = time.perf_counter()
-            loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-            correct = torch.zeros((), device=device, dtype=torch.int64)
-            seen = 0
-            lr = opt.param_groups[0]["lr"]
-            for x, y in data.batches("train", cfg.batch_size, shuffle=True, augment=cfg.augment, generator=gen):
-                if res.steps >= total:
-                    break
-                with autocast(device, amp):
-                    out = model(x.contiguous(memory_format=fmt))
-                if out.ndim != 2:
-                    raise TrainError(f"the model returns shape {tuple(out.shape)}; training needs "
-                                     f"(batch, classes) logits")
-                loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
-                if not torch.isfinite(loss):
-                    res.status = "nan"
-                    res.reason = f"loss became {float(loss.detach())} at step {res.steps + 1} (epoch {epoch}); lower lr"
-                    break
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                res.steps += 1
-                bar.update(1)
-                loss_sum += loss.detach().double() * len(y)
-                correct += (out.detach().argmax(1) == y).sum()
-                seen += len(y)
-            _sync(device)
-            res.train_seconds += time.perf_counter() - t0
-            if res.status == "nan":
-                break
-            res.epochs = epoch
-            recalibrate_bn(model, data, cfg, device, amp, fmt)
-            val_loss, val_acc = evaluate(model, data, "val", cfg.eval_batch_size, amp, cfg.channels_last)
-            metrics = {"epoch": epoch, "steps": res.steps, "lr": lr, "train_loss": float(loss_sum) / max(seen, 1),
-                       "train_accuracy": int(correct) / max(seen, 1), "val_loss": val_loss,
-                       "val_accuracy": val_acc, "seconds": time.perf_counter() - t0}
-            res.history.append(metrics)
-            res.val_loss, res.val_accuracy = val_loss, val_acc
-            bar.set_postfix(epoch=epoch, loss=f"{metrics['train_loss']:.3f}", val=f"{val_acc:.3f}")
-            if cfg.progress is None and not show:  # a log file or pipe: one line per epoch instead of a bar
-                print(f"epoch {epoch}/{math.ceil(total / per_epoch)}: train_loss {metrics['train_loss']:.4f}, "
-                      f"val_loss {val_loss:.4f}, val_accuracy {val_acc:.4f}, {metrics['seconds']:.1f}s",
-                      file=sys.stderr, flush=True)
-            if not math.isfinite(val_loss):
-                res.status, res.reason = "nan", f"validation loss became {val_loss} after epoch {epoch}; lower lr"
-                break
-            if callback is not None:
-                try:
-                    stop = callback(epoch, metrics)
-                except StopTraining as e:
-                    res.status, res.reason = "stopped", str(e) or f"stopped by the callback after epoch {epoch}"
-                    break
-                if stop:
-                    res.status, res.reason = "stopped", f"stopped by the callback after epoch {epoch}"
-                    break
-    finally:
-        bar.close()
-    if res.status == "nan":
-        res.val_accuracy = res.val_loss = None
-    elif test:
-        res.test_accuracy = evaluate(model, data, "test", cfg.eval_batch_size, amp, cfg.channels_last)[1]
-    return res
+        return engine.fit(model.to(device, memory_format=prec.memory_format), data.to(device), cfg, device, prec,
+                          callback, test)
 
 
 # ------------------------------------------------------------ one measured run (the CLI command)
@@ -446,7 +332,8 @@ def measure_arch(model: torch.nn.Module, data: Dataset, config: TrainConfig, lat
     from dlasearch import measure
 
     device = resolve_device(config.device)
-    amp = autocast_dtype(config, device)
+    prec = engine.choose_precision(config.precision, config.channels_last, device)
+    amp = prec.amp
     model = model.to(device)
     shape = (config.batch_size, data.channels, *data.image_size)
     mem = measure.train_memory(model, shape, autocast_dtype=amp)
@@ -456,7 +343,7 @@ def measure_arch(model: torch.nn.Module, data: Dataset, config: TrainConfig, lat
         out["train_memory_cuda_peak_bytes"] = mem["cuda_peak"]
     if latency:
         with _threads(config.threads):
-            lat = measure.latency(model, shape, repeats=5, warmup=1, channels_last=config.channels_last,
+            lat = measure.latency(model, shape, repeats=5, warmup=1, channels_last=prec.channels_last,
                                   autocast_dtype=amp)
         out.update({"latency_ms_batch1": lat["infer_ms_1"], f"latency_ms_batch{config.batch_size}": lat["infer_ms_B"],
                     "train_images_per_s": lat["train_images_per_s"]})
@@ -582,7 +469,7 @@ def run(arch: str, data: dict | str | None, config: TrainConfig, *, image_size="
         result = train(model, ds, config, test=test, callback=tracker.epoch)
     metrics.update({"val_accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy,
                     "train_seconds": result.train_seconds})
-    record.update({"status": result.status, "reason": result.reason, "metrics": metrics,
+    record.update({"status": result.status, "reason": result.reason, "engine": result.engine, "metrics": metrics,
                    "epochs": result.epochs, "steps": result.steps, "history": result.history,
                    "chance": stats.chance_record(ds, result.val_accuracy, result.test_accuracy if test else None)})
     checkpoint.save(folder / checkpoint.WEIGHTS, model, graph, ds, config=dataclasses.asdict(config), name=arch_name)

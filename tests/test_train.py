@@ -81,13 +81,13 @@ def test_callback_can_stop(digits32):
 
 def test_test_split_only_when_asked(digits32, monkeypatch):
     used = []
-    batches = data.Dataset.batches
+    split = data.Dataset.split
 
-    def spy(self, split, *a, **k):
-        used.append(split)
-        return batches(self, split, *a, **k)
+    def spy(self, name):
+        used.append(name)
+        return split(self, name)
 
-    monkeypatch.setattr(data.Dataset, "batches", spy)
+    monkeypatch.setattr(data.Dataset, "split", spy)
     res = train.train(tiny(), digits32, steps=2, batch_size=64, progress=False)
     assert "test" not in used and res.test_accuracy is None
     res = train.train(tiny(), digits32, steps=2, batch_size=64, progress=False, test=True)
@@ -156,7 +156,7 @@ def test_cli_train_writes_a_complete_run(tmp_path, capsys):
                "latency=false", "test=true"])
     assert rc == 0
     assert "val_accuracy" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["ir.json", "metrics.json", "model.safetensors"]  # no temp files left
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "ir.json", "metrics.json", "model.safetensors"]  # no temp files left
     rec = json.loads((out / "metrics.json").read_text())
     assert rec["status"] == "ok" and rec["data"]["image_size"] == [32, 32] and rec["config"]["epochs"] == 1
     m = rec["metrics"]
@@ -179,7 +179,7 @@ def test_cli_zoo_name_and_default_folder(tmp_path, monkeypatch, capsys):
     (["data=imagenet"], "unknown dataset 'imagenet'; allowed: digits, mnist, fashion_mnist, cifar10, npz"),
     (["epochs=0"], "epochs=0"),
     (["batch_size=-4"], "batch_size=-4"),
-    (["data.root=/tmp"], "need data.name too"),
+    (["data.lmit=5"], "did you mean 'data.limit'"),
     (["lrr=0.1"], "did you mean 'lr'"),
 ])
 def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, message):
@@ -208,7 +208,7 @@ def test_cli_train_warns_at_chance(tmp_path, capsys):
     spec = tmp_path / "tiny.json"
     spec.write_text(json.dumps(TINY))
     out = tmp_path / "run"
-    assert main(["train", f"arch={spec}", "steps=1", "lr=0", f"out={out}", "latency=false", "bn_batches=0"]) == 0
+    assert main(["train", f"arch={spec}", "steps=1", "lr=0", f"out={out}", "latency=false", "bn_batches=0", "progress=false"]) == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("warning: validation accuracy") and "at chance" in err[0]
     rec = json.loads((out / "metrics.json").read_text())

@@ -1,0 +1,127 @@
+"""The trial engine: precision chosen from the hardware and recorded, batches made on the device, no lost steps."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dlasearch import data, engine, train
+from dlasearch.cli import main
+from test_train import tiny
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def digits32():
+    return data.load("digits", image_size=32)
+
+
+def test_auto_precision_follows_native_bf16(monkeypatch):
+    monkeypatch.setattr(engine, "cpu_bf16", lambda: "amx_bf16")
+    p = engine.choose_precision("auto", None, CPU)
+    assert p.amp is torch.bfloat16 and p.channels_last and "amx_bf16" in p.reason
+    monkeypatch.setattr(engine, "cpu_bf16", lambda: None)
+    p = engine.choose_precision("auto", None, CPU)
+    assert p.amp is None and not p.channels_last and "without native bf16" in p.reason
+    assert p.to_dict()["precision"] == "fp32" and p.to_dict()["memory_format"] == "contiguous"
+    p = engine.choose_precision("auto", None, torch.device("cuda"))
+    assert p.amp is torch.bfloat16 and p.channels_last
+    p = engine.choose_precision("bf16", False, CPU)  # an explicit setting wins
+    assert p.amp is torch.bfloat16 and not p.channels_last and "as set" in p.reason
+
+
+def test_feeder_batches_match_the_dataset_transform(digits32):
+    feeder = engine.Feeder(digits32, CPU)
+    (x, y), = list(feeder.split("val", 10_000))
+    assert torch.equal(x, digits32.transform(digits32.x_val)) and torch.equal(y, digits32.y_val)
+    ep = lambda seed: list(feeder.epoch(64, torch.Generator().manual_seed(seed), augment=True))  # noqa: E731
+    a, b, c = ep(0), ep(0), ep(1)
+    assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(a, b))
+    assert not torch.equal(a[0][1], c[0][1])
+    assert sum(len(y) for _, y in a) == len(digits32.y_train)  # the last partial batch is kept
+    assert sorted(torch.cat([y for _, y in a]).tolist()) == sorted(digits32.y_train.tolist())
+    assert a[0][0].shape[1:] == digits32.x_train.shape[1:]
+
+
+def test_feeder_stops_at_the_step_budget(digits32):
+    batches = list(engine.Feeder(digits32, CPU).epoch(64, torch.Generator(), augment=False, max_batches=3))
+    assert len(batches) == 3
+
+
+def test_result_says_what_ran(digits32, monkeypatch):
+    monkeypatch.setattr(engine, "cpu_bf16", lambda: None)
+    res = train.train(tiny(), digits32, steps=2, batch_size=64, progress=False)
+    assert res.engine["precision"] == "fp32" and res.engine["memory_format"] == "contiguous"
+    assert res.engine["compile"] == "none" and "on CPU" in res.engine["compile_reason"]
+    assert res.engine["cuda_graph"] == "off"
+    res = train.train(tiny(), digits32, steps=2, batch_size=64, progress=False, cuda_graph=True)
+    assert res.engine["cuda_graph"].startswith("off: CUDA graphs need")
+
+
+def test_compile_auto_pays_only_for_long_large_image_cuda_runs():
+    cuda = torch.device("cuda")
+    assert engine.resolve_compile("auto", CPU, 224, 10**9)[0] == "none"
+    assert engine.resolve_compile("auto", cuda, 32, 10**9)[0] == "none"  # launch-bound: the graph wins
+    assert engine.resolve_compile("auto", cuda, 224, 22_500)[0] == "none"  # a short trial
+    mode, why = engine.resolve_compile("auto", cuda, 224, 2_000_000)
+    assert mode == "default" and "earn back" in why
+    assert engine.resolve_compile("reduce-overhead", CPU, 32, 1) == ("reduce-overhead", "compile=reduce-overhead as set")
+
+
+def test_bf16_channels_last_trains(digits32):
+    res = train.train(tiny(), digits32, steps=3, batch_size=64, precision="bf16", progress=False)
+    assert res.status == "ok" and res.engine["precision"] == "bf16"
+    assert res.engine["memory_format"] == "channels_last" and 0 <= res.val_accuracy <= 1
+
+
+def test_nan_is_found_without_a_sync_per_step(digits32):
+    res = train.train(tiny(), digits32, epochs=2, lr=1e6, progress=False)
+    assert res.status == "nan" and "at step" in res.reason and res.epochs == 0
+    assert res.steps < len(res.reason) * 1000  # the count of finite steps, not every step run
+
+
+@pytest.mark.parametrize("opts, message", [
+    ({"compile": "fast"}, "compile='fast'; allowed: auto, none, default, reduce-overhead"),
+    ({"cuda_graph": "yes"}, "cuda_graph='yes': expected true, false or null"),
+    ({"channels_last": 1}, "channels_last=1: expected true, false or null"),
+])
+def test_bad_engine_options(opts, message):
+    with pytest.raises(train.TrainError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        train.TrainConfig(**opts)
+
+
+def test_metrics_json_records_precision(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "arch=dla34", "data.name=digits", "data.limit=200", "steps=1", "batch_size=32",
+                 "compile=none", f"out={out}"]) == 0
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["engine"]["precision"] in ("fp32", "bf16") and record["engine"]["reason"]
+    assert record["config"]["compile"] == "none"
+    assert main(["train", "arch=dla34", "compile=max"]) == 2
+    assert "compile='max'; allowed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("momentum, nesterov", [(0.9, True), (0.9, False), (0.0, False)])
+def test_graph_update_is_torch_sgd(digits32, momentum, nesterov):
+    """The SGD update the CUDA graph replays (lr read from a tensor) equals torch.optim.SGD's, step for step."""
+    cfg = train.TrainConfig(momentum=momentum, nesterov=nesterov, device="cpu")
+    x, y = digits32.transform(digits32.x_train[:32]), digits32.y_train[:32]
+    models = [tiny(), tiny()]
+    opts = [torch.optim.SGD(train._param_groups(m, 5e-4), lr=0.1, momentum=momentum, nesterov=nesterov)
+            for m in models]
+    steppers = [engine.Stepper(m, o, cfg, CPU, engine.choose_precision("fp32", None, CPU), False, 32)
+                for m, o in zip(models, opts)]
+    steppers[1].lr = torch.tensor(0.1)
+    for k in range(3):
+        steppers[0].eager(x, y)
+        if k == 0:  # the graph is captured after eager warm-up steps, which create the momentum buffers
+            steppers[1].eager(x, y)
+            continue
+        out, loss = steppers[1]._forward_loss(x, y)
+        opts[1].zero_grad(set_to_none=True)
+        loss.backward()
+        steppers[1]._update()
+    for p, q in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)  # rounding only
