@@ -156,7 +156,7 @@ def test_cli_train_writes_a_complete_run(tmp_path, capsys):
                "latency=false", "test=true"])
     assert rc == 0
     assert "val_accuracy" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["ir.json", "metrics.json"]  # no temp files left
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "ir.json", "metrics.json"]  # no temp files
     rec = json.loads((out / "metrics.json").read_text())
     assert rec["status"] == "ok" and rec["data"]["image_size"] == [32, 32] and rec["config"]["epochs"] == 1
     m = rec["metrics"]
@@ -179,7 +179,7 @@ def test_cli_zoo_name_and_default_folder(tmp_path, monkeypatch, capsys):
     (["data=imagenet"], "unknown dataset 'imagenet'; allowed: digits, mnist, fashion_mnist, cifar10, npz"),
     (["epochs=0"], "epochs=0"),
     (["batch_size=-4"], "batch_size=-4"),
-    (["data.root=/tmp"], "need data.name too"),
+    (["data.lmit=5"], "did you mean 'data.limit'"),
     (["lrr=0.1"], "did you mean 'lr'"),
 ])
 def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, message):
