@@ -651,7 +651,8 @@ def _train_one(graph, ds, config, seed: int, callback=None):
 
 def compare(patterns=None, data="digits", seeds=3, budget=None, *, root=None, path=None, limit=None,
             val_fraction=None, image_size=32, blocks=DEFAULT_BLOCKS, baseline=DEFAULT_BASELINE, out=None,
-            name=None, train: dict | None = None, log=print, tracking_log=None, print_config: bool = False) -> dict:
+            name=None, train: dict | None = None, log=print, tracking_log=None, print_config: bool = False,
+            show_progress: bool = True) -> dict:
     """Size, train and summarise every pattern; returns {"dir", "summary", "runs", "trained", "reused"}.
 
     ``budget`` is ``{"params": P, "tolerance": 0.05}`` or a number; ``baseline``
@@ -742,7 +743,7 @@ def compare(patterns=None, data="digits", seeds=3, budget=None, *, root=None, pa
 
     total = len(rows) * len(seed_list)
     t_start = time.perf_counter()
-    progress = Progress(total * config.epochs, "compare")
+    progress = Progress(total * config.epochs, "compare", show=show_progress)
     try:
         records = _runs(rows, seed_list, archs, graphs, folder, ds, config, chance, progress, tracking_log, log)
     finally:

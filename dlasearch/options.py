@@ -302,8 +302,9 @@ def _default_text(o: Option) -> str:
 def help_text(command: str, summary: str, usage: str) -> str:
     """The ``--help`` page of ``command``: every option with type, default and meaning."""
     opts = table(command)
-    rows = [(o.name, o.type if o.type != "choice" else "|".join(o.choices), _default_text(o), o.help)
-            for o in opts]
+    shown = {"choice": None, "any": "value"}  # "value": a number, word or list; the command checks it
+    rows = [(o.name, "|".join(o.choices) if o.type == "choice" else shown.get(o.type, o.type), _default_text(o),
+             o.help) for o in opts]
     w = [max(len(r[i]) for r in rows + [("option", "type", "default", "")]) for i in range(3)]
     w = [min(x, 24) for x in w]
     lines = [f"usage: {usage}", "", summary.replace("``", "`"), "", "options (key=value; nested keys as a.b=value):",

@@ -24,13 +24,15 @@ def duration(seconds: float) -> str:
 class Progress:
     """Counts epochs done out of ``total``; ``update(label)`` after each epoch, ``drop(n)`` for skipped work."""
 
-    def __init__(self, total: int, what: str, stream=None, tty: bool | None = None):
+    def __init__(self, total: int, what: str, stream=None, tty: bool | None = None, show: bool = True):
+        """``show=False`` counts silently (library callers that pass their own ``log``)."""
         self.stream = stream if stream is not None else sys.stderr
+        self.show = show
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)()) if tty is None else tty
         self.total, self.done, self.what = max(0, total), 0, what
         self.start = time.monotonic()
         self.bar = None
-        if self.tty:
+        if self.tty and show:
             from tqdm import tqdm
 
             self.bar = tqdm(total=self.total, desc=what, unit="epoch", file=self.stream, dynamic_ncols=True)
@@ -50,7 +52,7 @@ class Progress:
         if self.bar is not None:
             self.bar.set_description(f"{self.what} {label}", refresh=False)
             self.bar.update(n)
-        else:
+        elif self.show:
             print(self.line(label), file=self.stream, flush=True)
 
     def drop(self, n: int) -> None:

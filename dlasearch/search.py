@@ -432,7 +432,8 @@ def work(study: optuna.Study, space: dict, data=None, log=print, train_fn=None) 
     epochs = space["train"]["epochs"]
     deadline = time.time() + space["study"]["timeout"] if space["study"]["timeout"] else math.inf
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    objective.progress = Progress(max(0, total - counted(study)) * epochs, "search")
+    # progress belongs to the command's console output: shown when logging goes to print
+    objective.progress = Progress(max(0, total - counted(study)) * epochs, "search", show=log is print)
     backends = tracking.parse(space.get("log"))
     fn, callbacks = objective, [_logger(log)]
     if backends:

@@ -172,7 +172,7 @@ def test_ctrl_c_still_writes_trials_csv_and_progress_is_shown(tmp_path, monkeypa
     sp = tiny_space(tmp_path, trials=3, params={**SMALL, "width": {"choices": [8, 16, 24]}},
                     study={"results": str(tmp_path), "trials": 3, "seed": 0, "sampler": "grid"})
     with pytest.raises(KeyboardInterrupt):
-        search.run(sp, log=lambda *a: None)
+        search.run(sp)  # printing, as the command does, so progress is shown
     rows = (tmp_path / "hda" / "trials.csv").read_text().splitlines()
     assert len(rows) == 3 and "COMPLETE" in rows[1] and "FAIL" in rows[2]
     err = capsys.readouterr().err  # not a terminal: one progress line per epoch, with count, elapsed, ETA

@@ -156,7 +156,8 @@ def test_cli_train_writes_a_complete_run(tmp_path, capsys):
                "latency=false", "test=true"])
     assert rc == 0
     assert "val_accuracy" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "ir.json", "metrics.json", "model.safetensors"]  # no temp files left
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["config.yaml", "ir.json", "metrics.json", "model.safetensors"]  # no temp files left
     rec = json.loads((out / "metrics.json").read_text())
     assert rec["status"] == "ok" and rec["data"]["image_size"] == [32, 32] and rec["config"]["epochs"] == 1
     m = rec["metrics"]
