@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dlasearch import files, guard
 from dlasearch.errors import DLASearchError, did_you_mean
 from dlasearch.space import SHORTCUTS as RUN_SHORTCUTS
 
@@ -115,12 +116,17 @@ def cmd_worker(args: dict) -> int:
     if unknown or "study" not in args:
         raise DLASearchError(f"worker: needs study=NAME [storage=URL] [threads=N] [trials=N]; "
                              f"unknown: {sorted(unknown)}" if unknown else "worker: needs study=NAME")
-    storage = str(args.get("storage") or f"results/{args['study']}/journal.log")
-    study, sp = search.attach(str(args["study"]), storage, args.get("index"))
+    for k, lo in (("threads", 1), ("trials", 1), ("index", 0)):
+        v = args.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
+            raise DLASearchError(f"worker: {k}={v!r}: expected an int >= {lo}")
+    name = files.check_name(args["study"], "study")
+    storage = str(args.get("storage") or files.default_journal(name))
+    study, sp = search.attach(name, storage, args.get("index"))
     if "threads" in args:
-        sp["study"]["threads"] = int(args["threads"])
+        sp["study"]["threads"] = args["threads"]
     if "trials" in args:
-        sp["study"]["trials"] = int(args["trials"])
+        sp["study"]["trials"] = args["trials"]
     search.work(study, sp)
     return 0
 
@@ -166,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=list(COMMANDS), metavar="command")
     parser.add_argument("options", nargs="*", help="key=value options")
     ns = parser.parse_args(argv)
+    guard.install_sigterm()
     try:
         if ns.command in POSITIONAL and ns.options and "=" not in ns.options[0]:
             ns.options[0] = f"{POSITIONAL[ns.command]}={ns.options[0]}"  # `render figure1`
@@ -174,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     except DLASearchError as e:
         print(f"dlasearch {ns.command}: error: {e}", file=sys.stderr)
         return 2
+    except guard.Terminated:
+        print(f"dlasearch {ns.command}: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"dlasearch {ns.command}: interrupted", file=sys.stderr)
         return 130

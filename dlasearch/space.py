@@ -28,6 +28,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dlasearch import files
 from dlasearch.errors import DLASearchError, did_you_mean
 from dlasearch.patterns import LETTERS, PATTERNS
 
@@ -233,6 +234,10 @@ def validate(space: dict) -> dict:
     for k in ("trials", "workers", "heartbeat", "grace"):
         if st[k] < 1:
             raise _fail(f"study.{k}", f"{st[k]} must be >= 1")
+    if st["timeout"] is not None and (isinstance(st["timeout"], bool) or st["timeout"] <= 0):
+        raise _fail("study.timeout", f"{st['timeout']!r} must be a positive number of seconds (or null)")
+    if st["name"] is not None:
+        files.check_name(st["name"], "study.name", SpaceError)
     for k in ("epochs", "batch_size"):
         if s["train"][k] < 1:
             raise _fail(f"train.{k}", f"{s['train'][k]} must be >= 1")
@@ -274,6 +279,9 @@ def load(name_or_path: str, overrides: dict | None = None) -> dict:
         raise SpaceError(f"space {name_or_path!r} not found{did_you_mean(name_or_path, names)}; "
                          f"available: {', '.join(names)} (or a path to a .yaml file)")
     raw = _parse_yaml(path)
+    if not isinstance(raw, dict):
+        raise SpaceError(f"{path}: the top level must be a mapping (data:, train:, study:, params: ...), "
+                         f"not a {type(raw).__name__}")
     raw = _merge(raw, expand_shortcuts(overrides or {}))
     space = validate(raw)
     space["name"] = path.stem

@@ -26,7 +26,9 @@ import torch.nn.functional as F
 
 from dlasearch import ir as irmod
 from dlasearch.data import Dataset
+from dlasearch import files
 from dlasearch.errors import DLASearchError, did_you_mean
+from dlasearch.files import write_atomic  # noqa: F401  (re-exported: older callers import it from here)
 from dlasearch.measure import autocast
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -195,7 +197,10 @@ def read_arch(arch: str) -> tuple[str, object]:
         hint = did_you_mean(arch, zoo.names())
         raise TrainError(f"arch={arch!r}: not a zoo model and not a file{hint}; use one of "
                          f"{', '.join(zoo.MODELS)} or a path to a spec/IR .json (or spec .yaml)")
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise TrainError(f"arch={arch!r}: cannot read it as a text spec/IR file ({e})") from None
     if path.suffix in (".yaml", ".yml"):
         from omegaconf import OmegaConf
         try:
@@ -430,40 +435,39 @@ def measure_arch(model: torch.nn.Module, data: Dataset, config: TrainConfig, lat
     return out
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and a rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_run(folder: Path, graph: irmod.IR, record: dict) -> Path:
     """Write ``ir.json`` then ``metrics.json`` (last: a folder without it is an unfinished run)."""
     folder = Path(folder)
-    write_atomic(folder / "ir.json", irmod.to_json(graph, indent=1) + "\n")
-    write_atomic(folder / "metrics.json", json.dumps(record, indent=1, default=str) + "\n")
+    files.write_atomic(folder / "ir.json", irmod.to_json(graph, indent=1) + "\n")
+    files.write_atomic(folder / "metrics.json", json.dumps(record, indent=1, default=str) + "\n")
     return folder
 
 
-def run_folder(out: str | None, name: str | None, default_name: str, base: Path = Path("results/train")) -> Path:
+def save_or_fallback(folder: Path, graph: irmod.IR, record: dict) -> Path:
+    """``save_run``; if ``folder`` cannot be written after training, save the run in a fallback folder
+    (under ``results/train``, else the temp dir) and name it in the error, so the training is never lost."""
+    try:
+        return save_run(folder, graph, record)
+    except OSError as e:
+        reason = files.explain(e)
+    for base in (files.results_root() / "train", Path(tempfile.gettempdir())):
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+            fallback = Path(tempfile.mkdtemp(prefix=f"unsaved-{Path(folder).name}-", dir=base))
+            save_run(fallback, graph, record)
+        except OSError:
+            continue
+        raise TrainError(f"cannot write {folder}: {reason}; the finished run was saved to {fallback} instead")
+    raise TrainError(f"cannot write {folder}: {reason}, nor any fallback folder; the run is lost")
+
+
+def run_folder(out: str | None, name: str | None, default_name: str, base: Path | None = None) -> Path:
     """``out`` as given, else ``base/<name>`` (default ``<time>-<arch>-<data>``, unique)."""
     if out is not None:
         return Path(str(out)).expanduser()
+    base = files.results_root() / "train" if base is None else base
     stem = str(name) if name is not None else f"{time.strftime('%Y%m%d-%H%M%S')}-{default_name}"
-    if "/" in stem or stem in ("", ".", ".."):
-        raise TrainError(f"name={name!r}: expected a plain folder name (use out= for a path)")
+    files.check_name(stem, "name", TrainError)
     folder, i = base / stem, 2
     while name is None and folder.exists():
         folder, i = base / f"{stem}-{i}", i + 1
@@ -504,6 +508,7 @@ def run(arch: str, data: dict | str | None, config: TrainConfig, *, image_size="
     from dlasearch.compile import compile as compile_ir
 
     read_arch(arch)
+    files.check_writable(run_folder(out, name, "probe"), "out" if out is not None else "name", TrainError)
     opts = data_options(data)
     split_seed = opts.pop("seed", 0)
     ds = datamod.load(opts.pop("name"), seed=split_seed, **opts)
@@ -527,5 +532,5 @@ def run(arch: str, data: dict | str | None, config: TrainConfig, *, image_size="
                     "train_seconds": result.train_seconds})
     record.update({"status": result.status, "reason": result.reason, "metrics": metrics,
                    "epochs": result.epochs, "steps": result.steps, "history": result.history})
-    save_run(folder, graph, record)
+    folder = save_or_fallback(folder, graph, record)
     return record, folder
