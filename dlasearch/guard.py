@@ -104,24 +104,31 @@ def claim(folder: Path | None, fp: str, trial, log, reap=None, poll: float = 1.0
         except BlockingIOError:
             log(f"  trial #{trial.number}: another worker is training the same architecture; waiting for it")
             fcntl.flock(fd, fcntl.LOCK_EX)
+            # the holder released the lock as its objective returned; its result is stored a moment later
+            _wait(trial, fp, reap, poll / 5, lambda t: t.user_attrs.get("claimed"))
+        trial.set_user_attr("claimed", True)
         yield
     finally:
         os.close(fd)  # releases the lock
 
 
 def _wait_for_lower(trial, fp: str, log, reap, poll: float) -> None:
+    if _busy(trial, fp, lambda t: t.number < trial.number):
+        log(f"  trial #{trial.number}: an earlier trial is training the same architecture; waiting for it")
+    _wait(trial, fp, reap, poll, lambda t: t.number < trial.number)
+
+
+def _busy(trial, fp: str, which) -> list:
     from optuna.trial import TrialState
 
-    said = False
-    while True:
-        busy = [t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                if t.number < trial.number and t.user_attrs.get("fingerprint") == fp
-                and not t.user_attrs.get("stale")]
-        if not busy:
-            return
-        if not said:
-            log(f"  trial #{trial.number}: trial #{busy[0].number} is training the same architecture; waiting for it")
-            said = True
+    return [t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.number != trial.number and t.user_attrs.get("fingerprint") == fp
+            and not t.user_attrs.get("stale") and which(t)]
+
+
+def _wait(trial, fp: str, reap, poll: float, which) -> None:
+    """Sleep while another RUNNING trial (picked by ``which``) has fingerprint ``fp``."""
+    while _busy(trial, fp, which):
         time.sleep(poll)
         if reap is not None:
             reap()

@@ -36,6 +36,15 @@ class JournalWriteError(OSError):
     """Appending to the journal failed (disk full, read-only); the journal was left at its last record."""
 
 
+def write_error(e: BaseException) -> JournalWriteError | None:
+    """The ``JournalWriteError`` behind ``e`` (Optuna may wrap it while failing the trial), or None."""
+    while e is not None:
+        if isinstance(e, JournalWriteError):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def make_lock(path: Path) -> JournalFileOpenLock:
     return JournalFileOpenLock(str(path), grace_period=LOCK_GRACE)
 
@@ -96,9 +105,16 @@ class SafeJournalBackend(JournalFileBackend):
 
     def append_logs(self, logs: list[dict]) -> None:
         text = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs).encode("utf-8")
-        self._lock.acquire()
         try:
-            with open(self._file_path, "ab", buffering=0) as f:
+            self._lock.acquire()
+        except OSError as e:
+            raise JournalWriteError(e.errno, f"{self._file_path}: {files.explain(e)}") from None
+        try:
+            try:
+                f = open(self._file_path, "ab", buffering=0)
+            except OSError as e:
+                raise JournalWriteError(e.errno, f"{self._file_path}: {files.explain(e)}") from None
+            with f:
                 start = os.fstat(f.fileno()).st_size
                 try:
                     view = memoryview(text)

@@ -31,7 +31,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from dlasearch import files, guard, journal
+from dlasearch import files, guard, journal, precheck
 from dlasearch import space as spacemod
 from dlasearch.errors import DLASearchError, did_you_mean
 from dlasearch.ir import IRError, fingerprint, from_json, to_json
@@ -78,6 +78,7 @@ def open_storage(url: str, log=print):
     path = Path(url)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        open(path, "ab").close()  # a read-only or immutable journal is refused now, not at the first write
         torn = journal.repair(path, log)
         storage = optuna.storages.JournalStorage(journal.SafeJournalBackend(str(path)))
     except OSError as e:
@@ -356,6 +357,12 @@ class Objective:
     def _train(self, trial, spec: dict, ir):
         from dlasearch.compile import compile as compile_ir
 
+        budget = self.space["budget"].get("params")
+        if budget is not None and precheck.count_params(ir) > budget:  # before building it: no OOM
+            over = f"params={precheck.count_params(ir):.4g} > budget {budget:.4g}"
+            trial.set_user_attr("params", precheck.count_params(ir))
+            trial.set_user_attr("rejected", over)
+            raise optuna.TrialPruned(f"over budget: {over}")
         model = compile_ir(ir)
         config = self._config()
         m = self.trainmod.measure_arch(model, self.data, config, latency=False)
@@ -469,8 +476,11 @@ def work(study: optuna.Study, space: dict, data=None, log=print, train_fn=None) 
             study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[_logger(log)])
             if objective.fatal is not None:
                 raise objective.fatal
-    except journal.JournalWriteError as e:
-        raise SearchError(f"cannot write the journal {e.strerror}; it still holds every finished trial; "
+    except Exception as e:
+        failed = journal.write_error(e)
+        if failed is None:
+            raise
+        raise SearchError(f"cannot write the journal {failed.strerror}; it still holds every finished trial; "
                           f"make room and rerun the same command to resume") from None
     except KeyboardInterrupt as e:
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -504,6 +514,7 @@ def run(space: dict, log=print) -> dict:
     failed start never leaves a study whose name the corrected command could not use."""
     data = load_data(space)
     Objective(space, data, log)  # checks the training options (device, precision, lr ...)
+    precheck.check_space(space, data.channels, data.num_classes)
     files.check_writable(results_dir(space), "study.results", SearchError)
     study = open_study(space, log=log)
     workers = space["study"]["workers"]

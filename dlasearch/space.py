@@ -32,6 +32,7 @@ from dlasearch import files
 from dlasearch.errors import DLASearchError, did_you_mean
 from dlasearch.patterns import LETTERS, PATTERNS
 
+MAX_LEVELS = 10  # 1024 blocks per stage; deeper trees take minutes just to build the IR
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
 
@@ -197,6 +198,8 @@ def _check_value(name: str, v, path: str):
     elif kind == "bool":
         if not isinstance(v, bool):
             raise _fail(path, f"{v!r} must be true or false")
+    elif name == "levels" and isinstance(v, int) and not isinstance(v, bool) and v > MAX_LEVELS:
+        raise _fail(path, f"{v} is too deep: each stage gets 2**levels blocks; allowed: 1..{MAX_LEVELS}")
     elif kind == "int":
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise _fail(path, f"{v!r} must be an int >= 1")

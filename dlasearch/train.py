@@ -32,6 +32,7 @@ from dlasearch.files import write_atomic  # noqa: F401  (re-exported: older call
 from dlasearch.measure import autocast
 
 PRECISIONS = ("auto", "fp32", "bf16")
+MAX_AUTO_GROWTH = 8  # image_size=auto never enlarges images more than this (a silent multi-GB run otherwise)
 
 
 class TrainError(DLASearchError):
@@ -516,6 +517,10 @@ def run(arch: str, data: dict | str | None, config: TrainConfig, *, image_size="
     if image_size == "auto":
         stride = total_stride(graph)
         image_size = stride if min(ds.image_size) < stride else None
+        if image_size is not None and image_size > MAX_AUTO_GROWTH * min(ds.image_size):
+            raise TrainError(f"image_size=auto would grow {ds.name}'s {min(ds.image_size)} px images to {image_size} px "
+                             f"(the architecture downsamples {stride}x); set image_size=N explicitly, or use an "
+                             f"architecture with fewer stages")
     ds = ds.resized(image_size, resize)
     check_fit(graph, ds)
     arch_name = str(graph.graph.get("name") or Path(str(arch)).stem)

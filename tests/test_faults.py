@@ -134,7 +134,8 @@ def _fsize_limit(limit: int):
 
 
 def test_full_disk_during_a_run_gives_one_line_and_the_next_run_succeeds(tmp_path):
-    search.run(tiny(tmp_path, 1), **QUIET)
+    first = cli(tmp_path, "trials=1")
+    assert first.wait(timeout=600) == 0, first.stdout.read()
     log_path = tmp_path / "hda" / "journal.log"
     before = completed(all_trials(tmp_path))
     size = log_path.stat().st_size
@@ -151,8 +152,9 @@ def test_full_disk_during_a_run_gives_one_line_and_the_next_run_succeeds(tmp_pat
     assert not [x for x in t if x.state == TrialState.RUNNING]
 
 
-def test_read_only_journal_folder_is_one_line_naming_the_path(tmp_path, readonly, capsys):
-    search.run(tiny(tmp_path, 1), **QUIET)
+def test_read_only_journal_is_one_line_naming_the_path(tmp_path, readonly, capsys):
+    first = cli(tmp_path, "trials=1")
+    assert first.wait(timeout=600) == 0, first.stdout.read()
     readonly(tmp_path / "hda" / "journal.log")
     assert main(["run", "space=hda", f"study.results={tmp_path}", *ARGS, "trials=2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
