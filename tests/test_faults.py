@@ -294,3 +294,53 @@ def test_workers_never_overshoot_and_never_train_one_architecture_twice(tmp_path
     trained = [x for x in counted if x.state == TrialState.COMPLETE and "duplicate_of" not in x.user_attrs]
     assert len(trained) == 1 and all(x.user_attrs.get("duplicate_of") == trained[0].number
                                      for x in counted if x is not trained[0])
+
+
+# ------------------------------------------------------------ checked before training, no tracebacks
+
+@pytest.mark.parametrize("name", ["dla34", "dla46x_c", "dla60x", "dla34up"])
+def test_params_counted_from_the_ir_match_the_built_module(name):
+    from dlasearch import measure, precheck, zoo
+    from dlasearch.compile import compile as compile_ir
+
+    if name not in zoo.names():
+        pytest.skip(f"{name} not in the zoo")
+    ir = zoo.ir(name)
+    assert precheck.count_params(ir) == measure.params(compile_ir(ir))
+
+
+def test_impossible_budget_and_too_deep_spaces_are_refused_before_any_trial(tmp_path, capsys):
+    for argv in (["budget.params=1"], ["params.levels.low=16", "params.levels.high=16", "budget.params=1"]):
+        assert main(["run", "space=hda", f"study.results={tmp_path}", "data.limit=300", *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and ("budget.params" in err[0] or "levels" in err[0]), err
+    assert not list(tmp_path.rglob("journal.log"))
+
+
+def _bad_inputs(tmp_path):
+    import numpy as np
+
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    (tmp_path / "binary.json").write_bytes(bytes(range(256)))
+    x, y = np.zeros((20, 8, 8), np.uint8), np.arange(20) % 2
+    np.savez(tmp_path / "ok.npz", x_train=x, y_train=y)
+    (tmp_path / "trunc.npz").write_bytes((tmp_path / "ok.npz").read_bytes()[:300])
+    np.savez(tmp_path / "huge.npz", x_train=x, y_train=np.where(y == 1, 2 ** 63 - 1, 0))
+    np.savez(tmp_path / "one.npz", x_train=x, y_train=y * 0)
+    from conftest import tiny_spec  # 7 stride-2 stages: total stride 256, i.e. 8 px digits grown 32x
+    (tmp_path / "deep.json").write_text(json.dumps(tiny_spec("chain", stages=[{"blocks": 1, "channels": 8}] * 7)))
+    return [["run", "space=hda", "timeout=-5"], ["worker", "study=x", "threads=abc"],
+            ["worker", "study=x", "trials=abc"], ["worker", "study=x", "index=abc"],
+            ["worker", "study=x", "threads=-1"], ["run", f"space={tmp_path / 'list.yaml'}"],
+            ["train", f"arch={tmp_path / 'binary.json'}"], ["train", "arch=dla34", f"data={tmp_path / 'trunc.npz'}"],
+            ["train", "arch=dla34", f"data={tmp_path / 'huge.npz'}"],
+            ["train", "arch=dla34", f"data={tmp_path / 'one.npz'}"],
+            ["train", f"arch={tmp_path / 'deep.json'}", "data=digits"]]
+
+
+def test_bad_inputs_are_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for argv in _bad_inputs(tmp_path):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"dlasearch {argv[0]}: error:"), (argv, err)
