@@ -49,10 +49,16 @@ def make_lock(path: Path) -> JournalFileOpenLock:
     return JournalFileOpenLock(str(path), grace_period=LOCK_GRACE)
 
 
-def repair(path: Path, log=print) -> list[int]:
-    """Check ``path``; move a torn last record aside; return the trial ids that record touched."""
+def repair(path: Path, log=print, write: bool = True) -> list[int]:
+    """Check ``path``; move a torn last record aside; return the trial ids that record touched.
+
+    ``write=False`` (reports, renders) only checks: a torn tail is left alone (Optuna skips it, and a
+    live writer may be finishing it), so a read-only journal stays readable."""
     path = Path(path)
     if not path.is_file() or path.stat().st_size == 0:
+        return []
+    if not write:
+        _repair_locked(path, log, move=False)
         return []
     lock = make_lock(path)
     try:
@@ -65,7 +71,7 @@ def repair(path: Path, log=print) -> list[int]:
         lock.release()
 
 
-def _repair_locked(path: Path, log) -> list[int]:
+def _repair_locked(path: Path, log, move: bool = True) -> list[int]:
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -79,7 +85,7 @@ def _repair_locked(path: Path, log) -> list[int]:
             raise JournalError(f"{path}: line {number} is not a journal record (the file is damaged in the "
                                f"middle; it was not changed): restore it from a backup, or pass study=NEW_NAME "
                                f"to start a new study") from None
-    if not torn:
+    if not torn or not move:
         return []
     side = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%d-%H%M%S')}")
     try:

@@ -62,11 +62,12 @@ def storage_url(space: dict) -> str:
     return space["study"]["storage"] or str(Path(space["study"]["results"]) / study_name(space) / "journal.log")
 
 
-def open_storage(url: str, log=print):
+def open_storage(url: str, log=print, write: bool = True):
     """An Optuna storage for a journal file path or an RDB URL.
 
     A journal is checked first (``journal.repair``): a torn last record is moved aside and the trials
-    it touched are failed as stale and re-queued; a damaged middle is an error, never rewritten."""
+    it touched are failed as stale and re-queued; a damaged middle is an error, never rewritten.
+    ``write=False`` (reading a study) only checks, so a read-only journal can still be reported on."""
     if "://" in url:
         if url.startswith("journal://"):
             url = url[len("journal://"):]
@@ -78,8 +79,9 @@ def open_storage(url: str, log=print):
     path = Path(url)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        open(path, "ab").close()  # a read-only or immutable journal is refused now, not at the first write
-        torn = journal.repair(path, log)
+        if write:
+            open(path, "ab").close()  # a read-only or immutable journal is refused now, not at the first write
+        torn = journal.repair(path, log, write)
         storage = optuna.storages.JournalStorage(journal.SafeJournalBackend(str(path)))
     except OSError as e:
         raise SearchError(f"storage={url!r}: cannot write the journal file: {files.explain(e)}") from None
@@ -185,7 +187,7 @@ def find_study(name: str, storage: str | None = None) -> tuple[optuna.Study, str
     if local.startswith("sqlite:///") and not Path(local[len("sqlite:///"):]).is_file():
         raise SearchError(f"study {name!r}: no database file at {local[len('sqlite:///'):]}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    st = open_storage(url)
+    st = open_storage(url, write=False)
     names = sorted(s.study_name for s in optuna.get_all_study_summaries(st, include_best_trial=False))
     if name not in names:
         hint = did_you_mean(name, names)

@@ -159,6 +159,8 @@ def test_read_only_journal_is_one_line_naming_the_path(tmp_path, readonly, capsy
     assert main(["run", "space=hda", f"study.results={tmp_path}", *ARGS, "trials=2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "journal.log" in err[0] and ("permission" in err[0] or "read-only" in err[0]), err
+    study, _ = search.find_study("hda", str(tmp_path / "hda" / "journal.log"))  # still readable, for reports
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE]
 
 
 # ------------------------------------------------------------ train out=
