@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from dlasearch import files
 from dlasearch import ir as irmod
 from dlasearch.errors import DLASearchError
 
@@ -70,23 +69,6 @@ class Preprocess:
 
 # ------------------------------------------------------------------ writing
 
-def _write_bytes(path: Path, blob: bytes) -> None:
-    """Temporary file + rename, so a reader never sees half a checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save(path, model: torch.nn.Module, graph: irmod.IR, data=None, *, preprocess: dict | None = None,
          config: dict | None = None, name: str | None = None) -> Path:
     """Write ``model``'s weights with everything needed to rebuild and feed it.
@@ -104,7 +86,7 @@ def save(path, model: torch.nn.Module, graph: irmod.IR, data=None, *, preprocess
             "config": json.dumps(config, default=str), "torch": torch.__version__}
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     path = Path(path)
-    _write_bytes(path, st_save(tensors, metadata=meta))
+    files.write_atomic(path, st_save(tensors, metadata=meta))
     return path
 
 

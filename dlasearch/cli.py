@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
+from dlasearch import files, guard
 from dlasearch.errors import DLASearchError, did_you_mean
 from dlasearch.space import SHORTCUTS as RUN_SHORTCUTS
 
@@ -122,20 +123,25 @@ def cmd_worker(args: dict) -> int:
     """Attach this process to an existing study (``study=NAME storage=URL``)."""
     from dlasearch import search
 
-    if "study" not in args:
+    if "study" not in args:  # unknown options and wrong types were refused by options.check
         raise DLASearchError("worker: needs study=NAME, e.g. `dlasearch worker study=hda`")
-    storage = str(args.get("storage") or f"results/{args['study']}/journal.log")
-    study, sp = search.attach(str(args["study"]), storage, args.get("index"))
+    for k, lo in (("threads", 1), ("trials", 1), ("index", 0)):
+        v = args.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
+            raise DLASearchError(f"worker: {k}={v!r}: expected an int >= {lo}")
+    name = files.check_name(args["study"], "study")
+    storage = str(args.get("storage") or files.default_journal(name))
+    study, sp = search.attach(name, storage, args.get("index"))
     if "threads" in args:
-        sp["study"]["threads"] = int(args["threads"])
+        sp["study"]["threads"] = args["threads"]
     if "trials" in args:
-        sp["study"]["trials"] = int(args["trials"])
+        sp["study"]["trials"] = args["trials"]
     if args.get("log") is not None:
         sp["log"] = args["log"]
     done = search.counted(study)
     if done >= sp["study"]["trials"]:
-        print(f"study {args['study']!r} is finished: {done}/{sp['study']['trials']} trials; nothing to do "
-              f"(`dlasearch run study={args['study']} trials=N` raises the total)")
+        print(f"study {name!r} is finished: {done}/{sp['study']['trials']} trials; nothing to do "
+              f"(`dlasearch run study={name} trials=N` raises the total)")
         return 0
     try:
         search.work(study, sp)
@@ -239,6 +245,7 @@ def print_config(config: dict) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    guard.install_sigterm()
     try:
         return _main(argv)
     except BrokenPipeError:  # `dlasearch zoo | head`: the reader has gone; stop quietly
@@ -280,6 +287,9 @@ def _main(argv: list[str]) -> int:
     except DLASearchError as e:
         print(f"dlasearch {command}: error: {e}", file=sys.stderr)
         return 2
+    except guard.Terminated:
+        print(f"dlasearch {command}: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"dlasearch {command}: interrupted", file=sys.stderr)
         return 130

@@ -24,14 +24,13 @@ import dataclasses
 import difflib
 import json
 import math
-import os
 import sys
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from dlasearch import checkpoint
+from dlasearch import checkpoint, files
 from dlasearch import stats as dstats
 from dlasearch.errors import DLASearchError, did_you_mean
 from dlasearch.patterns import LETTERS, PATTERNS
@@ -452,7 +451,7 @@ def save_figure(fig, stem: Path) -> list[Path]:
             try:
                 fig.savefig(path, dpi=150, bbox_inches="tight", metadata=meta)
             except OSError as e:
-                raise CompareError(f"cannot write {path}: {e.strerror or e}") from None
+                raise CompareError(f"cannot write {path}: {files.explain(e)}") from None
             paths.append(path)
     return paths
 
@@ -536,27 +535,11 @@ def plots(summary, runs, folder: Path) -> list[Path]:
 
 def check_writable(folder: Path, option: str = "out") -> None:
     """Raise unless ``folder`` exists as a writable directory or can be created (nothing is created)."""
-    p = Path(folder).expanduser().absolute()
-    probe = p
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if p.exists() and not p.is_dir():
-        raise CompareError(f"{option}={str(folder)!r} is a file, not a folder; choose a folder path")
-    if not probe.is_dir():
-        raise CompareError(f"{option}={str(folder)!r}: cannot create it, {probe} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise CompareError(f"{option}={str(folder)!r}: {probe} is not writable")
+    files.check_writable(folder, option, CompareError)
 
 
 def _write_json(path: Path, obj) -> None:
-    from dlasearch.train import write_atomic
-
-    try:
-        write_atomic(path, json.dumps(obj, indent=1, default=str) + "\n")
-    except OSError as e:
-        raise CompareError(f"cannot write {path}: {e.strerror or e}") from None
+    files.write_text(path, json.dumps(obj, indent=1, default=str) + "\n", CompareError)
 
 
 def _read_json(path: Path):
@@ -617,7 +600,7 @@ def _measure(folder: Path, key: str, sized: Sized, ds, config, target: float) ->
     from dlasearch import ir as irmod
     from dlasearch.ir import to_module
     from dlasearch.patterns import build
-    from dlasearch.train import measure_arch, write_atomic
+    from dlasearch.train import measure_arch
 
     graph = build(sized.spec, name=key)
     fp = irmod.fingerprint(graph)
@@ -630,10 +613,7 @@ def _measure(folder: Path, key: str, sized: Sized, ds, config, target: float) ->
            "multiplier": sized.multiplier, "divisor": sized.divisor, "params": m["params"],
            "target_params": target, "params_vs_target": m["params"] / target - 1, "macs": m["macs"],
            "train_memory_bytes": m["train_memory_bytes"], "batch_size": config.batch_size, "spec": sized.spec}
-    try:
-        write_atomic(folder / "archs" / f"{key}.ir.json", irmod.to_json(graph, indent=1) + "\n")
-    except OSError as e:
-        raise CompareError(f"cannot write {folder / 'archs'}: {e.strerror or e}") from None
+    files.write_text(folder / "archs" / f"{key}.ir.json", irmod.to_json(graph, indent=1) + "\n", CompareError)
     _write_json(path, rec)
     return rec, graph
 
@@ -692,7 +672,7 @@ def compare(patterns=None, data="digits", seeds=3, budget=None, *, root=None, pa
     if name is not None and (not str(name) or "/" in str(name) or str(name) in (".", "..")):
         raise CompareError(f"name={name!r}: expected a plain folder name (use out= for a path)")
     folder = Path(str(out)).expanduser() if out is not None else \
-        Path("results/compare") / str(name or f"{label}-{short_number(budget_params)}")
+        files.results_root() / "compare" / str(name or f"{label}-{short_number(budget_params)}")
     check_writable(folder)
     settings = _contract(opts, image_size, config, budget_params, tolerance, blocks)
     resolved = {"command": "compare", "patterns": order, "data": {**opts, "image_size": image_size},
@@ -727,7 +707,7 @@ def compare(patterns=None, data="digits", seeds=3, budget=None, *, root=None, pa
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise CompareError(f"out={str(folder)!r}: cannot create it: {e.strerror or e}") from None
+        raise CompareError(f"out={str(folder)!r}: cannot create it: {files.explain(e)}") from None
     _write_json(folder / SETTINGS, {**settings, "data_summary": ds.summary(), "torch": torch.__version__})
     from dlasearch.options import write_config
 
@@ -756,16 +736,16 @@ def compare(patterns=None, data="digits", seeds=3, budget=None, *, root=None, pa
     table = markdown_table(summary)
     notes = _notes(summary, rho, rho_p, rho_n, budget_params, tolerance, seed_list, ds, config, multiples)
     notes += _honesty_notes(summary, seed_list, chance)
-    files = _write_outputs(folder, summary, runs, table, notes)
+    written = _write_outputs(folder, summary, runs, table, notes)
     log("\n" + table + "\n\n" + "\n".join(f"- {n}" for n in notes))
     low = summary[summary.at_chance]
     if len(low):
         log(f"warning: mean test accuracy of {', '.join(low.pattern)} is at chance (within "
             f"{100 * dstats.chance_limit(*chance):.1f}%); their differences mean nothing; train longer (epochs=)")
     log(f"\n{trained} run(s) trained, {reused} reused in {time.perf_counter() - t_start:.0f}s; "
-        f"wrote {', '.join(p.name for p in files)} to {folder}")
+        f"wrote {', '.join(p.name for p in written)} to {folder}")
     return {"dir": folder, "summary": summary, "runs": runs, "trained": trained, "reused": reused,
-            "files": files, "spearman": (rho, rho_p, rho_n)}
+            "files": written, "spearman": (rho, rho_p, rho_n)}
 
 
 def _runs(rows, seed_list, archs, graphs, folder, ds, config, chance, progress, tracking_log, log) -> list[dict]:
@@ -877,25 +857,16 @@ def _honesty_notes(summary, seeds, chance) -> list[str]:
 
 
 def _write_outputs(folder: Path, summary, runs, table: str, notes: list[str]) -> list[Path]:
-    from dlasearch.train import write_atomic
-
-    files = []
+    written = []
     for fname, text in (("comparison.csv", summary.to_csv(index=False)), ("runs.csv", runs.to_csv(index=False))):
-        try:
-            write_atomic(folder / fname, text)
-        except OSError as e:
-            raise CompareError(f"cannot write {folder / fname}: {e.strerror or e}") from None
-        files.append(folder / fname)
+        written.append(files.write_text(folder / fname, text, CompareError))
     images = plots(summary, runs, folder)
     md = ["# Aggregation patterns at one parameter budget", "", table, "", *[f"- {n}" for n in notes], ""]
     md += [f"![{p.stem}]({p.name})" for p in images if p.suffix == ".svg"]
     md += ["", "Per-pattern summary: [comparison.csv](comparison.csv); per run: [runs.csv](runs.csv); "
                "architectures: `archs/`; raw runs: `runs/`.", ""]
-    try:
-        write_atomic(folder / "comparison.md", "\n".join(md))
-    except OSError as e:
-        raise CompareError(f"cannot write {folder / 'comparison.md'}: {e.strerror or e}") from None
-    return [*files, folder / "comparison.md", *images]
+    files.write_text(folder / "comparison.md", "\n".join(md), CompareError)
+    return [*written, folder / "comparison.md", *images]
 
 
 # ------------------------------------------------------------------ CLI

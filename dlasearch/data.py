@@ -23,6 +23,7 @@ import sys
 import tarfile
 import tempfile
 import urllib.request
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from dlasearch.errors import DLASearchError, did_you_mean
+
+MAX_CLASSES = 100_000  # a label past this is a corrupt file, not a class (it would size the classifier)
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "npz")
 RESIZE_MODES = ("interpolate", "pad")
@@ -247,6 +250,9 @@ def _labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
         raise DataError(f"{where}: {y.dtype} array of shape {y.shape}; expected {n} integer labels (1-D)")
     if len(y) and y.min() < 0:
         raise DataError(f"{where}: negative label {y.min()}; expected class indices 0..K-1")
+    if len(y) and y.max() >= MAX_CLASSES:
+        raise DataError(f"{where}: label {y.max()} is out of range; expected class indices 0..K-1 "
+                        f"with K <= {MAX_CLASSES}")
     return y.astype(np.int64)
 
 
@@ -259,8 +265,8 @@ def _load_npz(path):
         arrays = {k: z[k] for k in z.files}
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
-    except (OSError, ValueError, zlib.error) as e:
-        raise DataError(f"{path}: not a readable .npz archive ({e})") from None
+    except (OSError, ValueError, EOFError, KeyError, zlib.error, zipfile.BadZipFile) as e:
+        raise DataError(f"{path}: not a readable .npz archive (truncated or damaged: {e})") from None
     if {"x_train", "y_train"} <= set(arrays):
         pairs = [("x_train", "y_train"), ("x_test", "y_test")] if "x_test" in arrays else [("x_train", "y_train")]
     elif {"x", "y"} <= set(arrays):
@@ -490,6 +496,9 @@ def load(name: str, *, root=None, path=None, val_fraction: float = 0.1, seed: in
     if len(tr) == 0:
         raise DataError(f"val_fraction={val_fraction} leaves no training images out of {len(y)}")
     num_classes = int(max(y.max(), test[1].max() if len(test[1]) else 0)) + 1
+    if len(np.unique(y)) < 2:
+        raise DataError(f"dataset {name!r} has a single class ({int(y[0])}) in its training images; "
+                        f"a classifier needs at least 2")
     t = {k: torch.from_numpy(np.require(a, requirements=["C", "W"])) for k, a in
          {"x_train": x[tr], "y_train": y[tr], "x_val": x[va], "y_val": y[va],
           "x_test": test[0], "y_test": test[1]}.items()}

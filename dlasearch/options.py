@@ -334,7 +334,7 @@ def write_config(folder, config: dict) -> None:
     """Write ``config.yaml`` (atomically) into a results folder."""
     from pathlib import Path
 
-    from dlasearch.train import write_atomic
+    from dlasearch.files import write_atomic
 
     write_atomic(Path(folder) / "config.yaml", to_yaml(config))
 

@@ -62,6 +62,7 @@ import graphviz
 
 from dlasearch import layout
 from dlasearch.errors import DLASearchError
+from dlasearch.files import RESULTS
 from dlasearch.ir import IR, KINDS, infer_shapes
 from dlasearch.patterns import PATTERNS, build
 
@@ -359,14 +360,13 @@ def _format(path: Path, fmt: str | None) -> str:
 
 
 def _write(path: Path, data) -> None:
+    from dlasearch import files
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(data, str):
-            path.write_text(data)
-        else:
-            path.write_bytes(data)
     except OSError as e:
-        raise DLASearchError(f"cannot write {path}: {e.strerror or e}") from None
+        raise DLASearchError(f"cannot write {path}: {files.explain(e)}") from None
+    files.write_text(path, data)
 
 
 def _no_dot(dot: graphviz.Digraph, path: Path, fmt: str):
@@ -467,7 +467,7 @@ def command(args: dict) -> int:
             raise DLASearchError(f"size={size!r}: figure1 is always labelled at 32x32; drop size=")
         details = _details(details, old, False)
         _check(details, direction or "TB", None)
-        path = figure1(out or f"results/render/figure1.{fmt or 'svg'}", fmt, details, direction or "TB")
+        path = figure1(out or f"{RESULTS}/render/figure1.{fmt or 'svg'}", fmt, details, direction or "TB")
     else:
         if {"study", "trial", "storage"} & set(args):
             ir, name = _trial(args)
@@ -477,7 +477,7 @@ def command(args: dict) -> int:
         else:
             _check(_details(details, old, True), direction or "auto", size)
             ir, name = load_arch(arch)
-        path = render(ir, out or f"results/render/{name}.{fmt or 'svg'}", fmt, _details(details, old, True),
+        path = render(ir, out or f"{RESULTS}/render/{name}.{fmt or 'svg'}", fmt, _details(details, old, True),
                       direction or "auto", size=size)
     print(f"wrote {path}")
     return 0

@@ -17,6 +17,7 @@ import time
 import warnings
 from pathlib import Path
 
+from dlasearch import files as dfiles
 from dlasearch import stats
 from dlasearch.compare import CompareError, check_writable, color, plot_style, save_figure
 from dlasearch.errors import DLASearchError, did_you_mean
@@ -198,20 +199,16 @@ def diagrams(study, trials: list, out: Path) -> tuple[list[tuple], str]:
     """Draw each top trial (svg + png) and save its IR/spec; returns ([(trial, files)], note)."""
     from dlasearch import render
     from dlasearch.ir import from_json, to_json
-    from dlasearch.train import write_atomic
 
     drawn, note = [], ""
     for rank, t in enumerate(trials, start=1):
         graph = from_json(t.user_attrs["ir"])
         stem = out / "arch" / f"top{rank}-trial{t.number}"
         files = []
-        try:
-            write_atomic(stem.with_suffix(".ir.json"), to_json(graph, indent=1) + "\n")
-            if t.user_attrs.get("spec"):
-                write_atomic(stem.with_suffix(".spec.json"), json.dumps(json.loads(t.user_attrs["spec"]), indent=1)
-                             + "\n")
-        except OSError as e:
-            raise ReportError(f"cannot write {stem.parent}: {e.strerror or e}") from None
+        dfiles.write_text(stem.with_suffix(".ir.json"), to_json(graph, indent=1) + "\n", ReportError)
+        if t.user_attrs.get("spec"):
+            dfiles.write_text(stem.with_suffix(".spec.json"), json.dumps(json.loads(t.user_attrs["spec"]), indent=1)
+                              + "\n", ReportError)
         files += [stem.with_suffix(".ir.json")] + ([stem.with_suffix(".spec.json")] if t.user_attrs.get("spec")
                                                     else [])
         title = f"trial {t.number}: {t.user_attrs.get('arch') or t.user_attrs.get('pattern', '')}"
@@ -300,20 +297,19 @@ def _prepare(out: Path, name: str, url: str) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ReportError(f"out={str(out)!r}: cannot create it: {e.strerror or e}") from None
+        raise ReportError(f"out={str(out)!r}: cannot create it: {dfiles.explain(e)}") from None
 
 
 def report(name: str, storage: str | None = None, out=None, top: int = 3, log=print) -> Path:
     """Write the study's report folder; returns the path of ``report.md``."""
     from dlasearch import search
-    from dlasearch.train import write_atomic
 
     if isinstance(top, bool) or not isinstance(top, int) or top < 0:
         raise ReportError(f"top={top!r}: expected an int >= 0 (architectures to draw)")
     from dlasearch.search import find_study
 
     study, url = find_study(str(name), storage)
-    out = Path(str(out)).expanduser() if out is not None else Path("results") / str(name) / "report"
+    out = Path(str(out)).expanduser() if out is not None else dfiles.study_dir(str(name), storage) / "report"
     try:
         _prepare(out, str(name), url)
     except CompareError as e:
@@ -324,11 +320,7 @@ def report(name: str, storage: str | None = None, out=None, top: int = 3, log=pr
     files: list[Path] = []
 
     def text(fname: str, body: str) -> Path:
-        try:
-            write_atomic(out / fname, body)
-        except OSError as e:
-            raise ReportError(f"cannot write {out / fname}: {e.strerror or e}") from None
-        files.append(out / fname)
+        files.append(dfiles.write_text(out / fname, body, ReportError))
         return out / fname
 
     text("trials.csv", df.to_csv(index=False))

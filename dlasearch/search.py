@@ -31,7 +31,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from dlasearch import keep
+from dlasearch import files, guard, journal, keep, precheck
 from dlasearch import space as spacemod
 from dlasearch import stats
 from dlasearch.errors import DLASearchError, did_you_mean
@@ -50,7 +50,8 @@ class SearchError(DLASearchError):
 # ------------------------------------------------------------------ storage
 
 def results_dir(space: dict) -> Path:
-    return Path(space["study"]["results"]) / study_name(space)
+    """Where the study's exports go: its own folder, or one keyed by storage= (never another study's)."""
+    return files.study_dir(study_name(space), space["study"]["storage"], Path(space["study"]["results"]))
 
 
 def study_name(space: dict) -> str:
@@ -59,11 +60,15 @@ def study_name(space: dict) -> str:
 
 def storage_url(space: dict) -> str:
     """The storage URL: the space's, or the journal file under ``results/<study>/``."""
-    return space["study"]["storage"] or str(results_dir(space) / "journal.log")
+    return space["study"]["storage"] or str(Path(space["study"]["results"]) / study_name(space) / "journal.log")
 
 
-def open_storage(url: str):
-    """An Optuna storage for a journal file path or an RDB URL."""
+def open_storage(url: str, log=print, write: bool = True):
+    """An Optuna storage for a journal file path or an RDB URL.
+
+    A journal is checked first (``journal.repair``): a torn last record is moved aside and the trials
+    it touched are failed as stale and re-queued; a damaged middle is an error, never rewritten.
+    ``write=False`` (reading a study) only checks, so a read-only journal can still be reported on."""
     if "://" in url:
         if url.startswith("journal://"):
             url = url[len("journal://"):]
@@ -75,13 +80,33 @@ def open_storage(url: str):
     path = Path(url)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
-
-        # lock holders keep the lock for milliseconds; a lock older than 10 s was left by a killed process
-        backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path), grace_period=10))
-        return optuna.storages.JournalStorage(backend)
+        if write:
+            open(path, "ab").close()  # a read-only or immutable journal is refused now, not at the first write
+        torn = journal.repair(path, log, write)
+        storage = optuna.storages.JournalStorage(journal.SafeJournalBackend(str(path)))
     except OSError as e:
-        raise SearchError(f"storage={url!r}: cannot write the journal file: {e.strerror}") from None
+        raise SearchError(f"storage={url!r}: cannot write the journal file: {files.explain(e)}") from None
+    for trial_id in torn:
+        _fail_torn(storage, trial_id, log)
+    return storage
+
+
+def _fail_torn(storage, trial_id: int, log) -> None:
+    """Fail a trial whose last journal record was torn off (it may still say RUNNING) and re-queue it."""
+    try:
+        t = storage.get_trial(trial_id)
+    except KeyError:
+        return  # the torn record was the one creating it
+    if t.state != TrialState.RUNNING:
+        return
+    storage.set_trial_user_attr(trial_id, "fail_reason", "stale: its last journal record was torn (killed run)")
+    storage.set_trial_user_attr(trial_id, "stale", True)
+    storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    if t.params:
+        name = next(s.study_name for s in storage.get_all_studies()
+                    if any(x._trial_id == trial_id for x in storage.get_all_trials(s._study_id, deepcopy=False)))
+        optuna.load_study(study_name=name, storage=storage).enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+    log(f"failed trial #{t.number} (its last record was torn) and re-queued its parameters")
 
 
 def make_sampler(space: dict, offset: int = 0):
@@ -118,12 +143,12 @@ def make_pruner(space: dict):
     return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=space["train"]["epochs"])
 
 
-def open_study(space: dict, create: bool = True) -> optuna.Study:
+def open_study(space: dict, create: bool = True, log=print) -> optuna.Study:
     """Create or resume the space's study; refuse to resume one made with a different contract."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     url = storage_url(space)
-    storage = open_storage(url)
+    storage = open_storage(url, log)
     name = study_name(space)
     directions = [spacemod.OBJECTIVES[o] for o in space["objectives"]]
     contract = json.dumps({k: space[k] for k in CONTRACT}, sort_keys=True)
@@ -158,7 +183,8 @@ def find_study(name: str, storage: str | None = None) -> tuple[optuna.Study, str
 
     Never creates anything: a missing journal file, database file or study is one clear error."""
 
-    url = str(storage) if storage else str(Path("results") / name / "journal.log")
+    files.check_name(name, "study", SearchError)
+    url = str(storage) if storage else str(files.default_journal(name))
     local = url[len("journal://"):] if url.startswith("journal://") else url
     if "://" not in local and not Path(local).is_file():
         raise SearchError(f"study {name!r}: no journal file at {local}; pass storage=URL (a journal file or a "
@@ -166,7 +192,7 @@ def find_study(name: str, storage: str | None = None) -> tuple[optuna.Study, str
     if local.startswith("sqlite:///") and not Path(local[len("sqlite:///"):]).is_file():
         raise SearchError(f"study {name!r}: no database file at {local[len('sqlite:///'):]}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    st = open_storage(url)
+    st = open_storage(url, write=False)
     names = sorted(s.study_name for s in optuna.get_all_study_summaries(st, include_best_trial=False))
     if name not in names:
         hint = did_you_mean(name, names)
@@ -234,6 +260,7 @@ class Heartbeat:
 
     def _run(self):
         while not self.stop.wait(self.interval):
+            guard.stop_if_orphaned()
             try:
                 self.study._storage.set_trial_user_attr(self.trial_id, "heartbeat", time.time())
             except Exception:
@@ -254,7 +281,7 @@ class Heartbeat:
 def counted(study: optuna.Study) -> int:
     """Trials that count against ``study.trials``: finished or running, excluding stale ones (retried)."""
     return sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED + (TrialState.RUNNING,))
-               if not t.user_attrs.get("stale"))
+               if not t.user_attrs.get("stale") and not t.user_attrs.get("surplus"))
 
 
 def describe(spec: dict) -> str:
@@ -279,6 +306,11 @@ class Objective:
         self.chance = (stats.chance(data.y_val), len(data.y_val))
         self.progress = self.tracker = None
         self.epochs_run, self.position = 0, "?"
+        self.fatal = None
+        self.grace = space["study"]["grace"]
+        url = storage_url(space)
+        self.claims = None if "://" in url and not url.startswith("journal://") else \
+            Path(url.removeprefix("journal://")).parent / "claims"
         # on the training device once per worker, not once per trial
         self.data = data.to(trainmod.resolve_device(self._config().device))
 
@@ -289,12 +321,17 @@ class Objective:
     def __call__(self, trial: optuna.Trial):
         try:
             trial.set_user_attr("worker", ME)
+            if guard.surplus(trial, self.space["study"]["trials"]):
+                return self._surplus(trial)
             with Heartbeat(trial.study, trial._trial_id, self.space["study"]["heartbeat"]):
                 return self._run(trial)
         except (optuna.TrialPruned, TrialFailed):
             raise
-        except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
+        except journal.JournalWriteError as e:
+            self.fatal = e  # Optuna catches it to fail the trial; ``work`` then stops the study with it
+            raise
+        except KeyboardInterrupt as e:
+            trial.set_user_attr("fail_reason", guard.interrupt_reason(e))
             raise
         except Exception as e:  # recorded on the trial; the study goes on (out of memory included)
             trial.set_user_attr("fail_reason", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
@@ -313,11 +350,30 @@ class Objective:
         fp = fingerprint(ir)
         trial.set_user_attr("fingerprint", fp)
         trial.set_user_attr("ir", to_json(ir))
-        dup = self._duplicate(trial, fp)
-        if dup is not None:
-            return dup
+        with guard.claim(self.claims, fp, trial, self.log, reap=lambda: fail_stale(trial.study, self.grace)):
+            dup = self._duplicate(trial, fp)
+            if dup is not None:
+                return dup
+            return self._train(trial, spec, ir)
+
+    def _surplus(self, trial):
+        """A trial another worker's made redundant: not run, not counted; fixed parameters go back in the queue."""
+        trial.set_user_attr("surplus", True)
+        fixed = trial.system_attrs.get("fixed_params")
+        if fixed:
+            trial.study.enqueue_trial(fixed, user_attrs={k: v for k, v in trial.user_attrs.items()
+                                                         if k in ("retry_of", "seeded_from")})
+        return self._fail(trial, f"surplus: the study already has {self.space['study']['trials']} trials")
+
+    def _train(self, trial, spec: dict, ir):
         from dlasearch.ir import to_module
 
+        budget = self.space["budget"].get("params")
+        if budget is not None and precheck.count_params(ir) > budget:  # before building it: no OOM
+            over = f"params={precheck.count_params(ir):.4g} > budget {budget:.4g}"
+            trial.set_user_attr("params", precheck.count_params(ir))
+            trial.set_user_attr("rejected", over)
+            raise optuna.TrialPruned(f"over budget: {over}")
         model = to_module(ir)
         config = self._config()
         m = self.trainmod.measure_arch(model, self.data, config, latency=False)
@@ -441,6 +497,7 @@ def work(study: optuna.Study, space: dict, data=None, log=print, train_fn=None) 
         fn, callbacks = objective.tracker.wrap(objective), callbacks + objective.tracker.callbacks()
     try:
         while time.time() < deadline:
+            guard.stop_if_orphaned()
             stale = fail_stale(study, space["study"]["grace"])
             if stale:
                 log(f"failed stale trial(s) {stale} left by a stopped worker; re-queued their parameters")
@@ -450,13 +507,21 @@ def work(study: optuna.Study, space: dict, data=None, log=print, train_fn=None) 
             log(f"trial {k + 1}/{total} | {_best_line(study)}")
             objective.epochs_run, objective.position = 0, f"{k + 1}/{total}"
             study.optimize(fn, n_trials=1, catch=(Exception,), callbacks=callbacks)
+            if objective.fatal is not None:
+                raise objective.fatal
             objective.progress.drop(epochs - objective.epochs_run)  # pruned, rejected or reused early
             keep.prune(study, space)
-    except KeyboardInterrupt:
+    except Exception as e:
+        failed = journal.write_error(e)
+        if failed is None:
+            raise
+        raise SearchError(f"cannot write the journal {failed.strerror}; it still holds every finished trial; "
+                          f"make room and rerun the same command to resume") from None
+    except KeyboardInterrupt as e:
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if t.user_attrs.get("worker") == ME:
                 try:
-                    study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "interrupted (Ctrl-C)")
+                    study._storage.set_trial_user_attr(t._trial_id, "fail_reason", guard.interrupt_reason(e))
                     study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
                 except Exception:
                     pass
@@ -483,8 +548,15 @@ def _logger(log):
 
 
 def run(space: dict, log=print) -> dict:
-    """``dlasearch run``: open/resume the study, run its workers, export results; returns a summary."""
-    study = open_study(space)
+    """``dlasearch run``: open/resume the study, run its workers, export results; returns a summary.
+
+    Everything is checked before the study is created (data, training options, output folder), so a
+    failed start never leaves a study whose name the corrected command could not use."""
+    data = load_data(space)
+    Objective(space, data, log)  # checks the training options (device, precision, lr ...)
+    precheck.check_space(space, data.channels, data.num_classes)
+    files.check_writable(results_dir(space), "study.results", SearchError)
+    study = open_study(space, log=log)
     workers = space["study"]["workers"]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = max(1, cores // workers)
@@ -495,31 +567,33 @@ def run(space: dict, log=print) -> dict:
 
     write_config(results_dir(space), {k: v for k, v in space.items() if k != "name"} | {"space": space["name"]})
     try:
-        _run_workers(study, space, workers, threads, url, log)
+        _run_workers(study, space, workers, threads, url, data, log)
     except KeyboardInterrupt:
         export(study, space, log=log)  # what finished is in trials.csv even after Ctrl-C
         raise
     return export(study, space, log=log)
 
 
-def _run_workers(study, space: dict, workers: int, threads: int, url: str, log) -> None:
+def _run_workers(study, space: dict, workers: int, threads: int, url: str, data, log) -> None:
     if workers == 1:
         space = {**space, "study": {**space["study"], "threads": threads}}
-        work(study, space, log=log)
+        work(study, space, data=data, log=log)
     else:
         from dlasearch.tracking import parse
 
         tracking_names = parse(space.get("log"))
+        env = {**os.environ, guard.PARENT_ENV: str(os.getpid())}
         procs = [subprocess.Popen([sys.executable, "-m", "dlasearch.cli", "worker",
                                    f"study={study_name(space)}", f"storage={url}", f"threads={threads}",
                                    f"trials={space['study']['trials']}", f"index={i}"]
-                                  + ([f"log={','.join(tracking_names)}"] if tracking_names else []))
+                                  + ([f"log={','.join(tracking_names)}"] if tracking_names else []),
+                                  env=env, preexec_fn=guard.die_with_parent if sys.platform == "linux" else None)
                  for i in range(workers)]
         try:
             codes = [p.wait() for p in procs]
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             for p in procs:
-                p.send_signal(signal.SIGINT)
+                p.send_signal(signal.SIGTERM if isinstance(e, guard.Terminated) else signal.SIGINT)
             for p in procs:
                 p.wait()
             raise
@@ -529,11 +603,9 @@ def _run_workers(study, space: dict, workers: int, threads: int, url: str, log) 
 
 def export(study: optuna.Study, space: dict, log=print) -> dict:
     """Write ``trials.csv`` and the best (or Pareto) architectures' IR JSON; print a summary table."""
-    from dlasearch.train import write_atomic
     out = results_dir(space)
-    out.mkdir(parents=True, exist_ok=True)
     df = trials_frame(study)
-    write_atomic(out / "trials.csv", df.to_csv(index=False))
+    files.write_text(out / "trials.csv", df.to_csv(index=False), SearchError)
     best, seen = [], set()
     if any(t.state == TrialState.COMPLETE for t in study.trials):
         for t in study.best_trials:  # ties and repeated architectures: one file per fingerprint
@@ -541,11 +613,13 @@ def export(study: optuna.Study, space: dict, log=print) -> dict:
                 seen.add(t.user_attrs.get("fingerprint"))
                 best.append(t)
     best_dir = out / "best"
-    best_dir.mkdir(exist_ok=True)
     for t in best:
-        write_atomic(best_dir / f"trial{t.number}.ir.json", json.dumps(json.loads(t.user_attrs["ir"]), indent=1))
-        write_atomic(best_dir / f"trial{t.number}.spec.json", json.dumps(json.loads(t.user_attrs["spec"]),
-                                                                          indent=1))
+        files.write_text(best_dir / f"trial{t.number}.ir.json", json.dumps(json.loads(t.user_attrs["ir"]), indent=1),
+                         SearchError)
+        files.write_text(best_dir / f"trial{t.number}.spec.json", json.dumps(json.loads(t.user_attrs["spec"]),
+                                                                              indent=1), SearchError)
+    if space["study"]["storage"]:
+        files.write_text(out / "storage.txt", f"{space['study']['storage']}\n", SearchError)
     weights = keep.save_best(study, space, best, best_dir)
     cols = [c for c in ("number", "state", "pattern", "val_accuracy", "params", "macs", "train_memory",
                         "arch") if c in df.columns] + (["at_chance"] if len(df) and df.at_chance.any() else [])

@@ -28,8 +28,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dlasearch import files
 from dlasearch.errors import DLASearchError, did_you_mean
 from dlasearch.patterns import LETTERS, PATTERNS
+
+MAX_LEVELS = 10  # 1024 blocks per stage; deeper trees take minutes just to build the IR
+
 
 def _spaces_dir() -> Path:
     """The shipped spaces: ``dlasearch/_spaces`` in an installed wheel, else the checkout's ``search_spaces/``."""
@@ -207,6 +211,8 @@ def _check_value(name: str, v, path: str):
     elif kind == "bool":
         if not isinstance(v, bool):
             raise _fail(path, f"{v!r} must be true or false")
+    elif name == "levels" and isinstance(v, int) and not isinstance(v, bool) and v > MAX_LEVELS:
+        raise _fail(path, f"{v} is too deep: each stage gets 2**levels blocks; allowed: 1..{MAX_LEVELS}")
     elif kind == "int":
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise _fail(path, f"{v!r} must be an int >= 1")
@@ -242,6 +248,10 @@ def validate(space: dict) -> dict:
     for k in ("trials", "workers", "heartbeat", "grace"):
         if st[k] < 1:
             raise _fail(f"study.{k}", f"{st[k]} must be >= 1")
+    if st["timeout"] is not None and (isinstance(st["timeout"], bool) or st["timeout"] <= 0):
+        raise _fail("study.timeout", f"{st['timeout']!r} must be a positive number of seconds (or null)")
+    if st["name"] is not None:
+        files.check_name(st["name"], "study.name", SpaceError)
     for k in ("epochs", "batch_size"):
         if s["train"][k] < 1:
             raise _fail(f"train.{k}", f"{s['train'][k]} must be >= 1")
@@ -283,6 +293,9 @@ def load(name_or_path: str, overrides: dict | None = None) -> dict:
         raise SpaceError(f"space {name_or_path!r} not found{did_you_mean(name_or_path, names)}; "
                          f"available: {', '.join(names)} (or a path to a .yaml file)")
     raw = _parse_yaml(path)
+    if not isinstance(raw, dict):
+        raise SpaceError(f"{path}: the top level must be a mapping (data:, train:, study:, params: ...), "
+                         f"not a {type(raw).__name__}")
     raw = _merge(raw, expand_shortcuts(overrides or {}))
     space = validate(raw)
     space["name"] = path.stem

@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -25,10 +24,12 @@ import torch
 from dlasearch import engine
 from dlasearch import ir as irmod
 from dlasearch.data import Dataset
+from dlasearch import files
 from dlasearch.engine import COMPILE_MODES
 from dlasearch.errors import DLASearchError, did_you_mean
 
 PRECISIONS = ("auto", "fp32", "bf16")
+MAX_AUTO_GROWTH = 8  # image_size=auto never enlarges images more than this (a silent multi-GB run otherwise)
 
 
 class TrainError(DLASearchError):
@@ -210,7 +211,10 @@ def read_arch(arch: str) -> tuple[str, object]:
         hint = did_you_mean(arch, zoo.names())
         raise TrainError(f"arch={arch!r}: not a zoo model and not a file{hint}; use one of "
                          f"{', '.join(zoo.MODELS)} or a path to a spec/IR .json (or spec .yaml)")
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise TrainError(f"arch={arch!r}: cannot read it as a text spec/IR file ({e})") from None
     if path.suffix in (".yaml", ".yml"):
         from omegaconf import OmegaConf
         try:
@@ -350,40 +354,46 @@ def measure_arch(model: torch.nn.Module, data: Dataset, config: TrainConfig, lat
     return out
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and a rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def save_run(folder: Path, graph: irmod.IR, record: dict, trained=None) -> Path:
+    """Write the weights (``trained`` = (model, dataset, config)), ``ir.json``, then ``metrics.json``
+    (last: a folder without it is an unfinished run)."""
+    from dlasearch import checkpoint
 
-
-def save_run(folder: Path, graph: irmod.IR, record: dict) -> Path:
-    """Write ``ir.json`` then ``metrics.json`` (last: a folder without it is an unfinished run)."""
     folder = Path(folder)
-    write_atomic(folder / "ir.json", irmod.to_json(graph, indent=1) + "\n")
-    write_atomic(folder / "metrics.json", json.dumps(record, indent=1, default=str) + "\n")
+    if trained is not None:
+        model, ds, config = trained
+        checkpoint.save(folder / checkpoint.WEIGHTS, model, graph, ds, config=dataclasses.asdict(config),
+                        name=record.get("name"))
+    files.write_atomic(folder / "ir.json", irmod.to_json(graph, indent=1) + "\n")
+    files.write_atomic(folder / "metrics.json", json.dumps(record, indent=1, default=str) + "\n")
     return folder
 
 
-def run_folder(out: str | None, name: str | None, default_name: str, base: Path = Path("results/train")) -> Path:
+def save_or_fallback(folder: Path, graph: irmod.IR, record: dict, trained=None) -> Path:
+    """``save_run``; if ``folder`` cannot be written after training, save the run in a fallback folder
+    (under ``results/train``, else the temp dir) and name it in the error, so the training is never lost."""
+    try:
+        return save_run(folder, graph, record, trained)
+    except OSError as e:
+        reason = files.explain(e)
+    for base in (files.results_root() / "train", Path(tempfile.gettempdir())):
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+            fallback = Path(tempfile.mkdtemp(prefix=f"unsaved-{Path(folder).name}-", dir=base))
+            save_run(fallback, graph, record, trained)
+        except OSError:
+            continue
+        raise TrainError(f"cannot write {folder}: {reason}; the finished run was saved to {fallback} instead")
+    raise TrainError(f"cannot write {folder}: {reason}, nor any fallback folder; the run is lost")
+
+
+def run_folder(out: str | None, name: str | None, default_name: str, base: Path | None = None) -> Path:
     """``out`` as given, else ``base/<name>`` (default ``<time>-<arch>-<data>``, unique)."""
     if out is not None:
         return Path(str(out)).expanduser()
+    base = files.results_root() / "train" if base is None else base
     stem = str(name) if name is not None else f"{time.strftime('%Y%m%d-%H%M%S')}-{default_name}"
-    if "/" in stem or stem in ("", ".", ".."):
-        raise TrainError(f"name={name!r}: expected a plain folder name (use out= for a path)")
+    files.check_name(stem, "name", TrainError)
     folder, i = base / stem, 2
     while name is None and folder.exists():
         folder, i = base / f"{stem}-{i}", i + 1
@@ -436,6 +446,7 @@ def run(arch: str, data: dict | str | None, config: TrainConfig, *, image_size="
     read_arch(arch)
     if weights is not None:
         checkpoint.read_state_dict(weights)  # a missing or corrupt file fails before the data loads
+    files.check_writable(run_folder(out, name, "probe"), "out" if out is not None else "name", TrainError)
     opts = data_options(data)
     split_seed = opts.pop("seed", 0)
     ds = datamod.load(opts.pop("name"), seed=split_seed, **opts)
@@ -443,6 +454,10 @@ def run(arch: str, data: dict | str | None, config: TrainConfig, *, image_size="
     if image_size == "auto":
         stride = total_stride(graph)
         image_size = stride if min(ds.image_size) < stride else None
+        if image_size is not None and image_size > MAX_AUTO_GROWTH * min(ds.image_size):
+            raise TrainError(f"image_size=auto would grow {ds.name}'s {min(ds.image_size)} px images to {image_size} px "
+                             f"(the architecture downsamples {stride}x); set image_size=N explicitly, or use an "
+                             f"architecture with fewer stages")
     ds = ds.resized(image_size, resize)
     check_fit(graph, ds)
     arch_name = str(graph.graph.get("name") or Path(str(arch)).stem)
@@ -472,6 +487,5 @@ def run(arch: str, data: dict | str | None, config: TrainConfig, *, image_size="
     record.update({"status": result.status, "reason": result.reason, "engine": result.engine, "metrics": metrics,
                    "epochs": result.epochs, "steps": result.steps, "history": result.history,
                    "chance": stats.chance_record(ds, result.val_accuracy, result.test_accuracy if test else None)})
-    checkpoint.save(folder / checkpoint.WEIGHTS, model, graph, ds, config=dataclasses.asdict(config), name=arch_name)
-    save_run(folder, graph, record)
+    folder = save_or_fallback(folder, graph, record, (model, ds, config))
     return record, folder

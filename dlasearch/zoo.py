@@ -200,7 +200,7 @@ def table(models=None, cache: bool = True):
         rows.append({**stored[key], "name": name})
     if cache and changed:
         try:
-            from dlasearch.train import write_atomic
+            from dlasearch.files import write_atomic
 
             write_atomic(path, json.dumps(stored, indent=1))
         except OSError:
