@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from dlasearch import zoo
-from dlasearch.export import IMAGENET, export
+from dlasearch.deploy.export import IMAGENET, export
 
 PY_LOAD = """
 import sys, time

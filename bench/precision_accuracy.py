@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from scipy import stats
 
-from dlasearch import data as datamod
+from dlasearch.train import data as datamod
 from dlasearch import train as trainmod
 from dlasearch.ir import to_module
 

@@ -18,7 +18,8 @@ import time
 
 import optuna
 
-from dlasearch import search, space
+from dlasearch import search
+from dlasearch.search import space
 from dlasearch import train as trainmod
 
 

@@ -18,7 +18,8 @@ import time
 import torch
 from tabulate import tabulate
 
-from dlasearch import measure, zoo
+from dlasearch.train import measure
+from dlasearch import zoo
 
 
 def _gflops(fn, flops: float, repeats: int) -> float:

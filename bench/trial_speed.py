@@ -28,7 +28,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dlasearch import compare, data as datamod, engine, ir as irmod, train, zoo  # noqa: E402
+from dlasearch.analysis import compare
+from dlasearch.train import data as datamod, engine
+from dlasearch import ir as irmod, train, zoo  # noqa: E402
+from dlasearch.train import trainer  # noqa: E402
 from dlasearch.ir import to_module  # noqa: E402
 from dlasearch.patterns import build  # noqa: E402
 
@@ -69,7 +72,7 @@ def raw_rate(make, px, device, prec, batch, mode: str, seconds: float) -> tuple[
     note = ""
     if mode == "compiled":
         model, note = compiled(model)
-    opt = torch.optim.SGD(train._param_groups(model, cfg.weight_decay), lr=0.01, momentum=0.9, nesterov=True)
+    opt = torch.optim.SGD(trainer._param_groups(model, cfg.weight_decay), lr=0.01, momentum=0.9, nesterov=True)
     step = engine.Stepper(model, opt, cfg, device, prec, mode == "graphed", batch)
     x = torch.randn(batch, 3, px, px, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
@@ -208,7 +211,7 @@ def main(argv=None) -> int:
                     print(f"| {dev_name} | {name} | {px} | {batch} | {pname} | skipped: past --budget |", flush=True)
                     continue
                 prec = engine.choose_precision(pname, None, device)
-                with train._threads(None):
+                with trainer._threads(None):
                     make = lambda: to_module(graph)  # noqa: E731
                     eager, _ = raw_rate(make, px, device, prec, batch, "eager", args.seconds)
                     comp = graphed = None

@@ -1,7 +1,8 @@
 """User-facing errors: each names the offending field/value and what is allowed.
 
 The CLI prints any ``DLASearchError`` as one line and exits non-zero; anything
-else is a bug and keeps its traceback.
+else is a bug and keeps its traceback.  Every error class lives here (as
+``optuna.exceptions`` does), so a helper can move without dragging its module.
 """
 
 
@@ -11,6 +12,50 @@ class DLASearchError(ValueError):
 
 class IRError(DLASearchError):
     """An invalid IR or spec. The message names the node/field and what is allowed."""
+
+
+class ExportError(DLASearchError):
+    """An export that cannot be done as asked (format, target folder, missing extra)."""
+
+
+class CheckpointError(DLASearchError):
+    """A checkpoint that is missing, unreadable, or does not fit the architecture."""
+
+
+class SearchError(DLASearchError):
+    """A study that cannot be opened, resumed or attached to as asked."""
+
+
+class PrecheckError(DLASearchError):
+    """A space that cannot produce one architecture to train."""
+
+
+class SpaceError(DLASearchError):
+    """A search space file or override is invalid."""
+
+
+class JournalError(DLASearchError):
+    """A journal file that cannot be read or written as it is."""
+
+
+class FilesError(DLASearchError):
+    """A file or folder that cannot be written, or a name that is a path."""
+
+
+class TrainError(DLASearchError):
+    """A training setting, or an architecture that does not fit the data."""
+
+
+class DataError(DLASearchError):
+    """A dataset that cannot be loaded: unknown name, missing or corrupt file, bad arrays."""
+
+
+class ReportError(DLASearchError):
+    """A study that cannot be reported on as asked."""
+
+
+class CompareError(DLASearchError):
+    """A comparison that cannot run as asked: pattern, budget, seeds, output folder."""
 
 
 def did_you_mean(value, allowed) -> str:

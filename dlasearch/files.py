@@ -17,13 +17,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from dlasearch.errors import DLASearchError
+from dlasearch.errors import FilesError
 
 RESULTS = "results"
-
-
-class FilesError(DLASearchError):
-    """A file or folder that cannot be written, or a name that is a path."""
 
 
 def results_root() -> Path:

@@ -108,14 +108,14 @@ def create(name: str, num_classes: int = 1000, weights=None, features_only: bool
     graph = ir(name, num_classes)
     model = to_module(graph, name=name)
     if weights is not None:
-        from dlasearch.checkpoint import load_weights
+        from dlasearch.deploy.checkpoint import load_weights
 
         note = load_weights(model, weights, graph)
         if note:
             warnings.warn(note, stacklevel=2)
     if not features_only:
         return model
-    from dlasearch.backbone import features
+    from dlasearch.ir.features import features
 
     cut = features(graph)
     feats = to_module(cut, name=f"{name}_features")
@@ -160,7 +160,7 @@ def _cache_file():
 
 
 def _row(name: str, g: IR) -> dict:
-    from dlasearch import measure
+    from dlasearch.train import measure
 
     with torch.device("meta"):  # shapes only: no weight init and no arithmetic
         m = to_module(g, name=name)

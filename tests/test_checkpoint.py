@@ -8,7 +8,9 @@ from safetensors.torch import save_file
 
 import dlasearch
 from conftest import tiny_spec
-from dlasearch import checkpoint, data as datamod, search, zoo
+from dlasearch.deploy import checkpoint
+from dlasearch.train import data as datamod
+from dlasearch import search, zoo
 from dlasearch.cli import main
 from numerics import load_case, original_weights
 

@@ -12,9 +12,11 @@ import yaml
 from optuna.trial import TrialState
 
 from conftest import tiny_spec
-from dlasearch import options, search, space
+from dlasearch.cli import options
+from dlasearch import search
+from dlasearch.search import space
 from dlasearch.cli import COMMANDS, main
-from dlasearch.progress import Progress
+from dlasearch.train.progress import Progress
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"pattern": {"value": "hda"}, "width": {"choices": [8]}, "growth": {"value": 2.0},

@@ -6,7 +6,7 @@ import pytest
 from scipy import stats
 
 import dlasearch.train
-from dlasearch import compare
+from dlasearch.analysis import compare
 from dlasearch.cli import main
 from dlasearch.patterns import PATTERNS
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dlasearch import data, engine, measure, train, zoo
+from dlasearch.train import data, engine, measure
+from dlasearch import train, zoo
+from dlasearch.train import trainer
 from test_train import tiny
 
 pytestmark = [pytest.mark.cuda,
@@ -34,7 +36,7 @@ def test_graph_replay_matches_eager(digits32):
     params = []
     for graph in (False, True):
         model = tiny().cuda()
-        opt = torch.optim.SGD(train._param_groups(model, 5e-4), lr=0.01, momentum=0.9, nesterov=True)
+        opt = torch.optim.SGD(trainer._param_groups(model, 5e-4), lr=0.01, momentum=0.9, nesterov=True)
         step = engine.Stepper(model, opt, train.TrainConfig(device="cuda"), dev,
                               engine.choose_precision("fp32", None, dev), graph, 64)
         with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True):

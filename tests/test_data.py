@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from dlasearch import data
+from dlasearch.train import data, sources
 from dlasearch.errors import DLASearchError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -69,7 +69,7 @@ def test_fashion_mnist_slice_and_resize():
     assert torch.bincount(torch.cat([d.y_train, d.y_val])).tolist() == [200] * 10  # stratified slice
     assert torch.bincount(d.y_test).tolist() == [1000] * 10
     assert d.x_test[:, :, :2].sum() == 0 and d.x_test[:, :, :, 30:].sum() == 0  # zero border
-    native = data.read_idx(SHARED / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte.gz")
+    native = sources.read_idx(SHARED / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte.gz")
     assert torch.equal(d.x_test[:, 0, 2:30, 2:30], torch.from_numpy(native.copy()))
     same = data.load("fashion_mnist", root=SHARED, download=False, limit=2000, image_size=32, resize_mode="pad")
     assert torch.equal(same.x_train, d.x_train)
@@ -97,7 +97,7 @@ def test_cifar10_python_batches(tmp_path, monkeypatch):
     for name, (x, y) in batches.items():
         with open(folder / name, "wb") as f:
             pickle.dump({b"data": x, b"labels": [int(v) for v in y]}, f)
-        monkeypatch.setitem(data._CIFAR10.files, name, data.md5sum(folder / name))
+        monkeypatch.setitem(sources._CIFAR10.files, name, sources.md5sum(folder / name))
     d = data.load("cifar10", root=tmp_path, download=False)
     assert (d.channels, d.num_classes, d.flip) == (3, 10, True)
     assert (len(d.y_train) + len(d.y_val), len(d.y_test)) == (5000, 1000)
@@ -113,10 +113,10 @@ def test_cifar10_python_batches(tmp_path, monkeypatch):
 @needs_shared
 def test_download_from_a_mirror_verifies_md5(tmp_path, monkeypatch):
     mirror = (SHARED / "MNIST" / "raw").as_uri() + "/"
-    monkeypatch.setitem(data._IDX, "mnist", dataclasses.replace(data._IDX["mnist"], mirrors=(mirror,)))
+    monkeypatch.setitem(sources._IDX, "mnist", dataclasses.replace(sources._IDX["mnist"], mirrors=(mirror,)))
     d = data.load("mnist", root=tmp_path, progress=False)
     assert len(d.y_test) == 10000
-    assert sorted(p.name for p in (tmp_path / "MNIST" / "raw").iterdir()) == sorted(data._IDX["mnist"].files)
+    assert sorted(p.name for p in (tmp_path / "MNIST" / "raw").iterdir()) == sorted(sources._IDX["mnist"].files)
 
 
 @needs_shared
@@ -127,14 +127,14 @@ def test_download_with_wrong_md5_leaves_nothing(tmp_path):
     bad.write_bytes(src.read_bytes()[:-10] + b"0123456789")
     dest = tmp_path / "root" / src.name
     with pytest.raises(data.DataError, match="md5"):
-        data.download([bad.as_uri()], dest, data._IDX["mnist"].files[src.name], progress=False)
+        sources.download([bad.as_uri()], dest, sources._IDX["mnist"].files[src.name], progress=False)
     assert list(dest.parent.iterdir()) == []
 
 
 def test_download_unreachable_says_where_to_put_the_file(tmp_path):
     dest = tmp_path / "x.gz"
     with pytest.raises(data.DataError, match=r"put the official file at .*x\.gz"):
-        data.download([(tmp_path / "nowhere.gz").as_uri()], dest, "0" * 32, progress=False)
+        sources.download([(tmp_path / "nowhere.gz").as_uri()], dest, "0" * 32, progress=False)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -165,20 +165,20 @@ def _gz(path: Path, payload: bytes) -> Path:
 
 def test_read_idx_checks_header_and_gzip(tmp_path):
     ok = _gz(tmp_path / "ok.gz", bytes([0, 0, 8, 1]) + (3).to_bytes(4, "big") + bytes([1, 2, 3]))
-    assert data.read_idx(ok).tolist() == [1, 2, 3]
+    assert sources.read_idx(ok).tolist() == [1, 2, 3]
     with pytest.raises(data.DataError, match="wrong IDX magic"):
-        data.read_idx(_gz(tmp_path / "magic.gz", bytes([0, 0, 9, 1]) + (3).to_bytes(4, "big") + bytes(3)))
+        sources.read_idx(_gz(tmp_path / "magic.gz", bytes([0, 0, 9, 1]) + (3).to_bytes(4, "big") + bytes(3)))
     with pytest.raises(data.DataError, match="truncated or corrupt"):
-        data.read_idx(_gz(tmp_path / "short.gz", bytes([0, 0, 8, 3]) + b"".join(
+        sources.read_idx(_gz(tmp_path / "short.gz", bytes([0, 0, 8, 3]) + b"".join(
             n.to_bytes(4, "big") for n in (2, 28, 28)) + bytes(100)))
     cut = tmp_path / "cut.gz"
     cut.write_bytes(ok.read_bytes()[:-6])
     with pytest.raises(data.DataError, match="not a readable gzip"):
-        data.read_idx(cut)
+        sources.read_idx(cut)
     plain = tmp_path / "plain.gz"
     plain.write_bytes(b"not gzip at all")
     with pytest.raises(data.DataError, match="not a readable gzip"):
-        data.read_idx(plain)
+        sources.read_idx(plain)
 
 
 # ------------------------------------------------------------------ npz

@@ -6,7 +6,9 @@ import json
 import pytest
 import torch
 
-from dlasearch import data, engine, train
+from dlasearch.train import data, engine
+from dlasearch import train
+from dlasearch.train import trainer
 from dlasearch.cli import main
 from test_train import tiny
 
@@ -109,7 +111,7 @@ def test_graph_update_is_torch_sgd(digits32, momentum, nesterov):
     cfg = train.TrainConfig(momentum=momentum, nesterov=nesterov, device="cpu")
     x, y = digits32.transform(digits32.x_train[:32]), digits32.y_train[:32]
     models = [tiny(), tiny()]
-    opts = [torch.optim.SGD(train._param_groups(m, 5e-4), lr=0.1, momentum=momentum, nesterov=nesterov)
+    opts = [torch.optim.SGD(trainer._param_groups(m, 5e-4), lr=0.1, momentum=momentum, nesterov=nesterov)
             for m in models]
     steppers = [engine.Stepper(m, o, cfg, CPU, engine.choose_precision("fp32", None, CPU), False, 32)
                 for m, o in zip(models, opts)]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import tiny_spec
-from dlasearch import checkpoint, export as exportmod
+from dlasearch.deploy import checkpoint, export as exportmod
 from dlasearch.cli import main
 from dlasearch.ir import to_module
 from dlasearch.patterns import build

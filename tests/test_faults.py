@@ -16,7 +16,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from dlasearch import search, space, train
+from dlasearch import search, train
+from dlasearch.train import runs
+from dlasearch.search import space
 from dlasearch.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -178,7 +180,7 @@ def test_train_checks_out_before_training(tmp_path, spec_file, readonly, monkeyp
     target = tmp_path / "ro"
     target.mkdir()
     readonly(target)
-    monkeypatch.setattr(train, "train", lambda *a, **k: pytest.fail("trained before checking out="))
+    monkeypatch.setattr(runs, "train", lambda *a, **k: pytest.fail("trained before checking out="))
     assert main(["train", f"arch={spec_file}", "data.name=digits", "data.limit=100", "epochs=1",
                  f"out={target}/run", "latency=false"]) == 2
     err = capsys.readouterr().err
@@ -189,14 +191,14 @@ def test_train_result_survives_an_output_folder_that_breaks_during_training(tmp_
                                                                           monkeypatch, capsys):
     target = tmp_path / "out"
     target.mkdir()
-    real = train.train
+    real = runs.train
 
     def train_then_break(*a, **k):
         result = real(*a, **k)
-        readonly(target)  # the folder becomes read-only while the model trains
+        readonly(target / "run")  # the run folder (config.yaml is already in it) turns read-only while training
         return result
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(train, "train", train_then_break)
+    monkeypatch.setattr(runs, "train", train_then_break)
     assert main(["train", f"arch={spec_file}", "data.name=digits", "data.limit=100", "epochs=1",
                  f"out={target}/run", "latency=false"]) == 2
     err = capsys.readouterr().err
@@ -302,7 +304,9 @@ def test_workers_never_overshoot_and_never_train_one_architecture_twice(tmp_path
 
 @pytest.mark.parametrize("name", ["dla34", "dla46x_c", "dla60x", "dla34up"])
 def test_params_counted_from_the_ir_match_the_built_module(name):
-    from dlasearch import measure, precheck, zoo
+    from dlasearch.train import measure
+    from dlasearch.search import precheck
+    from dlasearch import zoo
     from dlasearch.ir import to_module
 
     if name not in zoo.names():

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from dlasearch import measure, zoo
+from dlasearch.train import measure
+from dlasearch import zoo
 
 REFERENCE = Path(__file__).resolve().parent / "reference" / "dla_models.json"
 DLA34_MACS_224 = 3060043776  # also in the reference file: ucbdrive/dla and timm under FlopCounterMode

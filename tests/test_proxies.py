@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dlasearch import IR, compile, proxies
+from dlasearch import IR, compile
+from dlasearch.search import proxies
 from dlasearch.errors import DLASearchError
 
 
@@ -137,7 +138,7 @@ def test_unknown_proxy_and_small_batches_are_clear_errors(batch):
 
 
 def test_rank_scores_distinct_sampled_architectures_of_a_space():
-    from dlasearch import rank, space
+    from dlasearch.search import rank, space
 
     sp = space.load("hda", {"data": {"limit": 200}})
     df = rank.rank(sp, 3, ["params", "naswot"], batch=8, log=lambda *_: None)

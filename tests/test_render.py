@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("graphviz")
 
 from conftest import tiny_spec  # noqa: E402
-from dlasearch import render  # noqa: E402
+from dlasearch.analysis import render  # noqa: E402
 from dlasearch.cli import main  # noqa: E402
 from dlasearch.errors import DLASearchError  # noqa: E402
 from dlasearch.ir import to_json  # noqa: E402

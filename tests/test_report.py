@@ -12,7 +12,9 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 
 from conftest import tiny_spec
-from dlasearch import report, search, space
+from dlasearch.analysis import report
+from dlasearch import search
+from dlasearch.search import space
 from dlasearch.cli import main
 from dlasearch.ir import fingerprint, to_json
 from dlasearch.patterns import build

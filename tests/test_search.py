@@ -10,7 +10,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from dlasearch import search, space
+from dlasearch import search
+from dlasearch.search import space
 from dlasearch.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -239,7 +240,7 @@ def test_trials_at_chance_are_marked_and_warned_about(tmp_path):
     """lr=0 leaves every network at its random init: each trial is at chance, and run says so once."""
     import pandas as pd
 
-    sp = tiny(tmp_path, train={"lr": 0.0}, study={"trials": 2}, seed_published=False)
+    sp = tiny(tmp_path, train={"lr": 0.0}, study={"trials": 2, "pruner": "none"}, seed_published=False)
     lines = []
     summary = search.run(sp, log=lines.append)
     assert all(t.user_attrs["at_chance"] is True for t in trials(sp))

@@ -2,7 +2,7 @@
 import optuna
 import pytest
 
-from dlasearch import space
+from dlasearch.search import space
 from dlasearch.cli import main
 from dlasearch import compile
 from dlasearch.patterns import build

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from dlasearch.ir import to_module
-from dlasearch import data, ir, patterns, train
+from dlasearch.train import data
+from dlasearch import arch, ir, patterns, train
 from dlasearch.cli import main
 from dlasearch.errors import DLASearchError
 
@@ -127,23 +128,23 @@ def test_architecture_must_fit_the_data(digits32):
 
 
 def test_resolve_arch(tmp_path):
-    g = train.resolve_arch("dla46_c", 1, 7)
-    assert g.nodes["input"]["channels"] == 1 and g.nodes["fc"]["classes"] == 7 and train.total_stride(g) == 32
+    g = arch.resolve_arch("dla46_c", 1, 7)
+    assert g.nodes["input"]["channels"] == 1 and g.nodes["fc"]["classes"] == 7 and arch.total_stride(g) == 32
     spec = tmp_path / "net.json"
     spec.write_text(json.dumps({**TINY, "in_channels": 3, "num_classes": 100}))
-    g = train.resolve_arch(str(spec), 1, 10)  # a spec follows the data
+    g = arch.resolve_arch(str(spec), 1, 10)  # a spec follows the data
     assert g.nodes["input"]["channels"] == 1 and g.nodes["fc"]["classes"] == 10
     saved = tmp_path / "ir.json"
     saved.write_text(ir.to_json(patterns.build({**TINY, "in_channels": 3})))
     with pytest.raises(train.TrainError, match="3-channel input"):  # an IR is taken as it is
-        train.check_fit(train.resolve_arch(str(saved), 1, 10), data.load("digits", image_size=32))
+        arch.check_fit(arch.resolve_arch(str(saved), 1, 10), data.load("digits", image_size=32))
     with pytest.raises(train.TrainError, match="segmentation"):
-        train.resolve_arch("dla34up", 1, 10)
+        arch.resolve_arch("dla34up", 1, 10)
     with pytest.raises(train.TrainError, match="not a zoo model"):
-        train.resolve_arch("dla35", 1, 10)
+        arch.resolve_arch("dla35", 1, 10)
     spec.write_text(json.dumps({**TINY, "blocks": 3}))
     with pytest.raises(DLASearchError, match="unknown key 'blocks'"):  # found before any data is loaded
-        train.read_arch(str(spec))
+        arch.read_arch(str(spec))
 
 
 # ------------------------------------------------------------------ CLI
@@ -198,7 +199,7 @@ def test_short_run_of_a_zoo_dla_on_digits_is_not_at_chance(digits32):
     from dlasearch import stats
 
     torch.manual_seed(0)
-    model = to_module(train.resolve_arch("dla46_c", 1, 10))
+    model = to_module(arch.resolve_arch("dla46_c", 1, 10))
     res = train.train(model, digits32, epochs=2, progress=False, threads=1)
     n = len(digits32.y_val)
     assert res.val_loss < 5, res.history

@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dlasearch import measure, zoo
+from dlasearch.train import measure
+from dlasearch import zoo
 from numerics import CASES, load_case, original_weights
 
 CLASSIFIERS = ["dla34", "dla46_c", "dla46x_c", "dla60x_c", "dla60", "dla60x", "dla102", "dla102x",

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from dlasearch import files as dfiles
 from dlasearch import stats
-from dlasearch.compare import CompareError, check_writable, color, plot_style, save_figure
-from dlasearch.errors import DLASearchError, did_you_mean
+from dlasearch.analysis.compare import CompareError, check_writable, color, plot_style, save_figure
+from dlasearch.errors import DLASearchError, did_you_mean, ReportError
 
 OPTIONS = ("study", "storage", "out", "top")
 MARKER = "report.json"
@@ -29,10 +29,6 @@ COSTS = (("params", 1e3, "parameters (thousands)"), ("macs", 1e6, "MACs per imag
 # how each objective is plotted: (divide by, axis label); accuracy in percent like every other plot
 UNITS = {"val_accuracy": (0.01, "validation accuracy (%)"), "train_seconds": (1, "training time (s)"),
          **{c: (scale, label) for c, scale, label in COSTS}}
-
-
-class ReportError(DLASearchError):
-    """A study that cannot be reported on as asked."""
 
 
 # ------------------------------------------------------------------ loading
@@ -197,7 +193,7 @@ def accuracy_plot(df, out: Path) -> list[Path]:
 
 def diagrams(study, trials: list, out: Path) -> tuple[list[tuple], str]:
     """Draw each top trial (svg + png) and save its IR/spec; returns ([(trial, files)], note)."""
-    from dlasearch import render
+    from dlasearch.analysis import render
     from dlasearch.ir import from_json, to_json
 
     drawn, note = [], ""

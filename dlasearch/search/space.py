@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from dlasearch import files
-from dlasearch.errors import DLASearchError, did_you_mean
+from dlasearch.errors import did_you_mean, SpaceError
 from dlasearch.patterns import LETTERS, PATTERNS
 
 MAX_LEVELS = 10  # 1024 blocks per stage; deeper trees take minutes just to build the IR
@@ -37,16 +37,12 @@ MAX_LEVELS = 10  # 1024 blocks per stage; deeper trees take minutes just to buil
 
 def _spaces_dir() -> Path:
     """The shipped spaces: ``dlasearch/_spaces`` in an installed wheel, else the checkout's ``search_spaces/``."""
-    here = Path(__file__).resolve().parent
-    installed = here / "_spaces"
-    return installed if installed.is_dir() else here.parent / "search_spaces"
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "_spaces"
+    return installed if installed.is_dir() else package.parent / "search_spaces"
 
 
 SPACES_DIR = _spaces_dir()
-
-
-class SpaceError(DLASearchError):
-    """A search space file or override is invalid."""
 
 
 PARAMS = {

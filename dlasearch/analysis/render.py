@@ -60,7 +60,7 @@ from pathlib import Path
 
 import graphviz
 
-from dlasearch import layout
+from dlasearch.analysis import layout
 from dlasearch.errors import DLASearchError
 from dlasearch.files import RESULTS
 from dlasearch.ir import IR, KINDS, infer_shapes
@@ -420,9 +420,9 @@ OPTIONS = ("arch", "format", "out", "details", "collapse_blocks", "direction", "
 
 def load_arch(value: str) -> tuple[IR, str]:
     """``arch=`` -> (IR, name): a zoo model (dense ones included) or a spec/IR file, read the way
-    ``dlasearch train`` reads it (``train.read_arch``), so both commands accept the same files."""
+    ``dlasearch train`` reads it (``arch.read_arch``), so both commands accept the same files."""
     from dlasearch import zoo
-    from dlasearch.train import read_arch
+    from dlasearch.arch import read_arch
 
     if value in zoo.UP_MODELS:
         return zoo.ir(value), value

@@ -119,7 +119,7 @@ _SPACE_TYPES = {str: "str", int: "int", float: "float", bool: "bool", list: "lis
 
 
 def _run():
-    from dlasearch import space
+    from dlasearch.search import space
 
     opts = [_o("space", "str", "hda", "a shipped space name or a .yaml path (or the first word); "
                                       "omit it to resume study=NAME as stored")]
@@ -161,7 +161,7 @@ def _worker():
 
 
 def _compare():
-    from dlasearch import compare
+    from dlasearch.analysis.compare.options import _NOT_TRAIN_OPTIONS
 
     opts = [_o("patterns", "any", "all seven", "comma list of chain, skip, ida, tree, reentrant, hda, dla (or a-f)"),
             _o("budget", "any", REQUIRED, "the parameter budget (same as budget.params)"),
@@ -174,7 +174,7 @@ def _compare():
     opts += data_options(32, 0.1, (("seed", "int", 0),))
     opts += [_o(k, "any", None, f"old spelling of data.{k}") for k in ("root", "path", "limit", "val_fraction",
                                                                          "image_size")]
-    return opts + train_options(skip=compare._NOT_TRAIN_OPTIONS) + COMMON
+    return opts + train_options(skip=_NOT_TRAIN_OPTIONS) + COMMON
 
 
 def _report():
@@ -189,7 +189,7 @@ RENDER_HELP = {"arch": "zoo name, spec/IR .json, or figure1 (or the first word)"
 
 
 def _render():
-    from dlasearch import render
+    from dlasearch.analysis import render
 
     return [_o(k, "any", None, RENDER_HELP.get(k, "see docs/render.md")) for k in render.OPTIONS]
 
@@ -203,7 +203,7 @@ EXPORT_HELP = {"from": "a run folder, a checkpoint file or a zoo name (or the fi
 
 
 def _export():
-    from dlasearch import export
+    from dlasearch.deploy import export
 
     return [_o(k, "any", {"format": "py,pt2", "overwrite": False}.get(k), EXPORT_HELP[k]) for k in export.OPTIONS]
 
@@ -215,7 +215,7 @@ RANK_HELP = {"space": "a shipped space name or a .yaml path", "n": "distinct arc
 
 
 def _rank():
-    from dlasearch import rank
+    from dlasearch.search import rank
 
     defaults = {"space": REQUIRED, "n": 20, "proxies": "all", "batch": 64, "seed": 0}
     return [_o(k, "any", defaults.get(k), RANK_HELP[k]) for k in rank.OPTIONS]

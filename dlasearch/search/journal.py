@@ -23,13 +23,9 @@ from pathlib import Path
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
 from dlasearch import files
-from dlasearch.errors import DLASearchError
+from dlasearch.errors import JournalError
 
 LOCK_GRACE = 10  # lock holders keep the lock for milliseconds; an older lock was left by a killed process
-
-
-class JournalError(DLASearchError):
-    """A journal file that cannot be read or written as it is."""
 
 
 class JournalWriteError(OSError):

@@ -21,16 +21,12 @@ from pathlib import Path
 
 import torch
 
-from dlasearch.errors import DLASearchError, did_you_mean
+from dlasearch.errors import did_you_mean, ExportError
 
 FORMATS = ("py", "pt2", "onnx")
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 # the normalisation the published DLA models were trained with (ImageNet statistics)
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "image_size": [224, 224]}
-
-
-class ExportError(DLASearchError):
-    """An export that cannot be done as asked (format, target folder, missing extra)."""
 
 
 def parse_formats(value) -> list[str]:
@@ -271,7 +267,8 @@ OPTIONS = ("from", "study", "trial", "storage", "artifacts", "format", "out", "o
 
 def command(args: dict) -> int:
     """``dlasearch export from=<run folder | checkpoint | zoo name> | study=NAME trial=N format=... out=DIR``."""
-    from dlasearch import checkpoint, zoo
+    from dlasearch.deploy import checkpoint
+    from dlasearch import zoo
 
     unknown = [k for k in args if k not in OPTIONS]
     if unknown:

@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import itertools
 
-from dlasearch.errors import DLASearchError
+from dlasearch.errors import DLASearchError, PrecheckError
 from dlasearch.ir import IR, IRError
 
 MAX_COMBOS = 256  # categorical choices tried when looking for the smallest architecture
-
-
-class PrecheckError(DLASearchError):
-    """A space that cannot produce one architecture to train."""
 
 
 def _conv_bn(cin: int, cout: int, k: int, groups: int = 1) -> int:
@@ -89,7 +85,7 @@ def _symbolic_choices(space: dict) -> dict:
 
 def check_space(space: dict, channels: int, num_classes: int) -> None:
     """Raise ``PrecheckError`` when no architecture of the space can be built or fit ``budget.params``."""
-    from dlasearch import space as spacemod
+    from dlasearch.search import space as spacemod
     from dlasearch.patterns import build
 
     symbolic = _symbolic_choices(space)

@@ -18,7 +18,8 @@ IDENTITY = ("name", "storage")
 
 def resolve(args: dict) -> dict:
     """The validated space ``dlasearch run`` should run (``args`` are the parsed overrides)."""
-    from dlasearch import space, tracking
+    from dlasearch.search import space
+    from dlasearch.train import tracking
 
     log = args.pop("log", None)
     tracking.parse(log)
@@ -41,7 +42,7 @@ def stored(name: str, storage, args: dict) -> dict:
                              f"(e.g. `dlasearch run space=hda study={name}`), or pass storage=URL")
     study, url = find_study(name, url)
     sp = json.loads(study.user_attrs["space"])
-    from dlasearch.options import flatten
+    from dlasearch.cli.options import flatten
 
     extra = {k: v for k, v in flatten(args).items()
              if not (k.startswith("study.") and k[len("study."):] in CHANGEABLE + IDENTITY)}
@@ -56,7 +57,7 @@ def stored(name: str, storage, args: dict) -> dict:
     sp["study"]["name"] = name
     sp["study"]["storage"] = storage if storage else sp["study"]["storage"]
     sp.pop("log", None)
-    from dlasearch import space as spacemod
+    from dlasearch.search import space as spacemod
 
     out = spacemod.validate({k: v for k, v in sp.items() if k != "name"})  # type-checks the new values
     out["name"] = sp["name"]

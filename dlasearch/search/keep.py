@@ -22,7 +22,7 @@ from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import TrialState
 
-from dlasearch import checkpoint
+from dlasearch.deploy import checkpoint
 
 ATTR = "weights_artifact"
 

@@ -26,7 +26,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from dlasearch.data import Dataset, crop_at
+from dlasearch.train.data import Dataset, crop_at
 
 COMPILE_MODES = ("auto", "none", "default", "reduce-overhead")
 WARMUP_STEPS = 3  # eager steps before a CUDA graph is captured (lazy initialisation happens outside capture)
@@ -324,7 +324,8 @@ def fit(model, data: Dataset, cfg, device: torch.device, prec: Precision, callba
     """The training loop behind ``train.train`` (same arguments, same ``TrainResult``)."""
     from tqdm import tqdm
 
-    from dlasearch.train import StopTraining, TrainResult, _param_groups, _schedule
+    from dlasearch.train import StopTraining, TrainResult
+    from dlasearch.train.trainer import _param_groups, _schedule
 
     gen = torch.Generator().manual_seed(cfg.seed)  # shuffling and augmentation: CPU, so runs match anywhere
     feeder = Feeder(data, device)

@@ -23,14 +23,10 @@ import torch.nn.functional as F
 
 from dlasearch import files
 from dlasearch import ir as irmod
-from dlasearch.errors import DLASearchError
+from dlasearch.errors import CheckpointError
 
 FORMAT = "dlasearch-checkpoint/1"
 WEIGHTS = "model.safetensors"
-
-
-class CheckpointError(DLASearchError):
-    """A checkpoint that is missing, unreadable, or does not fit the architecture."""
 
 
 class Preprocess:
@@ -276,7 +272,7 @@ def load(path=None, *, study: str | None = None, trial: int | None = None, stora
     if (path is None) == (study is None):
         raise CheckpointError("load: give a path, or study=NAME with trial=N (not both)")
     if study is not None:
-        from dlasearch import keep
+        from dlasearch.search import keep
         if trial is None:
             raise CheckpointError(f"load: study={study!r} needs trial=N")
         with keep.fetch(study, int(trial), storage, artifacts) as p:

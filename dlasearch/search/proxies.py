@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from dlasearch import measure
+from dlasearch.train import measure
 from dlasearch.errors import DLASearchError, did_you_mean
 
 __all__ = ["PROXIES", "score", "score_all"]

@@ -12,8 +12,8 @@ from pathlib import Path
 import optuna
 import torch
 
-from dlasearch import proxies as proxymod
-from dlasearch import space as spacemod
+from dlasearch.search import proxies as proxymod
+from dlasearch.search import space as spacemod
 from dlasearch.errors import DLASearchError, did_you_mean
 from dlasearch.ir import IRError, fingerprint, to_module
 from dlasearch.patterns import build

@@ -1,0 +1,2 @@
+"""Analysis on top of studies and runs: pattern comparisons (``compare``), study reports (``report``)
+and architecture diagrams (``render``, ``layout``)."""

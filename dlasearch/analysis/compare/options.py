@@ -1,0 +1,140 @@
+"""The options of ``dlasearch compare``, each parsed and checked before anything runs.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+from dlasearch.errors import CompareError
+from dlasearch.patterns import LETTERS, PATTERNS
+from dlasearch.analysis.compare.sizing import STAGE_CHANNELS
+from dlasearch.analysis.compare.statistics import REFERENCE
+
+
+ALIASES = {"plain": "chain", **LETTERS}
+
+
+DEFAULT_BASELINE = (2.0,)
+
+
+OPTIONS = ("patterns", "data", "root", "path", "limit", "val_fraction", "image_size", "seeds", "budget",
+           "blocks", "baseline", "out", "name")
+
+
+_NOT_TRAIN_OPTIONS = ("seed", "progress")
+
+
+def parse_patterns(value) -> list[str]:
+    """``"chain,skip"``, a list, or letters/aliases -> pattern names in order, without repeats."""
+    if value is None:
+        return list(PATTERNS)
+    items = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else None
+    if not items:
+        raise CompareError(f"patterns={value!r}: expected a comma-separated list such as chain,ida,dla")
+    allowed = [*PATTERNS, *ALIASES]
+    out = []
+    for item in items:
+        name = str(item).strip()
+        name = ALIASES.get(name, name)
+        if name not in PATTERNS:
+            close = difflib.get_close_matches(str(item).strip(), allowed, n=1)
+            hint = f" (did you mean {ALIASES.get(close[0], close[0])!r}?)" if close else ""
+            raise CompareError(f"patterns: unknown pattern {str(item).strip()!r}{hint}; allowed: "
+                               f"{', '.join(PATTERNS)} (plain = chain, or Figure-1 letters a-f)")
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def parse_seeds(value) -> list[int]:
+    """``seeds=3`` -> [0, 1, 2]; ``seeds=[0,5]`` or ``"0,5"`` -> those seeds."""
+    if isinstance(value, bool):
+        raise CompareError(f"seeds={value!r}: expected a count (seeds=3) or a list (seeds=[0,5,7])")
+    if isinstance(value, int):
+        if value < 1:
+            raise CompareError(f"seeds={value}: expected a count >= 1 or a list of seeds")
+        return list(range(value))
+    items = value.split(",") if isinstance(value, str) else value
+    try:
+        seeds = [int(s) for s in items]
+    except (TypeError, ValueError):
+        seeds = []
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise CompareError(f"seeds={value!r}: expected a count >= 1 or a list of distinct seeds >= 0")
+    return seeds
+
+
+def parse_number(value, what: str) -> float:
+    """``20000``, ``2e4``, ``"20k"`` or ``"1.5M"`` -> a positive float."""
+    text = str(value).strip()
+    scale = {"k": 1e3, "K": 1e3, "m": 1e6, "M": 1e6}.get(text[-1:], 1)
+    try:
+        number = float(text[:-1] if scale != 1 else text)
+    except ValueError:
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number) or number <= 0:
+        raise CompareError(f"{what}={value!r}: expected a positive number such as 20000, 2e4 or 20k")
+    return number * scale
+
+
+def parse_budget(value) -> tuple[float, float]:
+    """``budget.params=P [budget.tolerance=0.05]`` (or ``budget=P``) -> (params, tolerance)."""
+    if not isinstance(value, dict):
+        value = {"params": value}
+    unknown = set(value) - {"params", "tolerance"}
+    if unknown:
+        raise CompareError(f"budget: unknown key(s) {sorted(unknown)}; compare matches budget.params "
+                           f"(with budget.tolerance, default 0.05)")
+    if "params" not in value:
+        raise CompareError("budget.params=N is required, e.g. budget.params=100000")
+    tol = value.get("tolerance", 0.05)
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < 1:
+        raise CompareError(f"budget.tolerance={tol!r}: expected a fraction in (0, 1), e.g. 0.05")
+    return parse_number(value["params"], "budget.params"), float(tol)
+
+
+def parse_blocks(value) -> tuple[int, ...]:
+    """Blocks per block stage: three powers of two >= 2 (tree patterns build binary trees)."""
+    items = value.split(",") if isinstance(value, str) else value
+    try:
+        blocks = tuple(int(b) for b in items)
+    except (TypeError, ValueError):
+        blocks = ()
+    if len(blocks) != len(STAGE_CHANNELS) or any(b < 2 or b & (b - 1) for b in blocks):
+        raise CompareError(f"blocks={value!r}: expected {len(STAGE_CHANNELS)} powers of two >= 2, "
+                           f"one per block stage, e.g. blocks=2,4,4")
+    return blocks
+
+
+def parse_baseline(value) -> tuple[float, ...]:
+    """``baseline=2`` / ``0.5,2`` / a list -> budget multiples for plain-chain rows; false or none -> ()."""
+    if value is True or value is None:
+        return DEFAULT_BASELINE
+    if value is False or value in ("none", "false", "", []):
+        return ()
+    items = value.split(",") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else [value]
+    out = []
+    for v in items:
+        m = parse_number(v, "baseline")
+        if m == 1:
+            raise CompareError("baseline=1 is chain itself; give other budget multiples, e.g. baseline=0.5,2")
+        if m not in out:
+            out.append(m)
+    return tuple(out)
+
+
+def baseline_key(multiple: float) -> str:
+    return f"{REFERENCE}_{multiple:g}x"
+
+
+def short_number(x: float) -> str:
+    """20000 -> '20k', 1500000 -> '1.5M': for default folder names."""
+    for div, unit in ((1e6, "M"), (1e3, "k")):
+        if x >= div:
+            return f"{x / div:.4g}{unit}"
+    return f"{x:.4g}"
+
+
+def _train_config(options: dict):
+    from dlasearch.train import TrainConfig
+
+    return TrainConfig(**{**options, "progress": False})  # one progress line per run, no bars

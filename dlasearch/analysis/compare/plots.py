@@ -1,0 +1,119 @@
+"""Plots of a comparison (accuracy vs params, vs training memory, per-pattern spread), PNG + SVG.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+from dlasearch import files
+from dlasearch.patterns import PATTERNS
+from dlasearch.analysis.compare.options import CompareError
+from dlasearch.analysis.compare.statistics import REFERENCE
+
+
+PATTERN_COLORS = {"chain": "#4d4d4d", "skip": "#1f77b4", "ida": "#2ca02c", "tree": "#ff7f0e",
+                  "reentrant": "#9467bd", "hda": "#d62728", "dla": "#17becf"}
+
+
+PLOT_STYLE = "ggplot"
+
+
+@contextlib.contextmanager
+def plot_style():
+    """One look for every plot (also a decorator): Optuna draws its history and Pareto plots in
+    ggplot and cannot be told otherwise, so the plots drawn here use ggplot too."""
+    import matplotlib.style
+
+    with matplotlib.style.context(PLOT_STYLE):
+        yield
+
+
+def save_figure(fig, stem: Path) -> list[Path]:
+    """Write ``stem``.png and ``stem``.svg (SVG ids salted with a constant, so reruns give the same file)."""
+    import matplotlib
+
+    paths = []
+    with matplotlib.rc_context({"svg.hashsalt": "dlasearch"}):
+        for ext, meta in (("png", {"Software": None}), ("svg", {"Date": None})):
+            path = stem.with_suffix(f".{ext}")
+            try:
+                fig.savefig(path, dpi=150, bbox_inches="tight", metadata=meta)
+            except OSError as e:
+                raise CompareError(f"cannot write {path}: {files.explain(e)}") from None
+            paths.append(path)
+    return paths
+
+
+def color(pattern) -> str:
+    return PATTERN_COLORS.get(pattern, "#7f7f7f")
+
+
+def _ci_err(r):
+    """Matplotlib yerr for a row's mean ± 95% CI in percent (None when the CI is undefined)."""
+    if not math.isfinite(r.test_acc_ci_low):
+        return None
+    return [[100 * (r.test_acc_mean - r.test_acc_ci_low)], [100 * (r.test_acc_ci_high - r.test_acc_mean)]]
+
+
+def _cost_panel(ax, rows, ok, col: str, scale: float) -> None:
+    """Per-seed dots and mean ± CI per row at its cost; rows with the same cost are nudged apart sideways."""
+    xs = [getattr(r, col) / scale for r in rows]
+    span = (max(xs) - min(xs)) or max(xs) * 0.02
+    for i, (r, x) in enumerate(zip(rows, xs)):
+        twins = [j for j, other in enumerate(xs) if abs(other - x) <= 0.001 * abs(x)]
+        x += (twins.index(i) - (len(twins) - 1) / 2) * 0.012 * span
+        pts = ok[ok.pattern == r.pattern]
+        marker = "o" if r.pattern in PATTERNS else "s"
+        ax.scatter([x] * len(pts), 100 * pts.test_accuracy, s=14, alpha=0.45, color=color(r.pattern), marker=marker)
+        if math.isfinite(r.test_acc_mean):
+            ax.errorbar([x], [100 * r.test_acc_mean], yerr=_ci_err(r), fmt=marker, ms=6, capsize=3,
+                        color=color(r.pattern), label=r.pattern)
+    ax.grid(alpha=0.3)
+
+
+@plot_style()
+def plots(summary, runs, folder: Path) -> list[Path]:
+    """Accuracy vs params, vs training memory (per-seed points, mean ± 95% CI) and per-pattern spread.
+
+    The budget-matched patterns sit within a few percent of each other, so when
+    baseline rows stretch the axis they get a panel of their own (zoomed) beside
+    the full view."""
+    from matplotlib.figure import Figure
+
+    ok = runs[(runs.status == "ok") & runs.test_accuracy.notna()]
+    rows = list(summary.itertuples())
+    matched = [r for r in rows if r.pattern in PATTERNS]
+    written = []
+    for stem, col, scale, xlabel in (("accuracy_vs_params", "params", 1e3, "parameters (thousands)"),
+                                     ("accuracy_vs_memory", "train_memory_bytes", 2 ** 20,
+                                      "training memory at the batch size (MiB)")):
+        panels = [("budget-matched patterns", matched)] + ([("with params-only baselines", rows)]
+                                                           if len(matched) < len(rows) else [])
+        fig = Figure(figsize=(5.2 * len(panels), 4.4))
+        axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+        for ax, (title, chosen) in zip(axes, panels):
+            _cost_panel(ax, chosen, ok, col, scale)
+            ax.set_xlabel(xlabel)
+            ax.set_title(title, fontsize=10)
+        axes[0].set_ylabel("test accuracy (%)")
+        axes[-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
+        fig.suptitle("test accuracy: seeds (dots), mean ± 95% CI")
+        written += save_figure(fig, folder / stem)
+    fig = Figure(figsize=(max(6.4, 0.9 * len(summary) + 1.5), 4.4))
+    ax = fig.subplots()
+    for i, r in enumerate(summary.itertuples()):
+        pts = ok[ok.pattern == r.pattern].test_accuracy.to_numpy()
+        jitter = [(j - (len(pts) - 1) / 2) * 0.06 for j in range(len(pts))]
+        ax.scatter([i + d for d in jitter], 100 * pts, s=18, alpha=0.7, color=color(r.pattern))
+        if math.isfinite(r.test_acc_mean):
+            ax.errorbar([i + 0.25], [100 * r.test_acc_mean], yerr=_ci_err(r), fmt="D", ms=5, capsize=3, color="black")
+    ref = summary[summary.pattern == REFERENCE]
+    if len(ref) and math.isfinite(ref.test_acc_mean.iloc[0]):
+        ax.axhline(100 * ref.test_acc_mean.iloc[0], ls="--", lw=1, color=color(REFERENCE), label="chain mean")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_xticks(range(len(summary)), list(summary.pattern), rotation=30)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("per-seed test accuracy (dots) and mean ± 95% CI (diamond)")
+    ax.grid(axis="y", alpha=0.3)
+    written += save_figure(fig, folder / "accuracy_spread")
+    return written

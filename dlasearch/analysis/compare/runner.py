@@ -1,0 +1,396 @@
+"""Running a comparison: settings, sizing, training every (pattern, seed), resumable, and the outputs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from dlasearch.deploy import checkpoint
+from dlasearch import files
+from dlasearch import stats as dstats
+from dlasearch.errors import did_you_mean
+from dlasearch.analysis.compare.options import CompareError
+from dlasearch.analysis.compare.options import DEFAULT_BASELINE
+from dlasearch.analysis.compare.options import OPTIONS
+from dlasearch.analysis.compare.options import _NOT_TRAIN_OPTIONS
+from dlasearch.analysis.compare.options import _train_config
+from dlasearch.analysis.compare.options import baseline_key
+from dlasearch.analysis.compare.options import parse_baseline
+from dlasearch.analysis.compare.options import parse_blocks
+from dlasearch.analysis.compare.options import parse_budget
+from dlasearch.analysis.compare.options import parse_patterns
+from dlasearch.analysis.compare.options import parse_seeds
+from dlasearch.analysis.compare.options import short_number
+from dlasearch.analysis.compare.plots import plots
+from dlasearch.analysis.compare.sizing import CONV_STAGES
+from dlasearch.analysis.compare.sizing import DEFAULT_BLOCKS
+from dlasearch.analysis.compare.sizing import STAGE_CHANNELS
+from dlasearch.analysis.compare.sizing import STEM
+from dlasearch.analysis.compare.sizing import Sized
+from dlasearch.analysis.compare.sizing import size
+from dlasearch.analysis.compare.statistics import REFERENCE
+from dlasearch.analysis.compare.statistics import markdown_table
+from dlasearch.analysis.compare.statistics import size_correlation
+from dlasearch.analysis.compare.statistics import summarize
+
+
+SETTINGS = "settings.json"
+
+
+def check_writable(folder: Path, option: str = "out") -> None:
+    """Raise unless ``folder`` exists as a writable directory or can be created (nothing is created)."""
+    files.check_writable(folder, option, CompareError)
+
+
+def _write_json(path: Path, obj) -> None:
+    files.write_text(path, json.dumps(obj, indent=1, default=str) + "\n", CompareError)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def check_settings(folder: Path, settings: dict) -> None:
+    """Refuse a folder holding another comparison (different data, training or budget) or other files."""
+    stored = _read_json(folder / SETTINGS)
+    if stored is None:
+        if folder.exists() and any(folder.iterdir()):
+            raise CompareError(f"out={str(folder)!r} is not empty and holds no comparison ({SETTINGS} is missing "
+                               f"or unreadable); choose another out= or name=")
+        return
+    diffs = []
+    for section in sorted(settings):  # the stored file also records data_summary and torch, not compared
+        old, new = stored.get(section), settings.get(section)
+        if isinstance(old, dict) and isinstance(new, dict):
+            diffs += [f"{section}.{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+                      if old.get(k) != new.get(k)]
+        elif old != new:
+            diffs.append(f"{section}: {old!r} -> {new!r}")
+    if diffs:
+        raise CompareError(f"{folder} holds a comparison with other settings ({'; '.join(diffs[:4])}"
+                           f"{'; ...' if len(diffs) > 4 else ''}); rerun with the same settings, or give a new "
+                           f"out= or name=")
+
+
+def run_path(folder: Path, pattern: str, seed: int) -> Path:
+    return folder / "runs" / f"{pattern}-seed{seed}.json"
+
+
+def _contract(data_opts: dict, image_size, config, budget, tolerance, blocks) -> dict:
+    train = {k: v for k, v in dataclasses.asdict(config).items()
+             if k not in ("seed", "progress", "threads", "device", "eval_batch_size", "compile", "cuda_graph")}
+    data = {k: v for k, v in data_opts.items() if k not in ("root", "download")}
+    if data.get("path") is not None:
+        data["path"] = str(Path(str(data["path"])).expanduser().resolve())
+    return {"version": 1, "data": {**data, "image_size": image_size}, "train": train,
+            "budget": {"params": budget, "tolerance": tolerance},
+            "backbone": {"stem": STEM, "conv_stages": [list(c) for c in CONV_STAGES],
+                         "stage_channels": list(STAGE_CHANNELS), "blocks": list(blocks)}}
+
+
+def _measure(folder: Path, key: str, sized: Sized, ds, config, target: float) -> tuple[dict, object]:
+    """The architecture record of one row (measured once, then read back), and its IR."""
+    from dlasearch import ir as irmod
+    from dlasearch.ir import to_module
+    from dlasearch.patterns import build
+    from dlasearch.train import measure_arch
+
+    graph = build(sized.spec, name=key)
+    fp = irmod.fingerprint(graph)
+    path = folder / "archs" / f"{key}.json"
+    stored = _read_json(path)
+    if stored and stored.get("fingerprint") == fp and stored.get("target_params") == target:
+        return stored, graph
+    m = measure_arch(to_module(graph), ds, config, latency=False)
+    rec = {"pattern": key, "built_as": sized.pattern, "fingerprint": fp, "widths": list(sized.widths),
+           "multiplier": sized.multiplier, "divisor": sized.divisor, "params": m["params"],
+           "target_params": target, "params_vs_target": m["params"] / target - 1, "macs": m["macs"],
+           "train_memory_bytes": m["train_memory_bytes"], "batch_size": config.batch_size, "spec": sized.spec}
+    files.write_text(folder / "archs" / f"{key}.ir.json", irmod.to_json(graph, indent=1) + "\n", CompareError)
+    _write_json(path, rec)
+    return rec, graph
+
+
+def _train_one(graph, ds, config, seed: int, callback=None):
+    import torch
+
+    from dlasearch import train as trainmod
+    from dlasearch.ir import to_module
+
+    torch.manual_seed(seed)  # initial weights: the same seed gives the same network
+    model = to_module(graph)
+    return trainmod.train(model, ds, dataclasses.replace(config, seed=seed), test=True, callback=callback), model
+
+
+def compare(patterns=None, data="digits", seeds=3, budget=None, *, root=None, path=None, limit=None,
+            val_fraction=None, image_size=32, blocks=DEFAULT_BLOCKS, baseline=DEFAULT_BASELINE, out=None,
+            name=None, train: dict | None = None, log=print, tracking_log=None, print_config: bool = False,
+            show_progress: bool = True) -> dict:
+    """Size, train and summarise every pattern; returns {"dir", "summary", "runs", "trained", "reused"}.
+
+    ``budget`` is ``{"params": P, "tolerance": 0.05}`` or a number; ``baseline``
+    the budget multiples of the plain-chain rows; ``train`` holds ``TrainConfig``
+    fields (not ``seed``: that comes from ``seeds``).
+    Everything is checked (options, folder, every pattern's sizing) before the
+    first run trains.
+    """
+    import pandas as pd
+    import torch
+
+    from dlasearch.train import data as datamod
+    from dlasearch.patterns import build
+    from dlasearch.arch import check_fit
+    from dlasearch.train import data_options
+
+    order = parse_patterns(patterns)
+    if REFERENCE not in order:
+        order.insert(0, REFERENCE)
+        log(f"added {REFERENCE!r}: every pattern is compared with it")
+    seed_list = parse_seeds(seeds)
+    if budget is None:
+        raise CompareError("budget.params=N is required, e.g. budget.params=100000")
+    budget_params, tolerance = parse_budget(budget)
+    blocks = parse_blocks(blocks)
+    multiples = parse_baseline(baseline)
+    train = dict(train or {})
+    bad = [k for k in train if k in _NOT_TRAIN_OPTIONS]
+    if bad:
+        raise CompareError(f"{bad[0]}= is not a compare option: seeds come from seeds=N (or seeds=[0,5,7])")
+    config = _train_config(train)
+    opts = data_options(data)
+    for k, v in (("root", root), ("path", path), ("limit", limit), ("val_fraction", val_fraction)):
+        if v is not None:
+            opts[k] = v
+    opts.setdefault("seed", 0)
+    label = Path(str(opts["path"])).stem if opts["name"] == "npz" and opts.get("path") else opts["name"]
+    if name is not None and (not str(name) or "/" in str(name) or str(name) in (".", "..")):
+        raise CompareError(f"name={name!r}: expected a plain folder name (use out= for a path)")
+    folder = Path(str(out)).expanduser() if out is not None else \
+        files.results_root() / "compare" / str(name or f"{label}-{short_number(budget_params)}")
+    check_writable(folder)
+    settings = _contract(opts, image_size, config, budget_params, tolerance, blocks)
+    resolved = {"command": "compare", "patterns": order, "data": {**opts, "image_size": image_size},
+                "seeds": seed_list, "budget": {"params": budget_params, "tolerance": tolerance},
+                "blocks": list(blocks), "baseline": list(multiples), "out": str(folder), "log": tracking_log,
+                "train": dataclasses.asdict(config)}
+    if print_config:
+        from dlasearch.cli.options import print_config as show
+
+        show(resolved)
+        return {"dir": folder, "config": resolved}
+    from dlasearch.train import tracking
+    from dlasearch.train.progress import Progress
+
+    tracking.parse(tracking_log)
+    check_settings(folder, settings)
+
+    load_opts = {k: v for k, v in opts.items() if k not in ("name", "seed")}
+    ds = datamod.load(opts["name"], seed=opts["seed"], image_size=image_size, progress=False, **load_opts)
+    chance = (dstats.chance(ds.y_test), len(ds.y_test))
+    targets = {p: budget_params for p in order}
+    sized = {p: size(p, budget_params, tolerance, blocks, ds.channels, ds.num_classes) for p in order}
+    for m in multiples:
+        key = baseline_key(m)
+        targets[key] = budget_params * m
+        try:
+            sized[key] = size(REFERENCE, targets[key], tolerance, blocks, ds.channels, ds.num_classes)
+        except CompareError as e:
+            raise CompareError(f"baseline {key} ({m:g} x budget): {e}; or set baseline=false") from None
+    rows = list(sized)
+    check_fit(build(sized[REFERENCE].spec), ds)  # all rows share the backbone, so its input size
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CompareError(f"out={str(folder)!r}: cannot create it: {files.explain(e)}") from None
+    _write_json(folder / SETTINGS, {**settings, "data_summary": ds.summary(), "torch": torch.__version__})
+    from dlasearch.cli.options import write_config
+
+    write_config(folder, resolved)
+
+    archs, graphs = {}, {}
+    for key in rows:
+        archs[key], graphs[key] = _measure(folder, key, sized[key], ds, config, targets[key])
+    by_fp: dict = {}
+    for key in rows:
+        first = by_fp.setdefault(archs[key]["fingerprint"], key)
+        archs[key]["same_as"] = first if first != key else None
+
+    total = len(rows) * len(seed_list)
+    t_start = time.perf_counter()
+    progress = Progress(total * config.epochs, "compare", show=show_progress)
+    try:
+        records = _runs(rows, seed_list, archs, graphs, folder, ds, config, chance, progress, tracking_log, log)
+    finally:
+        progress.close()
+    trained = sum(1 for r in records if r.pop("trained"))
+    reused = len(records) - trained
+    runs = pd.DataFrame(records)
+    summary = summarize(runs, archs, rows, chance)
+    rho, rho_p, rho_n = size_correlation(runs, order)
+    table = markdown_table(summary)
+    notes = _notes(summary, rho, rho_p, rho_n, budget_params, tolerance, seed_list, ds, config, multiples)
+    notes += _honesty_notes(summary, seed_list, chance)
+    written = _write_outputs(folder, summary, runs, table, notes)
+    log("\n" + table + "\n\n" + "\n".join(f"- {n}" for n in notes))
+    low = summary[summary.at_chance]
+    if len(low):
+        log(f"warning: mean test accuracy of {', '.join(low.pattern)} is at chance (within "
+            f"{100 * dstats.chance_limit(*chance):.1f}%); their differences mean nothing; train longer (epochs=)")
+    log(f"\n{trained} run(s) trained, {reused} reused in {time.perf_counter() - t_start:.0f}s; "
+        f"wrote {', '.join(p.name for p in written)} to {folder}")
+    return {"dir": folder, "summary": summary, "runs": runs, "trained": trained, "reused": reused,
+            "files": written, "spearman": (rho, rho_p, rho_n)}
+
+
+def _runs(rows, seed_list, archs, graphs, folder, ds, config, chance, progress, tracking_log, log) -> list[dict]:
+    """Train (or reuse) every (row, seed) run; one record per run, with live progress per epoch."""
+    import torch
+
+    from dlasearch.train import tracking
+
+    total, records = len(rows) * len(seed_list), []
+    for i, (key, seed) in enumerate(((k, s) for k in rows for s in seed_list), start=1):
+        a = archs[key]
+        path_ = run_path(folder, key, seed)
+        rec = _read_json(path_)
+        twin = a["same_as"] and _read_json(run_path(folder, a["same_as"], seed))
+        if rec is not None and rec.get("fingerprint") != a["fingerprint"]:
+            raise CompareError(f"{path_} holds a run of another architecture than {key!r} at these settings; "
+                               f"move it away, or give a new out=")
+        trained = False
+        if rec is not None:
+            how = "done earlier"
+        elif twin:
+            rec = {**twin, "pattern": key, "same_as": a["same_as"]}
+            _write_json(path_, rec)
+            how = f"same network as {a['same_as']}"
+        else:
+            t0 = time.perf_counter()
+
+            def on_epoch(epoch, metrics, tracker=None, key=key, seed=seed, i=i):
+                progress.update(f"[{i}/{total}] {key} seed {seed} epoch {epoch}/{config.epochs}")
+                if tracker is not None:
+                    tracker.epoch(epoch, metrics)
+
+            with tracking.open_tracker(tracking_log, folder, f"{key}-seed{seed}") as tracker:
+                res, model = _train_one(graphs[key], ds, config, seed,
+                                        callback=lambda e, m, t=tracker: on_epoch(e, m, t))
+            trained = True
+            if res.status == "ok":  # weights first: the run's .json marks it finished
+                checkpoint.save(path_.with_suffix(".safetensors"), model, graphs[key], ds,
+                                config=dataclasses.asdict(dataclasses.replace(config, seed=seed)),
+                                name=f"{key}-seed{seed}")
+            rec = {"pattern": key, "seed": seed, "fingerprint": a["fingerprint"], "status": res.status,
+                   "reason": res.reason, "test_accuracy": res.test_accuracy, "val_accuracy": res.val_accuracy,
+                   "train_seconds": res.train_seconds, "wall_seconds": time.perf_counter() - t0,
+                   "epochs": res.epochs, "steps": res.steps, "history": res.history, "same_as": None,
+                   "torch": torch.__version__, "device": config.device,
+                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            _write_json(path_, rec)
+            how = f"{rec['wall_seconds']:.1f}s"
+        progress.drop(config.epochs - (rec.get("epochs") or 0 if trained else 0))
+        acc = rec.get("test_accuracy")
+        low = dstats.at_chance(acc, *chance)
+        log(f"[{i}/{total}] {key} seed {seed}: "
+            + (f"test accuracy {100 * acc:.2f}%" + (f" {dstats.CHANCE_MARK}" if low else "")
+               if acc is not None else f"status {rec.get('status')}")
+            + f" ({how})")
+        records.append({"pattern": key, "seed": seed, "status": rec.get("status"),
+                        "test_accuracy": acc, "val_accuracy": rec.get("val_accuracy"),
+                        "train_seconds": rec.get("train_seconds"), "epochs": rec.get("epochs"),
+                        "steps": rec.get("steps"), "params": a["params"], "macs": a["macs"],
+                        "train_memory_bytes": a["train_memory_bytes"], "widths": "-".join(map(str, a["widths"])),
+                        "fingerprint": a["fingerprint"], "same_as": rec.get("same_as") or "", "at_chance": low,
+                        "trained": trained})
+    return records
+
+
+def _notes(summary, rho, rho_p, rho_n, budget, tolerance, seeds, ds, config, multiples) -> list[str]:
+    notes = [f"{ds.name}: {len(ds.y_train)} train / {len(ds.y_val)} val / {len(ds.y_test)} test images at "
+             f"{ds.image_size[0]}x{ds.image_size[1]}; {config.epochs} epoch(s), batch {config.batch_size}, "
+             f"lr {config.lr}; seeds {', '.join(map(str, seeds))} (initial weights, order, augmentation; "
+             f"the data split is fixed).",
+             f"Every pattern is within ±{tolerance:.0%} of {budget:,.0f} parameters (one width multiplier on "
+             f"all stage channels). Test accuracy is on the held-out test split; CIs use the t-distribution over "
+             f"seeds; Δ is against chain with Welch's t-test, p Holm adjusts for the {len(summary) - 1} "
+             f"comparisons with chain."]
+    for m in multiples:
+        notes.append(f"{baseline_key(m)}: a plain chain sized to {m:g} x the budget (params-only baseline). Its Δ "
+                     f"vs chain is what resizing a plain network to {m:g} x its parameters buys on this data "
+                     f"and schedule; set each pattern's Δ beside it.")
+    if math.isfinite(rho):
+        notes.append(f"Spearman rank correlation of params and test accuracy over the {rho_n} budget-matched "
+                     f"runs: rho = {rho:+.2f} (p = {rho_p:.2g}); near 0 means the remaining size differences "
+                     f"(within ±{tolerance:.0%}) do not explain the ranking.")
+    else:
+        notes.append(f"Spearman rank correlation of params and test accuracy: {dstats.DASH} (needs at least "
+                     f"{dstats.MIN_CORRELATION} finished runs with different params and accuracies; {rho_n} here).")
+    twins = summary[summary.same_as != ""]
+    for r in twins.itertuples():
+        notes.append(f"{r.pattern} builds the same network as {r.same_as} (same fingerprint); its runs are "
+                     f"shared, not retrained.")
+    failed = summary[summary.ok_runs < summary.runs]
+    for r in failed.itertuples():
+        notes.append(f"{r.pattern}: {r.runs - r.ok_runs} of {r.runs} runs diverged (NaN loss) and are left "
+                     f"out of its statistics.")
+    return notes
+
+
+def _honesty_notes(summary, seeds, chance) -> list[str]:
+    """Footnotes for statistics that were not computed and for rows at chance."""
+    notes = []
+    if len(seeds) < dstats.MIN_SPREAD or (summary.ok_runs < dstats.MIN_SPREAD).any():
+        notes.append(f"{dstats.DASH}: not computed: a std, CI, Welch test or Holm p-value needs at least "
+                     f"{dstats.MIN_SPREAD} finished seeds per row (and a spread: identical accuracies give no test).")
+    if summary.at_chance.any():
+        level, n = chance
+        notes.append(f"{dstats.CHANCE_MARK}: the mean test accuracy is within chance + 2 standard errors "
+                     f"({100 * level:.1f}% + 2 SE on {n} images = {100 * dstats.chance_limit(level, n):.1f}%): "
+                     f"the network learned nothing measurable on this schedule.")
+    return notes
+
+
+def _write_outputs(folder: Path, summary, runs, table: str, notes: list[str]) -> list[Path]:
+    written = []
+    for fname, text in (("comparison.csv", summary.to_csv(index=False)), ("runs.csv", runs.to_csv(index=False))):
+        written.append(files.write_text(folder / fname, text, CompareError))
+    images = plots(summary, runs, folder)
+    md = ["# Aggregation patterns at one parameter budget", "", table, "", *[f"- {n}" for n in notes], ""]
+    md += [f"![{p.stem}]({p.name})" for p in images if p.suffix == ".svg"]
+    md += ["", "Per-pattern summary: [comparison.csv](comparison.csv); per run: [runs.csv](runs.csv); "
+               "architectures: `archs/`; raw runs: `runs/`.", ""]
+    files.write_text(folder / "comparison.md", "\n".join(md), CompareError)
+    return [*written, folder / "comparison.md", *images]
+
+
+def command(args: dict) -> int:
+    """``dlasearch compare``: see docs/compare_report.md."""
+    from dlasearch.train import TrainConfig
+
+    train_names = [n for n in TrainConfig.option_names() if n not in _NOT_TRAIN_OPTIONS]
+    allowed = (*OPTIONS, *train_names, "log", "print_config")
+    data = args.get("data")
+    if isinstance(data, dict) and "image_size" in data:
+        args["image_size"] = data.pop("image_size")  # data.image_size: the spelling train and run use
+    old = [k for k in ("root", "path", "limit", "val_fraction") if k in args]
+    if old:
+        print(f"note: {', '.join(f'{k}=' for k in old)} is now spelled "
+              f"{', '.join(f'data.{k}=' for k in old)} (as in train and run)", file=sys.stderr)
+    for k in args:
+        if k not in allowed:
+            if k in _NOT_TRAIN_OPTIONS:
+                raise CompareError(f"{k}= is not a compare option: seeds come from seeds=N (or seeds=[0,5,7])")
+            hint = did_you_mean(k, allowed)
+            raise CompareError(f"unknown option {k!r}{hint}; allowed: {', '.join(allowed)}")
+    opts = {k: args[k] for k in OPTIONS if k in args}
+    train = {k: args[k] for k in train_names if k in args}
+    compare(opts.pop("patterns", None), opts.pop("data", "digits"), opts.pop("seeds", 3),
+            opts.pop("budget", None), train=train, log=lambda *a: print(*a, flush=True),
+            tracking_log=args.get("log"), print_config=bool(args.get("print_config")), **opts)
+    return 0

@@ -1,0 +1,147 @@
+"""Sizing: one backbone per pattern, widened or narrowed until it lands on the parameter budget.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from dlasearch.analysis.compare.options import CompareError
+
+
+STEM = {"channels": 16, "kernel": 3}
+
+
+CONV_STAGES = ((16, 1), (32, 2))  # (channels, stride) before the multiplier
+
+
+STAGE_CHANNELS = (32, 64, 128)
+
+
+# Three block stages; 2 blocks in every stage would make tree, reentrant and hda one graph
+# (a depth-1 tree has nothing to re-enter or merge), so the deeper two stages hold depth-2 trees.
+DEFAULT_BLOCKS = (2, 4, 4)
+
+
+MIN_WIDTH = 8
+
+
+DIVISORS = (8, 4, 2, 1)  # widths are multiples of 8 when that can reach the budget, else finer
+
+
+MAX_MULTIPLIER = 64.0
+
+
+BASE_WIDTHS = (*(c for c, _ in CONV_STAGES), *STAGE_CHANNELS)
+
+
+def widths_at(multiplier: float, divisor: int) -> tuple[int, ...]:
+    """Stage channels at ``multiplier``: the base widths scaled and rounded to multiples of ``divisor``."""
+    return tuple(max(MIN_WIDTH, divisor * round(c * multiplier / divisor)) for c in BASE_WIDTHS)
+
+
+def make_spec(pattern: str, widths, blocks, in_channels: int, num_classes: int) -> dict:
+    """The comparison backbone with ``pattern`` and per-stage ``widths`` (conv stages first)."""
+    nconv = len(CONV_STAGES)
+    return {"pattern": pattern, "in_channels": in_channels, "num_classes": num_classes, "stem": dict(STEM),
+            "conv_stages": [{"convs": 1, "channels": w, "stride": s}
+                            for w, (_, s) in zip(widths[:nconv], CONV_STAGES)],
+            "stages": [{"blocks": b, "channels": w, "stride": 2} for b, w in zip(blocks, widths[nconv:])]}
+
+
+@dataclass
+class Sized:
+    """One pattern at the width that meets the budget."""
+
+    pattern: str
+    spec: dict
+    widths: tuple
+    multiplier: float
+    divisor: int
+    params: int
+
+
+class _Counter:
+    """Parameter counts per widths tuple, each compiled once on the meta device."""
+
+    def __init__(self, pattern, blocks, in_channels, num_classes):
+        self.args = (pattern, blocks, in_channels, num_classes)
+        self.cache: dict = {}
+
+    def spec(self, widths) -> dict:
+        pattern, blocks, c, k = self.args
+        return make_spec(pattern, widths, blocks, c, k)
+
+    def __call__(self, widths) -> int:
+        if widths not in self.cache:
+            import torch
+
+            from dlasearch.ir import to_module
+            from dlasearch.train.measure import params
+            from dlasearch.patterns import build
+
+            with torch.device("meta"):  # shapes only: a huge candidate allocates nothing
+                self.cache[widths] = params(to_module(build(self.spec(widths))))
+        return self.cache[widths]
+
+
+def _candidates(divisor: int, top: float) -> list[tuple[float, tuple]]:
+    """(multiplier, widths) for every distinct width setting with multiplier in (0, top], in order.
+
+    Widths change only where some ``c * m / divisor`` crosses k + 1/2; one
+    multiplier between consecutive crossings stands for its whole interval.
+    """
+    cuts = sorted({divisor * (k + 0.5) / c for c in BASE_WIDTHS
+                   for k in range(int(c * top / divisor) + 1) if divisor * (k + 0.5) / c < top})
+    edges = [0.0, *cuts, top]
+    out, seen = [], set()
+    for lo, hi in zip(edges, edges[1:]):
+        m = (lo + hi) / 2 if hi > lo else hi
+        w = widths_at(m, divisor)
+        if w not in seen:
+            seen.add(w)
+            out.append((m, w))
+    return out
+
+
+def size(pattern: str, budget: float, tolerance: float = 0.05, blocks=DEFAULT_BLOCKS, in_channels: int = 3,
+         num_classes: int = 10) -> Sized:
+    """Find the multiplier that puts ``pattern`` within ``tolerance`` of ``budget`` parameters.
+
+    Parameters grow monotonically with the multiplier, so a bisection over the
+    distinct width settings finds the two that bracket the budget; the closer
+    one wins.  Widths are multiples of 8 when that lands within tolerance; one
+    8-channel step of the widest stage changes params by about 16/width, which
+    small budgets cannot absorb, so multiples of 4, 2 and 1 are tried next.
+    Raises ``CompareError`` when no width fits.
+    """
+    count = _Counter(pattern, tuple(blocks), in_channels, num_classes)
+    hi_limit = budget * (1 + tolerance)
+    narrowest = count(widths_at(0.0, 1))
+    if narrowest > hi_limit:
+        raise CompareError(
+            f"budget.params={budget:,.0f} is too small for pattern {pattern!r}: even its narrowest form "
+            f"(every stage {MIN_WIDTH} channels, fixed {STEM['channels']}-channel stem) has {narrowest:,} "
+            f"params; use budget.params >= {math.ceil(narrowest / (1 + tolerance)):,}")
+    top = 1.0
+    while count(widths_at(top, 1)) <= hi_limit:
+        if top >= MAX_MULTIPLIER:
+            raise CompareError(f"budget.params={budget:,.0f} is too large: pattern {pattern!r} has only "
+                               f"{count(widths_at(top, 1)):,} params at width multiplier {top:g}")
+        top *= 2
+    nearest: list[int] = []
+    for divisor in DIVISORS:
+        cands = _candidates(divisor, 1.5 * top)
+        lo, hi = -1, len(cands)  # invariant: params(cands[lo]) <= budget < params(cands[hi])
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if count(cands[mid][1]) <= budget:
+                lo = mid
+            else:
+                hi = mid
+        err, m, w = min((abs(count(cands[i][1]) - budget) / budget, *cands[i]) for i in (lo, hi)
+                        if 0 <= i < len(cands))
+        if err <= tolerance:
+            return Sized(pattern, count.spec(w), w, m, divisor, count(w))
+        nearest = [count(cands[i][1]) for i in (lo, hi) if 0 <= i < len(cands)]
+    near = " and ".join(f"{p:,}" for p in nearest) or "none"
+    raise CompareError(f"pattern {pattern!r} cannot be sized to budget.params={budget:,.0f} ±{tolerance:.0%}: "
+                       f"the nearest widths give {near} params; change budget.params or budget.tolerance")

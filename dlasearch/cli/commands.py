@@ -1,0 +1,158 @@
+"""The commands: each parses nothing itself (``options`` checked its options) and calls the layer it
+drives, so a command is a few lines; ``COMMANDS`` names them with their one-line summaries.
+"""
+from __future__ import annotations
+
+import sys
+from dlasearch import files
+from dlasearch.errors import DLASearchError
+
+
+def cmd_zoo(args: dict) -> int:
+    """Print the zoo: params, MACs at 224 and 32, blocks and aggregation nodes."""
+    from dlasearch.zoo import table as zoo_table
+
+    fmt = args.get("format", "markdown")
+    df = zoo_table()
+    print(df.to_markdown(index=False) if fmt == "markdown" else df.to_csv(index=False), end="\n")
+    return 0
+
+
+_TRAIN_RUN_OPTIONS = ("arch", "data", "image_size", "resize", "test", "latency", "out", "name", "weights")
+
+
+def cmd_train(args: dict) -> int:
+    """Train one architecture on one dataset, print its metrics, write metrics.json + ir.json."""
+    from tabulate import tabulate
+
+    from dlasearch import stats, train
+
+    if "arch" not in args:
+        raise DLASearchError("arch=<zoo name | spec.json | ir.json> is required, e.g. "
+                             "`dlasearch train arch=dla34 data=fashion_mnist epochs=3`")
+    show, log = args.pop("print_config", False), args.pop("log", None)
+    if isinstance(args.get("data"), dict) and "image_size" in args["data"]:
+        args["image_size"] = args["data"].pop("image_size")  # data.image_size is the new spelling
+    run_opts = {k: args[k] for k in _TRAIN_RUN_OPTIONS if k in args}
+    config = train.TrainConfig(**{k: v for k, v in args.items() if k not in _TRAIN_RUN_OPTIONS})
+    if show:
+        return print_config(train.resolved_config(run_opts.get("arch"), run_opts.get("data"), config, **{
+            k: v for k, v in run_opts.items() if k not in ("arch", "data")}, log=log))
+    record, folder = train.run(run_opts.pop("arch"), run_opts.pop("data", None), config, log=log, **run_opts)
+    m = record["metrics"]
+    rows = [("arch", record["name"]), ("data", f"{record['data']['name']} {record['data']['image_size']}"),
+            ("status", record["status"] + (f" ({record['reason']})" if record["reason"] else ""))]
+    rows += [(k, f"{v:,}" if isinstance(v, int) else f"{v:.4g}" if isinstance(v, float) else "n/a")
+             for k, v in m.items()]
+    rows.append(("run folder", str(folder)))
+    print(tabulate(rows, headers=["metric", "value"], tablefmt="github"))
+    val = record["chance"]["val"]
+    if val["at_chance"]:
+        print(stats.chance_line("validation accuracy", m["val_accuracy"], val["chance"], val["n"]), file=sys.stderr)
+    return 0
+
+
+def cmd_render(args: dict) -> int:
+    """Draw an architecture, or the paper's Figure 1 (arch=figure1), with graphviz."""
+    try:
+        from dlasearch.analysis import render
+    except ModuleNotFoundError as e:
+        if e.name != "graphviz":
+            raise
+        raise DLASearchError("render needs the graphviz Python package: pip install graphviz") from None
+    return render.command(args)
+
+
+def cmd_run(args: dict) -> int:
+    """Run (or resume) a search: ``space=NAME`` plus overrides merged into the space file."""
+    from dlasearch.search import resume
+    from dlasearch import search
+
+    show = args.pop("print_config", False)
+    sp = resume.resolve(args)
+    if show:  # as results/<study>/config.yaml holds it
+        return print_config({k: v for k, v in sp.items() if k != "name"} | {"space": sp["name"]})
+    search.run(sp)
+    return 0
+
+
+def cmd_worker(args: dict) -> int:
+    """Attach this process to an existing study (``study=NAME storage=URL``)."""
+    from dlasearch import search
+
+    if "study" not in args:  # unknown options and wrong types were refused by options.check
+        raise DLASearchError("worker: needs study=NAME, e.g. `dlasearch worker study=hda`")
+    for k, lo in (("threads", 1), ("trials", 1), ("index", 0)):
+        v = args.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
+            raise DLASearchError(f"worker: {k}={v!r}: expected an int >= {lo}")
+    name = files.check_name(args["study"], "study")
+    storage = str(args.get("storage") or files.default_journal(name))
+    study, sp = search.attach(name, storage, args.get("index"))
+    if "threads" in args:
+        sp["study"]["threads"] = args["threads"]
+    if "trials" in args:
+        sp["study"]["trials"] = args["trials"]
+    if args.get("log") is not None:
+        sp["log"] = args["log"]
+    done = search.counted(study)
+    if done >= sp["study"]["trials"]:
+        print(f"study {name!r} is finished: {done}/{sp['study']['trials']} trials; nothing to do "
+              f"(`dlasearch run study={name} trials=N` raises the total)")
+        return 0
+    try:
+        search.work(study, sp)
+    finally:
+        if args.get("index") is None:  # workers started by `run` leave the export to it
+            search.export(study, sp)
+    return 0
+
+
+def cmd_compare(args: dict) -> int:
+    """Train every aggregation pattern at one parameter budget over seeds; table, CSVs and plots."""
+    from dlasearch.analysis import compare
+
+    return compare.command(args)
+
+
+def cmd_export(args: dict) -> int:
+    """Write a trained model as model.py (+ weights), model.pt2 and/or model.onnx with a README."""
+    from dlasearch.deploy import export
+
+    return export.command(args)
+
+
+def cmd_report(args: dict) -> int:
+    """Summarise a study: trials table, Pareto/history, importance, plots, top-k diagrams, report.md."""
+    from dlasearch.analysis import report
+
+    return report.command(args)
+
+
+def cmd_rank(args: dict) -> int:
+    """Score architectures sampled from a space with zero-cost proxies (no training); write a CSV."""
+    from dlasearch.search import rank
+
+    return rank.command(args)
+
+
+COMMANDS = {
+    "zoo": (cmd_zoo, "table of the DLA model zoo (params, MACs, blocks, aggregation nodes)"),
+    "run": (cmd_run, "search a space with Optuna: space=hda [trials=N epochs=E storage=URL workers=K ...]"),
+    "worker": (cmd_worker, "attach a worker process to a study: study=NAME storage=URL"),
+    "train": (cmd_train, "train one architecture on a dataset; print and save its metrics"),
+    "render": (cmd_render, "draw an architecture (or arch=figure1) as svg/png/pdf with graphviz"),
+    "compare": (cmd_compare, "train every pattern at one params budget over seeds: "
+                             "patterns=chain,ida,dla budget.params=P seeds=3 epochs=E"),
+    "export": (cmd_export, "export a trained model for use without dlasearch: from=RUN_FOLDER|ZOO_NAME "
+                           "or study=NAME trial=N, format=py,pt2,onnx out=DIR"),
+    "report": (cmd_report, "report on a study: study=NAME [storage=URL out=DIR top=3]"),
+    "rank": (cmd_rank, "score sampled architectures of a space with zero-cost proxies, no training: "
+                       "space=hda n=20"),
+}
+
+
+def print_config(config: dict) -> int:
+    from dlasearch.cli import options
+
+    return options.print_config(config)

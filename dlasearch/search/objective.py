@@ -1,0 +1,184 @@
+"""One trial of a search: sample a spec, build, fingerprint, measure, check budgets, train, record.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+import optuna
+from optuna.trial import TrialState
+from dlasearch.search import guard, journal, keep, precheck
+from dlasearch.search import space as spacemod
+from dlasearch import stats
+from dlasearch.ir import IRError, fingerprint, to_json
+from dlasearch.patterns import build
+from dlasearch.search.study import Heartbeat
+from dlasearch.search.study import ME
+from dlasearch.search.study import fail_stale
+from dlasearch.search.study import storage_url
+
+
+def describe(spec: dict) -> str:
+    st = spec["stages"]
+    return (f"{spec['pattern']}, {len(st)} stages, blocks {'-'.join(str(s['blocks']) for s in st)}, "
+            f"widths {'-'.join(str(s['channels']) for s in st)}, {spec['block']}"
+            + (f" x{spec['cardinality']}" if spec["block"] == "bottleneckx" else "")
+            + (f", root k{spec['root_kernel']}" if spec["root_kernel"] != 1 else "")
+            + (", residual root" if spec["residual_root"] else ""))
+
+
+class Objective:
+    """One trial: build, measure, check budgets, train; answers duplicates from the study."""
+
+    def __init__(self, space: dict, data, log=print, train_fn=None):
+        from dlasearch import train as trainmod
+
+        self.space, self.data, self.log = space, data, log
+        self.train_fn = train_fn or trainmod.train
+        self.trainmod = trainmod
+        self.multi = len(space["objectives"]) > 1
+        self.chance = (stats.chance(data.y_val), len(data.y_val))
+        self.progress = self.tracker = None
+        self.epochs_run, self.position = 0, "?"
+        self.fatal = None
+        self.grace = space["study"]["grace"]
+        url = storage_url(space)
+        self.claims = None if "://" in url and not url.startswith("journal://") else \
+            Path(url.removeprefix("journal://")).parent / "claims"
+        # on the training device once per worker, not once per trial
+        self.data = data.to(trainmod.resolve_device(self._config().device))
+
+    def values(self, metrics: dict):
+        vals = [metrics[o] for o in self.space["objectives"]]
+        return vals[0] if len(vals) == 1 else vals
+
+    def __call__(self, trial: optuna.Trial):
+        try:
+            trial.set_user_attr("worker", ME)
+            if guard.surplus(trial, self.space["study"]["trials"]):
+                return self._surplus(trial)
+            with Heartbeat(trial.study, trial._trial_id, self.space["study"]["heartbeat"]):
+                return self._run(trial)
+        except (optuna.TrialPruned, TrialFailed):
+            raise
+        except journal.JournalWriteError as e:
+            self.fatal = e  # Optuna catches it to fail the trial; ``work`` then stops the study with it
+            raise
+        except KeyboardInterrupt as e:
+            trial.set_user_attr("fail_reason", guard.interrupt_reason(e))
+            raise
+        except Exception as e:  # recorded on the trial; the study goes on (out of memory included)
+            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            raise
+
+    def _run(self, trial):
+        try:
+            spec = spacemod.sample(self.space, trial)
+            spec.update(in_channels=self.data.channels, num_classes=self.data.num_classes)
+            trial.set_user_attr("pattern", spec["pattern"])
+            trial.set_user_attr("spec", json.dumps(spec))
+            trial.set_user_attr("arch", describe(spec))
+            ir = build(spec, name=f"trial{trial.number}")
+        except IRError as e:
+            return self._fail(trial, f"invalid architecture: {e}")
+        fp = fingerprint(ir)
+        trial.set_user_attr("fingerprint", fp)
+        trial.set_user_attr("ir", to_json(ir))
+        with guard.claim(self.claims, fp, trial, self.log, reap=lambda: fail_stale(trial.study, self.grace)):
+            dup = self._duplicate(trial, fp)
+            if dup is not None:
+                return dup
+            return self._train(trial, spec, ir)
+
+    def _surplus(self, trial):
+        """A trial another worker's made redundant: not run, not counted; fixed parameters go back in the queue."""
+        trial.set_user_attr("surplus", True)
+        fixed = trial.system_attrs.get("fixed_params")
+        if fixed:
+            trial.study.enqueue_trial(fixed, user_attrs={k: v for k, v in trial.user_attrs.items()
+                                                         if k in ("retry_of", "seeded_from")})
+        return self._fail(trial, f"surplus: the study already has {self.space['study']['trials']} trials")
+
+    def _train(self, trial, spec: dict, ir):
+        from dlasearch.ir import to_module
+
+        budget = self.space["budget"].get("params")
+        if budget is not None and precheck.count_params(ir) > budget:  # before building it: no OOM
+            over = f"params={precheck.count_params(ir):.4g} > budget {budget:.4g}"
+            trial.set_user_attr("params", precheck.count_params(ir))
+            trial.set_user_attr("rejected", over)
+            raise optuna.TrialPruned(f"over budget: {over}")
+        model = to_module(ir)
+        config = self._config()
+        m = self.trainmod.measure_arch(model, self.data, config, latency=False)
+        metrics = {"params": m["params"], "macs": m["macs"], "train_memory": m["train_memory_bytes"]}
+        for k, v in metrics.items():
+            trial.set_user_attr(k, v)
+        self.log(f"  trial #{trial.number}: {describe(spec)} | {metrics['params'] / 1e3:.1f}k params, "
+                 f"{metrics['macs'] / 1e6:.1f}M MACs, {metrics['train_memory'] / 2**20:.1f} MiB train memory")
+        over = [f"{k}={metrics[k]:.4g} > budget {b:.4g}" for k, b in self.space["budget"].items()
+                if b is not None and metrics[k] > b]
+        if over:
+            trial.set_user_attr("rejected", "; ".join(over))
+            raise optuna.TrialPruned(f"over budget: {'; '.join(over)}")
+        result = self.train_fn(model, self.data, config, callback=self._reporter(trial))
+        trial.set_user_attr("status", result.status)
+        trial.set_user_attr("train_seconds", result.train_seconds)
+        trial.set_user_attr("epochs_trained", result.epochs)
+        if result.status == "nan":
+            return self._fail(trial, f"training diverged (NaN/inf loss) {result.reason}".strip())
+        trial.set_user_attr("val_accuracy", result.val_accuracy)
+        trial.set_user_attr("at_chance", stats.at_chance(result.val_accuracy, *self.chance))
+        if result.status == "stopped":
+            raise optuna.TrialPruned(f"pruned after epoch {result.epochs}: val_accuracy={result.val_accuracy}")
+        metrics.update(val_accuracy=result.val_accuracy, train_seconds=result.train_seconds)
+        keep.upload(trial, model, ir, self.data, config, self.space)
+        return self.values(metrics)
+
+    def _fail(self, trial, reason: str):
+        trial.set_user_attr("fail_reason", reason)
+        raise TrialFailed(reason)
+
+    def _duplicate(self, trial, fp: str):
+        for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            if t.user_attrs.get("fingerprint") == fp and t.number != trial.number:
+                trial.set_user_attr("duplicate_of", t.number)
+                for k in ("params", "macs", "train_memory", "val_accuracy", "train_seconds", "status",
+                          "rejected", "at_chance"):
+                    if k in t.user_attrs:
+                        trial.set_user_attr(k, t.user_attrs[k])
+                if t.state == TrialState.PRUNED:
+                    raise optuna.TrialPruned(f"same architecture as trial #{t.number}, which was pruned")
+                self.log(f"  trial #{trial.number}: same architecture as #{t.number}; reusing its result")
+                return t.values[0] if len(t.values) == 1 else list(t.values)
+        return None
+
+    def _config(self):
+        """The training config; TrainConfig checks every value (so a bad space fails before any trial)."""
+        values = {k: v for k, v in self.space["train"].items() if v is not None}
+        values["seed"] = self.space["study"]["seed"]
+        values["progress"] = False  # the search prints one line per trial instead
+        if self.space["study"].get("threads"):
+            values["threads"] = self.space["study"]["threads"]
+        return self.trainmod.TrainConfig(**values)
+
+    def _reporter(self, trial):
+        """Per epoch: progress, tracking, and (single objective) Optuna's pruning."""
+        self.epochs_run = 0
+
+        def report(epoch: int, metrics: dict):
+            self.epochs_run = epoch
+            if self.progress is not None:
+                self.progress.update(f"trial {self.position} (#{trial.number}) epoch {epoch}/"
+                                     f"{self.space['train']['epochs']} val {metrics['val_accuracy']:.3f}")
+            if self.tracker is not None:
+                self.tracker.epoch(trial.number, epoch, metrics)
+            if self.multi:
+                return
+            trial.report(metrics["val_accuracy"], epoch)
+            if trial.should_prune():
+                raise self.trainmod.StopTraining(f"pruned at epoch {epoch}")
+        return report
+
+
+class TrialFailed(Exception):
+    """A trial that cannot produce a result (its reason is in the ``fail_reason`` user attribute)."""

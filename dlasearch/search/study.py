@@ -1,0 +1,262 @@
+"""Studies and their storage: the one place that talks to Optuna's storages.
+
+Opening, creating, resuming and finding studies (a journal file under ``results/<study>/`` by
+default, or any RDB URL), samplers and pruners, and the liveness of running trials (heartbeats,
+stale trials of dead workers). Optuna's private storage calls are wrapped here, so an Optuna
+upgrade touches this file alone.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import warnings
+from pathlib import Path
+import optuna
+from optuna.trial import TrialState
+from dlasearch import files
+from dlasearch.search import guard, journal
+from dlasearch.search import space as spacemod
+from dlasearch.errors import did_you_mean, SearchError
+
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+CONTRACT = ("params", "backbone", "data", "train", "objectives")
+
+
+ME = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def results_dir(space: dict) -> Path:
+    """Where the study's exports go: its own folder, or one keyed by storage= (never another study's)."""
+    return files.study_dir(study_name(space), space["study"]["storage"], Path(space["study"]["results"]))
+
+
+def study_name(space: dict) -> str:
+    return space["study"]["name"] or space["name"]
+
+
+def storage_url(space: dict) -> str:
+    """The storage URL: the space's, or the journal file under ``results/<study>/``."""
+    return space["study"]["storage"] or str(Path(space["study"]["results"]) / study_name(space) / "journal.log")
+
+
+def open_storage(url: str, log=print, write: bool = True):
+    """An Optuna storage for a journal file path or an RDB URL.
+
+    A journal is checked first (``journal.repair``): a torn last record is moved aside and the trials
+    it touched are failed as stale and re-queued; a damaged middle is an error, never rewritten.
+    ``write=False`` (reading a study) only checks, so a read-only journal can still be reported on."""
+    if "://" in url:
+        if url.startswith("journal://"):
+            url = url[len("journal://"):]
+        else:
+            try:
+                return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+            except Exception as e:  # sqlalchemy's errors name the driver/host problem
+                raise SearchError(f"storage={url!r}: cannot open: {str(e).splitlines()[0]}") from None
+    path = Path(url)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if write:
+            open(path, "ab").close()  # a read-only or immutable journal is refused now, not at the first write
+        torn = journal.repair(path, log, write)
+        storage = optuna.storages.JournalStorage(journal.SafeJournalBackend(str(path)))
+    except OSError as e:
+        raise SearchError(f"storage={url!r}: cannot write the journal file: {files.explain(e)}") from None
+    for trial_id in torn:
+        _fail_torn(storage, trial_id, log)
+    return storage
+
+
+def _fail_torn(storage, trial_id: int, log) -> None:
+    """Fail a trial whose last journal record was torn off (it may still say RUNNING) and re-queue it."""
+    try:
+        t = storage.get_trial(trial_id)
+    except KeyError:
+        return  # the torn record was the one creating it
+    if t.state != TrialState.RUNNING:
+        return
+    storage.set_trial_user_attr(trial_id, "fail_reason", "stale: its last journal record was torn (killed run)")
+    storage.set_trial_user_attr(trial_id, "stale", True)
+    storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    if t.params:
+        name = next(s.study_name for s in storage.get_all_studies()
+                    if any(x._trial_id == trial_id for x in storage.get_all_trials(s._study_id, deepcopy=False)))
+        optuna.load_study(study_name=name, storage=storage).enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+    log(f"failed trial #{t.number} (its last record was torn) and re-queued its parameters")
+
+
+def make_sampler(space: dict, offset: int = 0):
+    """The space's sampler; ``offset`` shifts its seed so a resumed study or a second worker does
+    not replay the random draws of the first."""
+    st = space["study"]
+    name, seed = st["sampler"], st["seed"] + offset
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
+                                          n_startup_trials=min(10, max(2, st["trials"] // 3)))
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    grid = {}
+    for n, p in space["params"].items():
+        values = p["choices"] if "choices" in p else [p["value"]]
+        if n == "levels":
+            n_max = max(space["params"].get("stages", {}).get("choices", [len(space["backbone"]["stages"])])
+                        if "stages" in space["params"] else [len(space["backbone"]["stages"])])
+            grid.update({f"stage{i}.levels": values for i in range(n_max)})
+        elif "choices" in p:
+            grid[n] = values
+    return optuna.samplers.GridSampler(grid, seed=seed)
+
+
+def make_pruner(space: dict):
+    if len(space["objectives"]) > 1 or space["study"]["pruner"] == "none":
+        return optuna.pruners.NopPruner()
+    if space["study"]["pruner"] == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=space["train"]["epochs"])
+
+
+def open_study(space: dict, create: bool = True, log=print) -> optuna.Study:
+    """Create or resume the space's study; refuse to resume one made with a different contract."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    url = storage_url(space)
+    storage = open_storage(url, log)
+    name = study_name(space)
+    directions = [spacemod.OBJECTIVES[o] for o in space["objectives"]]
+    contract = json.dumps({k: space[k] for k in CONTRACT}, sort_keys=True)
+    existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    if name in existing:
+        study = optuna.load_study(study_name=name, storage=storage, pruner=make_pruner(space))
+        study.sampler = make_sampler(space, len(study.get_trials(deepcopy=False)) + space["study"].get("worker", 0))
+        old = study.user_attrs.get("contract")
+        if old is not None and old != contract:
+            from dlasearch.search.resume import differences
+
+            stored = json.loads(old)
+            diff = differences({k: stored.get(k) for k in CONTRACT}, {k: space[k] for k in CONTRACT})
+            raise SearchError(f"study {name!r} in {url} was created with different {'; '.join(diff)}; "
+                              f"resume it unchanged (`dlasearch run study={name}`), or start a new one with "
+                              f"study=NEW_NAME")
+        return study
+    if not create:
+        raise SearchError(f"study {name!r} not found in {url}; existing: {', '.join(sorted(existing)) or 'none'}")
+    study = optuna.create_study(storage=storage, study_name=name, directions=directions,
+                                sampler=make_sampler(space), pruner=make_pruner(space))
+    study.set_user_attr("contract", contract)
+    study.set_user_attr("space", json.dumps({k: v for k, v in space.items() if k != "log"}))
+    if space["seed_published"]:
+        for pub in spacemod.published_params(space):
+            study.enqueue_trial(pub["params"], user_attrs={"seeded_from": pub["name"]}, skip_if_exists=True)
+    return study
+
+
+def find_study(name: str, storage: str | None = None) -> tuple[optuna.Study, str]:
+    """An existing study and its storage URL (the journal under ``results/<name>/`` by default).
+
+    Never creates anything: a missing journal file, database file or study is one clear error."""
+
+    files.check_name(name, "study", SearchError)
+    url = str(storage) if storage else str(files.default_journal(name))
+    local = url[len("journal://"):] if url.startswith("journal://") else url
+    if "://" not in local and not Path(local).is_file():
+        raise SearchError(f"study {name!r}: no journal file at {local}; pass storage=URL (a journal file or a "
+                          f"database such as postgresql://user@host/db)")
+    if local.startswith("sqlite:///") and not Path(local[len("sqlite:///"):]).is_file():
+        raise SearchError(f"study {name!r}: no database file at {local[len('sqlite:///'):]}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    st = open_storage(url, write=False)
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(st, include_best_trial=False))
+    if name not in names:
+        hint = did_you_mean(name, names)
+        raise SearchError(f"study {name!r} not found in {url}{hint}; existing: {', '.join(names) or 'none'}")
+    return optuna.load_study(study_name=name, storage=st), url
+
+
+def attach(study: str, storage: str, index: int | None = None) -> tuple[optuna.Study, dict]:
+    """Open an existing study and the space it was created with (for ``dlasearch worker``).
+
+    ``index`` numbers workers started together; others get one from their pid, so that no two
+    workers draw the same random samples."""
+    loaded, _ = find_study(study, storage)
+    space = json.loads(loaded.user_attrs["space"])
+    space["study"]["storage"] = storage
+    space["study"]["name"] = study
+    space["study"]["worker"] = 1000 * (index + 1) if index is not None else os.getpid()
+    return open_study(space, create=False), space
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_stale(study: optuna.Study, grace: float, retry: bool = True) -> list[int]:
+    """Fail RUNNING trials whose worker is gone and re-queue their parameters; returns their numbers."""
+    failed = []
+    now = time.time()
+    host = socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker", "")
+        beat = t.user_attrs.get("heartbeat") or (t.datetime_start.timestamp() if t.datetime_start else now)
+        w_host, _, w_pid = worker.rpartition(":")
+        dead_here = w_host == host and w_pid.isdigit() and int(w_pid) != os.getpid() and not _alive(int(w_pid))
+        if not (dead_here or now - beat > grace):
+            continue
+        reason = f"stale: worker {worker or '?'} stopped (no heartbeat for {now - beat:.0f}s)"
+        try:
+            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
+            study._storage.set_trial_user_attr(t._trial_id, "stale", True)
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+            continue  # another worker got there first
+        failed.append(t.number)
+        if retry and t.params:
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+    return failed
+
+
+class Heartbeat:
+    """Writes ``heartbeat`` (unix time) into a running trial's user attributes every ``interval`` s."""
+
+    def __init__(self, study: optuna.Study, trial_id: int, interval: float):
+        self.study, self.trial_id, self.interval = study, trial_id, interval
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self.stop.wait(self.interval):
+            guard.stop_if_orphaned()
+            try:
+                self.study._storage.set_trial_user_attr(self.trial_id, "heartbeat", time.time())
+            except Exception:
+                return  # the trial finished meanwhile
+
+    def __enter__(self):
+        self.study._storage.set_trial_user_attr(self.trial_id, "heartbeat", time.time())
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
+def counted(study: optuna.Study) -> int:
+    """Trials that count against ``study.trials``: finished or running, excluding stale ones (retried)."""
+    return sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED + (TrialState.RUNNING,))
+               if not t.user_attrs.get("stale") and not t.user_attrs.get("surplus"))

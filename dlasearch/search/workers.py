@@ -1,0 +1,173 @@
+"""Running a search: ``dlasearch run`` and its worker processes, each looping over trials.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import optuna
+from optuna.trial import TrialState
+from dlasearch import files
+from dlasearch.search import guard, journal, keep, precheck
+from dlasearch import stats
+from dlasearch.search.objective import Objective
+from dlasearch.search.results import export
+from dlasearch.search.study import ME
+from dlasearch.search.study import SearchError
+from dlasearch.search.study import counted
+from dlasearch.search.study import fail_stale
+from dlasearch.search.study import open_study
+from dlasearch.search.study import results_dir
+from dlasearch.search.study import storage_url
+from dlasearch.search.study import study_name
+
+
+def load_data(space: dict):
+    from dlasearch.train import data as datamod
+
+    d = space["data"]
+    return datamod.load(d["name"], root=d["root"], path=d["path"], val_fraction=d["val_fraction"],
+                        seed=space["study"]["seed"], image_size=d["image_size"], limit=d["limit"],
+                        progress=False)
+
+
+def _best_line(study: optuna.Study) -> str:
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if not done:
+        return "best: none yet"
+    if len(study.directions) > 1:
+        return f"Pareto front: {len(study.best_trials)} trials"
+    b = max(done, key=lambda t: t.values[0])
+    return f"best #{b.number} val_accuracy={b.values[0]:.4f} ({b.user_attrs.get('pattern', '?')})"
+
+
+def work(study: optuna.Study, space: dict, data=None, log=print, train_fn=None) -> None:
+    """Run trials in this process until the study holds ``study.trials`` trials (or timeout)."""
+    import torch
+
+    if space["study"].get("threads"):
+        torch.set_num_threads(space["study"]["threads"])
+    data = data if data is not None else load_data(space)
+    from dlasearch.train import tracking
+    from dlasearch.train.progress import Progress
+
+    objective = Objective(space, data, log, train_fn)
+    total = space["study"]["trials"]
+    epochs = space["train"]["epochs"]
+    deadline = time.time() + space["study"]["timeout"] if space["study"]["timeout"] else math.inf
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    # progress belongs to the command's console output: shown when logging goes to print
+    objective.progress = Progress(max(0, total - counted(study)) * epochs, "search", show=log is print)
+    backends = tracking.parse(space.get("log"))
+    fn, callbacks = objective, [_logger(log)]
+    if backends:
+        objective.tracker = tracking.StudyTracker(backends, results_dir(space), space["objectives"])
+        fn, callbacks = objective.tracker.wrap(objective), callbacks + objective.tracker.callbacks()
+    try:
+        while time.time() < deadline:
+            guard.stop_if_orphaned()
+            stale = fail_stale(study, space["study"]["grace"])
+            if stale:
+                log(f"failed stale trial(s) {stale} left by a stopped worker; re-queued their parameters")
+            k = counted(study)
+            if k >= total:
+                break
+            log(f"trial {k + 1}/{total} | {_best_line(study)}")
+            objective.epochs_run, objective.position = 0, f"{k + 1}/{total}"
+            study.optimize(fn, n_trials=1, catch=(Exception,), callbacks=callbacks)
+            if objective.fatal is not None:
+                raise objective.fatal
+            objective.progress.drop(epochs - objective.epochs_run)  # pruned, rejected or reused early
+            keep.prune(study, space)
+    except Exception as e:
+        failed = journal.write_error(e)
+        if failed is None:
+            raise
+        raise SearchError(f"cannot write the journal {failed.strerror}; it still holds every finished trial; "
+                          f"make room and rerun the same command to resume") from None
+    except KeyboardInterrupt as e:
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.user_attrs.get("worker") == ME:
+                try:
+                    study._storage.set_trial_user_attr(t._trial_id, "fail_reason", guard.interrupt_reason(e))
+                    study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+                except Exception:
+                    pass
+        raise
+    finally:
+        objective.progress.close()
+        if objective.tracker is not None:
+            objective.tracker.close()
+
+
+def _logger(log):
+    def callback(study, t):
+        if t.state == TrialState.COMPLETE:
+            vals = ", ".join(f"{o}={v:.4g}" for o, v in zip(json.loads(study.user_attrs["space"])["objectives"],
+                                                             t.values))
+            log(f"  trial #{t.number} complete: {vals}"
+                + (f" {stats.CHANCE_MARK}" if t.user_attrs.get("at_chance") else ""))
+        elif t.state == TrialState.PRUNED:
+            log(f"  trial #{t.number} pruned: {t.user_attrs.get('rejected') or 'by the pruner'}")
+        else:
+            reason = t.user_attrs.get("fail_reason") or t.system_attrs.get("fail_reason") or "error"
+            log(f"  trial #{t.number} failed: {reason}")
+    return callback
+
+
+def run(space: dict, log=print) -> dict:
+    """``dlasearch run``: open/resume the study, run its workers, export results; returns a summary.
+
+    Everything is checked before the study is created (data, training options, output folder), so a
+    failed start never leaves a study whose name the corrected command could not use."""
+    data = load_data(space)
+    Objective(space, data, log)  # checks the training options (device, precision, lr ...)
+    precheck.check_space(space, data.channels, data.num_classes)
+    files.check_writable(results_dir(space), "study.results", SearchError)
+    study = open_study(space, log=log)
+    workers = space["study"]["workers"]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, cores // workers)
+    url = storage_url(space)
+    log(f"study {study_name(space)!r} ({url}): {counted(study)}/{space['study']['trials']} trials done, "
+        f"{workers} worker(s) x {threads} thread(s)")
+    from dlasearch.cli.options import write_config
+
+    write_config(results_dir(space), {k: v for k, v in space.items() if k != "name"} | {"space": space["name"]})
+    try:
+        _run_workers(study, space, workers, threads, url, data, log)
+    except KeyboardInterrupt:
+        export(study, space, log=log)  # what finished is in trials.csv even after Ctrl-C
+        raise
+    return export(study, space, log=log)
+
+
+def _run_workers(study, space: dict, workers: int, threads: int, url: str, data, log) -> None:
+    if workers == 1:
+        space = {**space, "study": {**space["study"], "threads": threads}}
+        work(study, space, data=data, log=log)
+    else:
+        from dlasearch.train.tracking import parse
+
+        tracking_names = parse(space.get("log"))
+        env = {**os.environ, guard.PARENT_ENV: str(os.getpid())}
+        procs = [subprocess.Popen([sys.executable, "-m", "dlasearch.cli", "worker",
+                                   f"study={study_name(space)}", f"storage={url}", f"threads={threads}",
+                                   f"trials={space['study']['trials']}", f"index={i}"]
+                                  + ([f"log={','.join(tracking_names)}"] if tracking_names else []),
+                                  env=env, preexec_fn=guard.die_with_parent if sys.platform == "linux" else None)
+                 for i in range(workers)]
+        try:
+            codes = [p.wait() for p in procs]
+        except KeyboardInterrupt as e:
+            for p in procs:
+                p.send_signal(signal.SIGTERM if isinstance(e, guard.Terminated) else signal.SIGINT)
+            for p in procs:
+                p.wait()
+            raise
+        if any(codes):
+            log(f"warning: worker exit codes {codes}")

@@ -1,0 +1,140 @@
+"""What a training run is told (``TrainConfig``, every option with its meaning) and what it returns.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+import torch
+from dlasearch.train import engine
+from dlasearch.train.engine import COMPILE_MODES
+from dlasearch.errors import TrainError
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+class StopTraining(Exception):
+    """Raise from an epoch callback to end training early (e.g. a pruned search trial)."""
+
+
+def _opt(default, help_: str):
+    """A config field whose one-line meaning ``--help`` shows (kept beside the field it explains)."""
+    return field(default=default, metadata={"help": help_})
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run; ``dlasearch train key=value`` sets them by name."""
+
+    epochs: int = _opt(10, "epochs to train")
+    steps: int | None = _opt(None, "a step budget; replaces epochs")
+    batch_size: int = _opt(128, "training batch size (also the batch of the memory and speed metrics)")
+    lr: float = _opt(0.1, "SGD learning rate")
+    momentum: float = _opt(0.9, "SGD momentum")
+    nesterov: bool = _opt(True, "Nesterov momentum")
+    weight_decay: float = _opt(5e-4, "on weights only, not on biases and norm scales")
+    warmup_epochs: float = _opt(1.0, "linear warm-up, then cosine decay to 0")
+    label_smoothing: float = _opt(0.0, "cross-entropy label smoothing")
+    augment: bool = _opt(True, "random crop with padding, plus flips where they keep the class")
+    seed: int = _opt(0, "initial weights, shuffling and augmentation")
+    device: str = _opt("auto", "auto (CUDA when present), cpu, cuda[:N]")
+    precision: str = _opt("auto", "auto (bf16 autocast on CUDA and on CPUs with native bf16, else fp32), fp32, bf16")
+    channels_last: bool | None = _opt(None, "NHWC memory format (null: on with bf16)")
+    compile: str = _opt("auto", "auto, none, default or reduce-overhead (auto: torch.compile only where it pays, docs/engine.md)")
+    cuda_graph: bool | None = _opt(None, "capture the training step in a CUDA graph (null: on CUDA unless compiled)")
+    threads: int | None = _opt(None, "torch intra-op threads (null: torch's setting)")
+    eval_batch_size: int = _opt(512, "batch size of evaluation")
+    deterministic: bool = _opt(True, "on CUDA: deterministic cuDNN kernels, no autotuning")
+    progress: bool | None = _opt(None, "bar (true), none (false), or null: a bar on a terminal, else one line per epoch")
+    freeze: str = _opt("none", "backbone: fine-tune only the classifier (with weights=); none: train everything")
+    bn_batches: int = _opt(16, "recompute BatchNorm statistics from this many training batches before each evaluation (0: off)")
+
+    def __post_init__(self):
+        def integer(name, lo, none_ok=False):
+            v = getattr(self, name)
+            if v is None and none_ok:
+                return
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise TrainError(f"{name}={v!r}: expected an int >= {lo}" + (" or null" if none_ok else ""))
+
+        def number(name, lo, hi=math.inf, hi_open=False):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi \
+                    or (hi_open and v == hi) or not math.isfinite(v):
+                rng = f">= {lo}" if hi == math.inf else f"in [{lo}, {hi}{')' if hi_open else ']'}"
+                raise TrainError(f"{name}={v!r}: expected a number {rng}")
+
+        integer("epochs", 1)
+        integer("steps", 1, none_ok=True)
+        integer("batch_size", 1)
+        integer("eval_batch_size", 1)
+        integer("seed", 0)
+        integer("threads", 1, none_ok=True)
+        integer("bn_batches", 0)
+        number("lr", 0)
+        number("momentum", 0, 1, hi_open=True)
+        number("weight_decay", 0)
+        number("warmup_epochs", 0)
+        number("label_smoothing", 0, 1, hi_open=True)
+        for name in ("nesterov", "augment", "deterministic"):
+            if not isinstance(getattr(self, name), bool):
+                raise TrainError(f"{name}={getattr(self, name)!r}: expected true or false")
+        for name in ("channels_last", "cuda_graph"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
+                raise TrainError(f"{name}={getattr(self, name)!r}: expected true, false or null (auto)")
+        if self.compile not in COMPILE_MODES:
+            raise TrainError(f"compile={self.compile!r}; allowed: {', '.join(COMPILE_MODES)}")
+        if self.progress is not None and not isinstance(self.progress, bool):
+            raise TrainError(f"progress={self.progress!r}: expected true, false or null (auto)")
+        if self.nesterov and self.momentum == 0:
+            raise TrainError("nesterov=true needs momentum > 0; set momentum=0.9 or nesterov=false")
+        if self.freeze not in ("none", "backbone"):
+            raise TrainError(f"freeze={self.freeze!r}; allowed: none, backbone")
+        if self.precision not in PRECISIONS:
+            raise TrainError(f"precision={self.precision!r}; allowed: {', '.join(PRECISIONS)}")
+        resolve_device(self.device)
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        """The field names, i.e. the ``key=value`` options ``dlasearch train`` accepts for training."""
+        return [f.name for f in dataclasses.fields(cls)]
+
+
+@dataclass
+class TrainResult:
+    """What a run produced; ``status`` is ``ok``, ``nan`` (loss diverged) or ``stopped`` (by the callback)."""
+
+    status: str
+    history: list = field(default_factory=list)
+    val_accuracy: float | None = None
+    val_loss: float | None = None
+    test_accuracy: float | None = None
+    train_seconds: float = 0.0
+    epochs: int = 0
+    steps: int = 0
+    reason: str = ""
+    engine: dict = field(default_factory=dict)  # precision, memory format, compile, CUDA graph: what ran and why
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else must name a usable torch device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise TrainError(f"device={device!r}: not a torch device; use auto, cpu or cuda[:N]") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TrainError(f"device={device!r}: CUDA is not available here; use device=auto or cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise TrainError(f"device={device!r}: allowed: auto, cpu, cuda[:N]")
+    return dev
+
+
+def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype a run uses (None: plain fp32)."""
+    return engine.choose_precision(config.precision, config.channels_last, device).amp

@@ -1,0 +1,163 @@
+"""One measured run, as ``dlasearch train`` makes it: resolve, check, train and write a run folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+import time
+from pathlib import Path
+import torch
+from dlasearch import ir as irmod
+from dlasearch import files
+from dlasearch.arch import check_fit
+from dlasearch.arch import read_arch
+from dlasearch.arch import resolve_arch
+from dlasearch.arch import total_stride
+from dlasearch.train.config import TrainConfig
+from dlasearch.train.config import TrainError
+from dlasearch.train.config import resolve_device
+from dlasearch.train.trainer import measure_arch
+from dlasearch.train.trainer import train
+
+
+MAX_AUTO_GROWTH = 8  # image_size=auto never enlarges images more than this (a silent multi-GB run otherwise)
+
+
+def save_run(folder: Path, graph: irmod.IR, record: dict, trained=None) -> Path:
+    """Write the weights (``trained`` = (model, dataset, config)), ``ir.json``, then ``metrics.json``
+    (last: a folder without it is an unfinished run)."""
+    from dlasearch.deploy import checkpoint
+
+    folder = Path(folder)
+    if trained is not None:
+        model, ds, config = trained
+        checkpoint.save(folder / checkpoint.WEIGHTS, model, graph, ds, config=dataclasses.asdict(config),
+                        name=record.get("name"))
+    files.write_atomic(folder / "ir.json", irmod.to_json(graph, indent=1) + "\n")
+    files.write_atomic(folder / "metrics.json", json.dumps(record, indent=1, default=str) + "\n")
+    return folder
+
+
+def save_or_fallback(folder: Path, graph: irmod.IR, record: dict, trained=None) -> Path:
+    """``save_run``; if ``folder`` cannot be written after training, save the run in a fallback folder
+    (under ``results/train``, else the temp dir) and name it in the error, so the training is never lost."""
+    try:
+        return save_run(folder, graph, record, trained)
+    except OSError as e:
+        reason = files.explain(e)
+    for base in (files.results_root() / "train", Path(tempfile.gettempdir())):
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+            fallback = Path(tempfile.mkdtemp(prefix=f"unsaved-{Path(folder).name}-", dir=base))
+            save_run(fallback, graph, record, trained)
+        except OSError:
+            continue
+        raise TrainError(f"cannot write {folder}: {reason}; the finished run was saved to {fallback} instead")
+    raise TrainError(f"cannot write {folder}: {reason}, nor any fallback folder; the run is lost")
+
+
+def run_folder(out: str | None, name: str | None, default_name: str, base: Path | None = None) -> Path:
+    """``out`` as given, else ``base/<name>`` (default ``<time>-<arch>-<data>``, unique)."""
+    if out is not None:
+        return Path(str(out)).expanduser()
+    base = files.results_root() / "train" if base is None else base
+    stem = str(name) if name is not None else f"{time.strftime('%Y%m%d-%H%M%S')}-{default_name}"
+    files.check_name(stem, "name", TrainError)
+    folder, i = base / stem, 2
+    while name is None and folder.exists():
+        folder, i = base / f"{stem}-{i}", i + 1
+    return folder
+
+
+DATA_OPTIONS = ("name", "root", "path", "val_fraction", "limit", "flip", "download", "seed")
+
+
+def data_options(value) -> dict:
+    """``data=<name>``, ``data=<file.npz>`` or ``data.name=... data.root=...`` -> ``data.load`` keywords."""
+    if value is None:
+        value = {"name": "digits"}
+    if isinstance(value, str):
+        value = {"name": "npz", "path": value} if value.endswith(".npz") else {"name": value}
+    if not isinstance(value, dict):
+        raise TrainError(f"data={value!r}: expected a dataset name, a .npz path, or data.name=... options")
+    value = {"name": "digits", **value}
+    unknown = set(value) - set(DATA_OPTIONS)
+    if unknown:
+        raise TrainError(f"unknown data option(s) {sorted(unknown)}; allowed: "
+                         f"{', '.join('data.' + k for k in DATA_OPTIONS)}")
+    return dict(value)
+
+
+def resolved_config(arch, data, config: TrainConfig, *, image_size="auto", resize: str = "interpolate",
+                    test: bool = False, latency: bool = True, out=None, name=None, log=None) -> dict:
+    """Everything a ``dlasearch train`` run uses, as ``config.yaml`` holds it (``--cfg`` prints it)."""
+    opts = data_options(data)
+    return {"command": "train", "arch": arch, "data": {**opts, "image_size": image_size}, "resize": resize,
+            "test": test, "latency": latency, "out": out, "name": name, "log": log,
+            "train": dataclasses.asdict(config)}
+
+
+def run(arch: str, data: dict | str | None, config: TrainConfig, *, image_size="auto",
+        resize: str = "interpolate", test: bool = False, latency: bool = True,
+        out: str | None = None, name: str | None = None, weights: str | None = None,
+        log=None) -> tuple[dict, Path]:
+    """Resolve, check, measure and train one architecture; write its run folder; return (record, folder).
+
+    Every input is checked before anything runs or is written.  ``image_size``
+    ``auto`` keeps the native size unless the network downsamples more than
+    that, then uses its total stride (e.g. digits 8x8 -> 32 for a DLA).  ``weights``: a
+    checkpoint to start from (fine-tuning; a different class count re-initialises the classifier).
+    """
+    from dlasearch.train import data as datamod
+    from dlasearch.deploy import checkpoint
+    from dlasearch import stats
+    from dlasearch.ir import to_module
+
+    read_arch(arch)
+    if weights is not None:
+        checkpoint.read_state_dict(weights)  # a missing or corrupt file fails before the data loads
+    files.check_writable(run_folder(out, name, "probe"), "out" if out is not None else "name", TrainError)
+    opts = data_options(data)
+    split_seed = opts.pop("seed", 0)
+    ds = datamod.load(opts.pop("name"), seed=split_seed, **opts)
+    graph = resolve_arch(arch, ds.channels, ds.num_classes)
+    if image_size == "auto":
+        stride = total_stride(graph)
+        image_size = stride if min(ds.image_size) < stride else None
+        if image_size is not None and image_size > MAX_AUTO_GROWTH * min(ds.image_size):
+            raise TrainError(f"image_size=auto would grow {ds.name}'s {min(ds.image_size)} px images to {image_size} px "
+                             f"(the architecture downsamples {stride}x); set image_size=N explicitly, or use an "
+                             f"architecture with fewer stages")
+    ds = ds.resized(image_size, resize)
+    check_fit(graph, ds)
+    arch_name = str(graph.graph.get("name") or Path(str(arch)).stem)
+    folder = run_folder(out, name, f"{arch_name}-{ds.name}")
+    torch.manual_seed(config.seed)  # the same seed gives the same initial weights
+    model = to_module(graph)
+    if weights is not None:
+        note = checkpoint.load_weights(model, weights, graph)
+        if note:
+            print(note)
+    record = {"arch": str(arch), "name": arch_name, "fingerprint": irmod.fingerprint(graph),
+              "data": {**ds.summary(), "split_seed": split_seed, "resize": resize},
+              "config": dataclasses.asdict(config), "device": str(resolve_device(config.device)),
+              "torch": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "normalisation": {"mean": list(ds.mean), "std": list(ds.std)},
+              "weights_from": None if weights is None else str(weights), "weights": checkpoint.WEIGHTS}
+    from dlasearch.cli import options
+    from dlasearch.train import tracking
+
+    options.write_config(folder, resolved_config(arch, data, config, image_size=image_size, resize=resize,
+                                                 test=test, latency=latency, out=str(folder), name=name, log=log)
+                         | {"data": {**opts, "name": ds.name, "image_size": list(ds.image_size)}})
+    metrics = measure_arch(model, ds, config, latency)
+    with tracking.open_tracker(log, folder, arch_name) as tracker:
+        result = train(model, ds, config, test=test, callback=tracker.epoch)
+    metrics.update({"val_accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy,
+                    "train_seconds": result.train_seconds})
+    record.update({"status": result.status, "reason": result.reason, "engine": result.engine, "metrics": metrics,
+                   "epochs": result.epochs, "steps": result.steps, "history": result.history,
+                   "chance": stats.chance_record(ds, result.val_accuracy, result.test_accuracy if test else None)})
+    folder = save_or_fallback(folder, graph, record, (model, ds, config))
+    return record, folder

@@ -1,0 +1,112 @@
+"""The trainer: SGD with warm-up and cosine decay over a ``Dataset``, on the engine in ``engine``.
+
+``train(model, data, config)`` trains in place and returns a ``TrainResult``; ``measure_arch`` gives
+the metrics known before training (params, MACs, training memory, speed).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from typing import Callable
+import torch
+from dlasearch.train import engine
+from dlasearch.train.data import Dataset
+from dlasearch.arch import check_fit
+from dlasearch.train.config import TrainConfig
+from dlasearch.train.config import TrainError
+from dlasearch.train.config import TrainResult
+from dlasearch.train.config import resolve_device
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _schedule(total: int, warmup: int) -> Callable[[int], float]:
+    """LR factor per step: linear warm-up to 1, then cosine to 0 at ``total``."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    return factor
+
+
+@contextlib.contextmanager
+def _threads(n: int | None):
+    """Run with ``n`` torch threads (None: unchanged), restoring the previous count after."""
+    before = torch.get_num_threads()
+    try:
+        if n:
+            torch.set_num_threads(n)
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def evaluate(model: torch.nn.Module, data: Dataset, split: str = "val", batch_size: int = 512,
+             amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy in 0..1) of ``model`` on a split, in eval mode."""
+    device = next(model.parameters()).device
+    prec = engine.Precision(amp_dtype, channels_last, "as given")
+    return engine.evaluate(model, engine.Feeder(data.to(device), device), split, batch_size, prec)
+
+
+def train(model: torch.nn.Module, data: Dataset, config: TrainConfig | None = None, *,
+          callback: Callable[[int, dict], object] | None = None, test: bool = False,
+          **overrides) -> TrainResult:
+    """Train ``model`` in place on ``data`` and return a ``TrainResult``.
+
+    After every epoch ``callback(epoch, metrics)`` runs (``metrics`` is the
+    history entry); returning a true value or raising ``StopTraining`` ends the
+    run with status ``stopped`` (other exceptions propagate).  ``test=True``
+    also evaluates the test split at the end (only then is it touched).
+    Keyword ``overrides`` replace fields of ``config``.
+    """
+    unknown = set(overrides) - set(TrainConfig.option_names())
+    if unknown:
+        raise TrainError(f"unknown training option(s) {sorted(unknown)}; allowed: "
+                         f"{', '.join(TrainConfig.option_names())}")
+    cfg = dataclasses.replace(config or TrainConfig(), **overrides)
+    device = resolve_device(cfg.device)
+    if getattr(model, "ir", None) is not None:
+        check_fit(model.ir, data)
+    prec = engine.choose_precision(cfg.precision, cfg.channels_last, device)
+    cudnn = (torch.backends.cudnn.flags(enabled=True, benchmark=not cfg.deterministic,
+                                        deterministic=cfg.deterministic)
+             if device.type == "cuda" else contextlib.nullcontext())
+    from dlasearch.deploy.checkpoint import frozen
+
+    with _threads(cfg.threads), cudnn, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+            frozen(model, cfg.freeze):
+        torch.manual_seed(cfg.seed)
+        return engine.fit(model.to(device, memory_format=prec.memory_format), data.to(device), cfg, device, prec,
+                          callback, test)
+
+
+def measure_arch(model: torch.nn.Module, data: Dataset, config: TrainConfig, latency: bool = True) -> dict:
+    """The metrics known before training, on the device and precision ``config`` trains with:
+    params, MACs per image, training memory at the batch size, and speed."""
+    from dlasearch.train import measure
+
+    device = resolve_device(config.device)
+    prec = engine.choose_precision(config.precision, config.channels_last, device)
+    amp = prec.amp
+    model = model.to(device)
+    shape = (config.batch_size, data.channels, *data.image_size)
+    mem = measure.train_memory(model, shape, autocast_dtype=amp)
+    out = {"params": measure.params(model), "macs": measure.macs(model, (1, *shape[1:])),
+           "train_memory_bytes": mem["total"]}
+    if "cuda_peak" in mem:
+        out["train_memory_cuda_peak_bytes"] = mem["cuda_peak"]
+    if latency:
+        with _threads(config.threads):
+            lat = measure.latency(model, shape, repeats=5, warmup=1, channels_last=prec.channels_last,
+                                  autocast_dtype=amp)
+        out.update({"latency_ms_batch1": lat["infer_ms_1"], f"latency_ms_batch{config.batch_size}": lat["infer_ms_B"],
+                    "train_images_per_s": lat["train_images_per_s"]})
+    return out
