@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
 from dlasearch import ir as irmod
+from dlasearch.errors import TrainError, did_you_mean
 from dlasearch.train.data import Dataset
-from dlasearch.errors import did_you_mean
-from dlasearch.train.config import TrainError
+
+__all__ = ['total_stride', 'check_fit', 'read_arch', 'resolve_arch']
 
 
 def total_stride(graph: irmod.IR) -> int:

@@ -5,6 +5,9 @@ else is a bug and keeps its traceback.  Every error class lives here (as
 ``optuna.exceptions`` does), so a helper can move without dragging its module.
 """
 
+__all__ = ['DLASearchError', 'IRError', 'ExportError', 'CheckpointError', 'SearchError', 'PrecheckError', 'SpaceError',
+           'JournalError', 'FilesError', 'TrainError', 'DataError', 'ReportError', 'CompareError', 'did_you_mean']
+
 
 class DLASearchError(ValueError):
     """Bad input from the user (spec, IR, data, command line)."""

@@ -19,6 +19,9 @@ from pathlib import Path
 
 from dlasearch.errors import FilesError
 
+__all__ = ['results_root', 'study_dir', 'default_journal', 'check_name', 'explain', 'write_atomic', 'fsync_dir',
+           'write_text', 'check_writable']
+
 RESULTS = "results"
 
 

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from dlasearch.errors import did_you_mean
 from dlasearch.ir import BLOCK_TYPES, IR, IRError, validate
 
+__all__ = ['Stem', 'ConvStage', 'Stage', 'Spec', 'normalize', 'Builder', 'build']
+
 PATTERNS = {"chain": "a", "skip": "b", "ida": "c", "tree": "d", "reentrant": "e", "hda": "f", "dla": "fig2"}
 LETTERS = {v: k for k, v in PATTERNS.items()}
 TREE_PATTERNS = ("tree", "reentrant", "hda", "dla")

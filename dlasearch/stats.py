@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 
+__all__ = ['chance', 'standard_error', 'chance_limit', 'at_chance', 'chance_line', 'chance_record', 'fmt']
+
 DASH = "–"  # the cell of a statistic that needs more samples than there are
 MIN_SPREAD = 2  # std, confidence interval: two values at least
 MIN_TEST = 2  # a two-sample test (Welch): two values on each side

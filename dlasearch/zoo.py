@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 import torch
 
-from dlasearch.ir import to_module
 from dlasearch.errors import did_you_mean
-from dlasearch.ir import IR, IRError
+from dlasearch.ir import IR, IRError, to_module
 from dlasearch.patterns import build
+
+__all__ = ['Config', 'spec', 'dla', 'dla_up', 'names', 'ir', 'create', 'convert_original', 'table']
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ import graphviz
 
 from dlasearch.ir import IR
 
+__all__ = ['aspect', 'pick_direction']
+
 
 def aspect(g: graphviz.Digraph) -> float | None:
     """Width over height of ``g`` as dot lays it out (None without a working ``dot``)."""

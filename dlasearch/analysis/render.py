@@ -66,6 +66,9 @@ from dlasearch.files import RESULTS
 from dlasearch.ir import IR, KINDS, infer_shapes
 from dlasearch.patterns import PATTERNS, build
 
+__all__ = ['stage', 'edge_roles', 'nominal_size', 'to_dot', 'figure1_irs', 'figure1_dot', 'write', 'render', 'figure1',
+           'load_arch', 'command']
+
 FORMATS = ("svg", "png", "pdf")
 DIRECTIONS = ("auto", "LR", "TB")
 SHOWN_COMPACT = ("block", "aggregate", "upsample")  # what details=False draws

@@ -17,10 +17,12 @@ import time
 import warnings
 from pathlib import Path
 
-from dlasearch import files as dfiles
-from dlasearch import stats
-from dlasearch.analysis.compare import CompareError, check_writable, color, plot_style, save_figure
-from dlasearch.errors import DLASearchError, did_you_mean, ReportError
+from dlasearch import files as dfiles, stats
+from dlasearch.analysis.compare import check_writable, color, plot_style, save_figure
+from dlasearch.errors import CompareError, DLASearchError, ReportError, did_you_mean
+
+__all__ = ['objectives', 'complete_trials', 'top_trials', 'progress_plot', 'importance', 'importance_plot',
+           'accuracy_plot', 'diagrams', 'report', 'command']
 
 OPTIONS = ("study", "storage", "out", "top")
 MARKER = "report.json"

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import os
 import sys
-from dlasearch.search import guard
-from dlasearch.errors import DLASearchError, did_you_mean
-from dlasearch.search.space import SHORTCUTS as RUN_SHORTCUTS
+
 from dlasearch.cli.commands import COMMANDS
+from dlasearch.errors import DLASearchError, did_you_mean
+from dlasearch.search import guard
+from dlasearch.search.space import SHORTCUTS as RUN_SHORTCUTS
 
 
 def parse_overrides(items: list[str], aliases: dict | None = None) -> dict:

@@ -4,8 +4,12 @@ drives, so a command is a few lines; ``COMMANDS`` names them with their one-line
 from __future__ import annotations
 
 import sys
+
 from dlasearch import files
 from dlasearch.errors import DLASearchError
+
+__all__ = ['cmd_zoo', 'cmd_train', 'cmd_render', 'cmd_run', 'cmd_worker', 'cmd_compare', 'cmd_export', 'cmd_report',
+           'cmd_rank', 'print_config']
 
 
 def cmd_zoo(args: dict) -> int:
@@ -65,8 +69,8 @@ def cmd_render(args: dict) -> int:
 
 def cmd_run(args: dict) -> int:
     """Run (or resume) a search: ``space=NAME`` plus overrides merged into the space file."""
-    from dlasearch.search import resume
     from dlasearch import search
+    from dlasearch.search import resume
 
     show = args.pop("print_config", False)
     sp = resume.resolve(args)

@@ -14,6 +14,9 @@ from typing import Any
 
 from dlasearch.errors import DLASearchError, did_you_mean
 
+__all__ = ['Option', 'train_options', 'data_options', 'table', 'flatten', 'check', 'help_text', 'to_yaml',
+           'write_config', 'print_config']
+
 REQUIRED = object()  # default of an option that must be given
 
 

@@ -21,9 +21,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dlasearch import files
-from dlasearch import ir as irmod
+from dlasearch import files, ir as irmod
 from dlasearch.errors import CheckpointError
+
+__all__ = ['Preprocess', 'save', 'read_state_dict', 'head_keys', 'load_weights', 'frozen', 'build', 'load']
 
 FORMAT = "dlasearch-checkpoint/1"
 WEIGHTS = "model.safetensors"

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import torch
 
-from dlasearch.errors import did_you_mean, ExportError
+from dlasearch.errors import ExportError, did_you_mean
+
+__all__ = ['parse_formats', 'write_py', 'write_pt2', 'write_onnx', 'export', 'command']
 
 FORMATS = ("py", "pt2", "onnx")
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
@@ -267,8 +269,8 @@ OPTIONS = ("from", "study", "trial", "storage", "artifacts", "format", "out", "o
 
 def command(args: dict) -> int:
     """``dlasearch export from=<run folder | checkpoint | zoo name> | study=NAME trial=N format=... out=DIR``."""
-    from dlasearch.deploy import checkpoint
     from dlasearch import zoo
+    from dlasearch.deploy import checkpoint
 
     unknown = [k for k in args if k not in OPTIONS]
     if unknown:

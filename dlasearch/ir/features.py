@@ -14,6 +14,8 @@ import networkx as nx
 
 from dlasearch import ir as irmod
 
+__all__ = ['stage_outputs', 'features']
+
 PROBE = 1024  # a power of two: ceil-mode pooling divides it exactly, so sides give exact strides
 
 

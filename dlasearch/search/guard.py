@@ -18,6 +18,9 @@ import sys
 import time
 from pathlib import Path
 
+__all__ = ['Terminated', 'install_sigterm', 'interrupt_reason', 'die_with_parent', 'parent_gone', 'stop_if_orphaned',
+           'counted_before', 'surplus', 'claim']
+
 PARENT_ENV = "DLASEARCH_PARENT"
 
 

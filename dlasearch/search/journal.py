@@ -25,6 +25,8 @@ from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from dlasearch import files
 from dlasearch.errors import JournalError
 
+__all__ = ['JournalWriteError', 'write_error', 'make_lock', 'repair', 'SafeJournalBackend']
+
 LOCK_GRACE = 10  # lock holders keep the lock for milliseconds; an older lock was left by a killed process
 
 

@@ -24,6 +24,8 @@ from optuna.trial import TrialState
 
 from dlasearch.deploy import checkpoint
 
+__all__ = ['store_path', 'store', 'upload', 'best_numbers', 'prune', 'save_best', 'fetch']
+
 ATTR = "weights_artifact"
 
 

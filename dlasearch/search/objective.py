@@ -1,20 +1,19 @@
-"""One trial of a search: sample a spec, build, fingerprint, measure, check budgets, train, record.
-"""
+"""One trial of a search: sample a spec, build, fingerprint, measure, check budgets, train, record."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
 import optuna
 from optuna.trial import TrialState
-from dlasearch.search import guard, journal, keep, precheck
-from dlasearch.search import space as spacemod
+
 from dlasearch import stats
 from dlasearch.ir import IRError, fingerprint, to_json
 from dlasearch.patterns import build
-from dlasearch.search.study import Heartbeat
-from dlasearch.search.study import ME
-from dlasearch.search.study import fail_stale
-from dlasearch.search.study import storage_url
+from dlasearch.search import guard, journal, keep, precheck, space as spacemod
+from dlasearch.search.study import ME, Heartbeat, fail_stale, storage_url
+
+__all__ = ['describe', 'Objective', 'TrialFailed']
 
 
 def describe(spec: dict) -> str:

@@ -12,6 +12,8 @@ import itertools
 from dlasearch.errors import DLASearchError, PrecheckError
 from dlasearch.ir import IR, IRError
 
+__all__ = ['count_params', 'check_space']
+
 MAX_COMBOS = 256  # categorical choices tried when looking for the smallest architecture
 
 
@@ -85,8 +87,8 @@ def _symbolic_choices(space: dict) -> dict:
 
 def check_space(space: dict, channels: int, num_classes: int) -> None:
     """Raise ``PrecheckError`` when no architecture of the space can be built or fit ``budget.params``."""
-    from dlasearch.search import space as spacemod
     from dlasearch.patterns import build
+    from dlasearch.search import space as spacemod
 
     symbolic = _symbolic_choices(space)
     combos = list(itertools.islice(itertools.product(*symbolic.values()), MAX_COMBOS + 1))

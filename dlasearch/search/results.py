@@ -1,17 +1,18 @@
-"""What a study exports: ``trials.csv``, ``best/`` and trial architectures (all regenerable).
-"""
+"""What a study exports: ``trials.csv``, ``best/`` and trial architectures (all regenerable)."""
 from __future__ import annotations
 
 import json
+
 import optuna
 from optuna.trial import TrialState
+
 from dlasearch import files
-from dlasearch.search import keep
+from dlasearch.errors import SearchError
 from dlasearch.ir import from_json
-from dlasearch.search.study import SearchError
-from dlasearch.search.study import find_study
-from dlasearch.search.study import results_dir
-from dlasearch.search.study import study_name
+from dlasearch.search import keep
+from dlasearch.search.study import find_study, results_dir, study_name
+
+__all__ = ['export', 'trials_frame', 'trial_ir']
 
 
 def export(study: optuna.Study, space: dict, log=print) -> dict:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from dlasearch.errors import DLASearchError
 
+__all__ = ['resolve', 'stored', 'differences']
+
 CHANGEABLE = ("trials", "timeout", "workers")
 IDENTITY = ("name", "storage")
 

@@ -29,8 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from dlasearch import files
-from dlasearch.errors import did_you_mean, SpaceError
+from dlasearch.errors import SpaceError, did_you_mean
 from dlasearch.patterns import LETTERS, PATTERNS
+
+__all__ = ['validate', 'available', 'load', 'expand_shortcuts', 'sample', 'published_params']
 
 MAX_LEVELS = 10  # 1024 blocks per stage; deeper trees take minutes just to build the IR
 

@@ -14,13 +14,16 @@ import threading
 import time
 import warnings
 from pathlib import Path
+
 import optuna
 from optuna.trial import TrialState
-from dlasearch import files
-from dlasearch.search import guard, journal
-from dlasearch.search import space as spacemod
-from dlasearch.errors import did_you_mean, SearchError
 
+from dlasearch import files
+from dlasearch.errors import SearchError, did_you_mean
+from dlasearch.search import guard, journal, space as spacemod
+
+__all__ = ['results_dir', 'study_name', 'storage_url', 'open_storage', 'make_sampler', 'make_pruner', 'open_study',
+           'find_study', 'attach', 'fail_stale', 'Heartbeat', 'counted']
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 

@@ -1,5 +1,4 @@
-"""Running a search: ``dlasearch run`` and its worker processes, each looping over trials.
-"""
+"""Running a search: ``dlasearch run`` and its worker processes, each looping over trials."""
 from __future__ import annotations
 
 import json
@@ -9,21 +8,18 @@ import signal
 import subprocess
 import sys
 import time
+
 import optuna
 from optuna.trial import TrialState
-from dlasearch import files
+
+from dlasearch import files, stats
+from dlasearch.errors import SearchError
 from dlasearch.search import guard, journal, keep, precheck
-from dlasearch import stats
 from dlasearch.search.objective import Objective
 from dlasearch.search.results import export
-from dlasearch.search.study import ME
-from dlasearch.search.study import SearchError
-from dlasearch.search.study import counted
-from dlasearch.search.study import fail_stale
-from dlasearch.search.study import open_study
-from dlasearch.search.study import results_dir
-from dlasearch.search.study import storage_url
-from dlasearch.search.study import study_name
+from dlasearch.search.study import ME, counted, fail_stale, open_study, results_dir, storage_url, study_name
+
+__all__ = ['load_data', 'work', 'run']
 
 
 def load_data(space: dict):

@@ -1,15 +1,17 @@
-"""What a training run is told (``TrainConfig``, every option with its meaning) and what it returns.
-"""
+"""What a training run is told (``TrainConfig``, every option with its meaning) and what it returns."""
 from __future__ import annotations
 
 import dataclasses
 import math
 from dataclasses import dataclass, field
+
 import torch
+
+from dlasearch.errors import TrainError
 from dlasearch.train import engine
 from dlasearch.train.engine import COMPILE_MODES
-from dlasearch.errors import TrainError
 
+__all__ = ['StopTraining', 'TrainConfig', 'TrainResult', 'resolve_device', 'autocast_dtype']
 
 PRECISIONS = ("auto", "fp32", "bf16")
 

@@ -1,24 +1,20 @@
-"""Datasets as three splits of uint8 tensors, their transforms, and ``load`` by name.
-"""
+"""Datasets as three splits of uint8 tensors, their transforms, and ``load`` by name."""
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+
 import numpy as np
 import torch
 import torch.nn.functional as F
-from dlasearch.errors import did_you_mean, DataError
-from dlasearch.train.sources import _CIFAR10
-from dlasearch.train.sources import _FLIP
-from dlasearch.train.sources import _IDX
-from dlasearch.train.sources import _load_cifar10
-from dlasearch.train.sources import _load_digits
-from dlasearch.train.sources import _load_idx
-from dlasearch.train.sources import _load_npz
-from dlasearch.train.sources import default_root
 
+from dlasearch.errors import DataError, did_you_mean
+from dlasearch.train.sources import (_CIFAR10, _FLIP, _IDX, _load_cifar10, _load_digits, _load_idx, _load_npz,
+                                     default_root)
+
+__all__ = ['Dataset', 'random_crop', 'crop_at', 'random_flip', 'resize', 'load']
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "npz")
 

@@ -28,6 +28,9 @@ import torch.nn.functional as F
 
 from dlasearch.train.data import Dataset, crop_at
 
+__all__ = ['cpu_bf16', 'Precision', 'choose_precision', 'autocast', 'Feeder', 'evaluate', 'Stepper', 'resolve_compile',
+           'compile_model', 'recalibrate_bn', 'fit']
+
 COMPILE_MODES = ("auto", "none", "default", "reduce-overhead")
 WARMUP_STEPS = 3  # eager steps before a CUDA graph is captured (lazy initialisation happens outside capture)
 
@@ -189,7 +192,7 @@ class Stepper:
         with autocast(self.device, self.prec.amp, cache):
             out = self.model(x.contiguous(memory_format=self.prec.memory_format))
         if out.ndim != 2:
-            from dlasearch.train import TrainError
+            from dlasearch.errors import TrainError
             raise TrainError(f"the model returns shape {tuple(out.shape)}; training needs (batch, classes) logits")
         return out, F.cross_entropy(out.float(), y, label_smoothing=self.cfg.label_smoothing)
 

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+__all__ = ['params', 'macs', 'autocast', 'train_memory', 'train_memory_bytes', 'latency']
+
 
 def params(model: torch.nn.Module) -> int:
     """Trainable parameter count."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 import time
 
+__all__ = ['duration', 'Progress']
+
 
 def duration(seconds: float) -> str:
     """``75`` -> ``1m15s``; ``3700`` -> ``1h01m``."""

@@ -1,5 +1,4 @@
-"""One measured run, as ``dlasearch train`` makes it: resolve, check, train and write a run folder.
-"""
+"""One measured run, as ``dlasearch train`` makes it: resolve, check, train and write a run folder."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,19 +6,16 @@ import json
 import tempfile
 import time
 from pathlib import Path
-import torch
-from dlasearch import ir as irmod
-from dlasearch import files
-from dlasearch.arch import check_fit
-from dlasearch.arch import read_arch
-from dlasearch.arch import resolve_arch
-from dlasearch.arch import total_stride
-from dlasearch.train.config import TrainConfig
-from dlasearch.train.config import TrainError
-from dlasearch.train.config import resolve_device
-from dlasearch.train.trainer import measure_arch
-from dlasearch.train.trainer import train
 
+import torch
+
+from dlasearch import files, ir as irmod
+from dlasearch.arch import check_fit, read_arch, resolve_arch, total_stride
+from dlasearch.errors import TrainError
+from dlasearch.train.config import TrainConfig, resolve_device
+from dlasearch.train.trainer import measure_arch, train
+
+__all__ = ['save_run', 'save_or_fallback', 'run_folder', 'data_options', 'resolved_config', 'run']
 
 MAX_AUTO_GROWTH = 8  # image_size=auto never enlarges images more than this (a silent multi-GB run otherwise)
 
@@ -109,10 +105,10 @@ def run(arch: str, data: dict | str | None, config: TrainConfig, *, image_size="
     that, then uses its total stride (e.g. digits 8x8 -> 32 for a DLA).  ``weights``: a
     checkpoint to start from (fine-tuning; a different class count re-initialises the classifier).
     """
-    from dlasearch.train import data as datamod
-    from dlasearch.deploy import checkpoint
     from dlasearch import stats
+    from dlasearch.deploy import checkpoint
     from dlasearch.ir import to_module
+    from dlasearch.train import data as datamod
 
     read_arch(arch)
     if weights is not None:

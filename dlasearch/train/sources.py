@@ -16,9 +16,12 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-import numpy as np
-from dlasearch.train.data import DataError
 
+import numpy as np
+
+from dlasearch.errors import DataError
+
+__all__ = ['default_root', 'md5sum', 'download', 'read_idx']
 
 MAX_CLASSES = 100_000  # a label past this is a corrupt file, not a class (it would size the classifier)
 

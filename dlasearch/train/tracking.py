@@ -14,6 +14,8 @@ from pathlib import Path
 
 from dlasearch.errors import DLASearchError
 
+__all__ = ['parse', 'require', 'mlflow_uri', 'Tracker', 'StudyTracker', 'open_tracker']
+
 BACKENDS = ("tensorboard", "mlflow")
 EXTRA = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
 

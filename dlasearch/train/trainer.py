@@ -9,14 +9,16 @@ import contextlib
 import dataclasses
 import math
 from typing import Callable
+
 import torch
-from dlasearch.train import engine
-from dlasearch.train.data import Dataset
+
 from dlasearch.arch import check_fit
-from dlasearch.train.config import TrainConfig
-from dlasearch.train.config import TrainError
-from dlasearch.train.config import TrainResult
-from dlasearch.train.config import resolve_device
+from dlasearch.errors import TrainError
+from dlasearch.train import engine
+from dlasearch.train.config import TrainConfig, TrainResult, resolve_device
+from dlasearch.train.data import Dataset
+
+__all__ = ['evaluate', 'train', 'measure_arch']
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

@@ -1,14 +1,16 @@
-"""The options of ``dlasearch compare``, each parsed and checked before anything runs.
-"""
+"""The options of ``dlasearch compare``, each parsed and checked before anything runs."""
 from __future__ import annotations
 
 import difflib
 import math
-from dlasearch.errors import CompareError
-from dlasearch.patterns import LETTERS, PATTERNS
+
 from dlasearch.analysis.compare.sizing import STAGE_CHANNELS
 from dlasearch.analysis.compare.statistics import REFERENCE
+from dlasearch.errors import CompareError
+from dlasearch.patterns import LETTERS, PATTERNS
 
+__all__ = ['parse_patterns', 'parse_seeds', 'parse_number', 'parse_budget', 'parse_blocks', 'parse_baseline',
+           'baseline_key', 'short_number']
 
 ALIASES = {"plain": "chain", **LETTERS}
 

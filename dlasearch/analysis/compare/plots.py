@@ -1,15 +1,16 @@
-"""Plots of a comparison (accuracy vs params, vs training memory, per-pattern spread), PNG + SVG.
-"""
+"""Plots of a comparison (accuracy vs params, vs training memory, per-pattern spread), PNG + SVG."""
 from __future__ import annotations
 
 import contextlib
 import math
 from pathlib import Path
-from dlasearch import files
-from dlasearch.patterns import PATTERNS
-from dlasearch.analysis.compare.options import CompareError
-from dlasearch.analysis.compare.statistics import REFERENCE
 
+from dlasearch import files
+from dlasearch.analysis.compare.statistics import REFERENCE
+from dlasearch.errors import CompareError
+from dlasearch.patterns import PATTERNS
+
+__all__ = ['plot_style', 'save_figure', 'color', 'plots']
 
 PATTERN_COLORS = {"chain": "#4d4d4d", "skip": "#1f77b4", "ida": "#2ca02c", "tree": "#ff7f0e",
                   "reentrant": "#9467bd", "hda": "#d62728", "dla": "#17becf"}

@@ -1,5 +1,4 @@
-"""Running a comparison: settings, sizing, training every (pattern, seed), resumable, and the outputs.
-"""
+"""Running a comparison: settings, sizing, training every (pattern, seed), resumable, and the outputs."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,34 +7,18 @@ import math
 import sys
 import time
 from pathlib import Path
-from dlasearch.deploy import checkpoint
-from dlasearch import files
-from dlasearch import stats as dstats
-from dlasearch.errors import did_you_mean
-from dlasearch.analysis.compare.options import CompareError
-from dlasearch.analysis.compare.options import DEFAULT_BASELINE
-from dlasearch.analysis.compare.options import OPTIONS
-from dlasearch.analysis.compare.options import _NOT_TRAIN_OPTIONS
-from dlasearch.analysis.compare.options import _train_config
-from dlasearch.analysis.compare.options import baseline_key
-from dlasearch.analysis.compare.options import parse_baseline
-from dlasearch.analysis.compare.options import parse_blocks
-from dlasearch.analysis.compare.options import parse_budget
-from dlasearch.analysis.compare.options import parse_patterns
-from dlasearch.analysis.compare.options import parse_seeds
-from dlasearch.analysis.compare.options import short_number
-from dlasearch.analysis.compare.plots import plots
-from dlasearch.analysis.compare.sizing import CONV_STAGES
-from dlasearch.analysis.compare.sizing import DEFAULT_BLOCKS
-from dlasearch.analysis.compare.sizing import STAGE_CHANNELS
-from dlasearch.analysis.compare.sizing import STEM
-from dlasearch.analysis.compare.sizing import Sized
-from dlasearch.analysis.compare.sizing import size
-from dlasearch.analysis.compare.statistics import REFERENCE
-from dlasearch.analysis.compare.statistics import markdown_table
-from dlasearch.analysis.compare.statistics import size_correlation
-from dlasearch.analysis.compare.statistics import summarize
 
+from dlasearch import files, stats as dstats
+from dlasearch.analysis.compare.options import (_NOT_TRAIN_OPTIONS, DEFAULT_BASELINE, OPTIONS, _train_config,
+                                                baseline_key, parse_baseline, parse_blocks, parse_budget,
+                                                parse_patterns, parse_seeds, short_number)
+from dlasearch.analysis.compare.plots import plots
+from dlasearch.analysis.compare.sizing import CONV_STAGES, DEFAULT_BLOCKS, STAGE_CHANNELS, STEM, Sized, size
+from dlasearch.analysis.compare.statistics import REFERENCE, markdown_table, size_correlation, summarize
+from dlasearch.deploy import checkpoint
+from dlasearch.errors import CompareError, did_you_mean
+
+__all__ = ['check_writable', 'check_settings', 'run_path', 'compare', 'command']
 
 SETTINGS = "settings.json"
 
@@ -143,10 +126,9 @@ def compare(patterns=None, data="digits", seeds=3, budget=None, *, root=None, pa
     import pandas as pd
     import torch
 
-    from dlasearch.train import data as datamod
-    from dlasearch.patterns import build
     from dlasearch.arch import check_fit
-    from dlasearch.train import data_options
+    from dlasearch.patterns import build
+    from dlasearch.train import data as datamod, data_options
 
     order = parse_patterns(patterns)
     if REFERENCE not in order:

@@ -1,11 +1,12 @@
-"""Sizing: one backbone per pattern, widened or narrowed until it lands on the parameter budget.
-"""
+"""Sizing: one backbone per pattern, widened or narrowed until it lands on the parameter budget."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from dlasearch.analysis.compare.options import CompareError
 
+from dlasearch.errors import CompareError
+
+__all__ = ['widths_at', 'make_spec', 'Sized', 'size']
 
 STEM = {"channels": 16, "kernel": 3}
 
@@ -75,8 +76,8 @@ class _Counter:
             import torch
 
             from dlasearch.ir import to_module
-            from dlasearch.train.measure import params
             from dlasearch.patterns import build
+            from dlasearch.train.measure import params
 
             with torch.device("meta"):  # shapes only: a huge candidate allocates nothing
                 self.cache[widths] = params(to_module(build(self.spec(widths))))

@@ -1,12 +1,13 @@
-"""Statistics over seeds: means and CIs, Welch tests with Holm's correction, the summary table.
-"""
+"""Statistics over seeds: means and CIs, Welch tests with Holm's correction, the summary table."""
 from __future__ import annotations
 
 import math
 import warnings
+
 from dlasearch import stats as dstats
 from dlasearch.patterns import PATTERNS
 
+__all__ = ['mean_ci', 'welch', 'holm', 'summarize', 'size_correlation', 'markdown_table']
 
 REFERENCE = "chain"
 
