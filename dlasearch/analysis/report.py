@@ -298,31 +298,56 @@ def _prepare(out: Path, name: str, url: str) -> None:
         raise ReportError(f"out={str(out)!r}: cannot create it: {dfiles.explain(e)}") from None
 
 
+class _Page:
+    """The report being written: its folder, its markdown lines and every file it links."""
+
+    def __init__(self, out: Path):
+        self.out, self.md, self.files = out, [], []
+
+    def text(self, fname: str, body: str) -> Path:
+        self.files.append(dfiles.write_text(self.out / fname, body, ReportError))
+        return self.out / fname
+
+    def images(self, files: list[Path], alt: str) -> None:
+        self.files += files
+        self.md += _images(files, self.out, alt)
+
+
 def report(name: str, storage: str | None = None, out=None, top: int = 3, log=print) -> Path:
     """Write the study's report folder; returns the path of ``report.md``."""
     from dlasearch import search
 
     if isinstance(top, bool) or not isinstance(top, int) or top < 0:
         raise ReportError(f"top={top!r}: expected an int >= 0 (architectures to draw)")
-    from dlasearch.search import find_study
-
-    study, url = find_study(str(name), storage)
+    study, url = search.find_study(str(name), storage)
     out = Path(str(out)).expanduser() if out is not None else dfiles.study_dir(str(name), storage) / "report"
     try:
         _prepare(out, str(name), url)
     except CompareError as e:
         raise ReportError(str(e)) from None
     names = objectives(study)
-    directions = [d.name.lower() for d in study.directions]
     df = search.trials_frame(study)
-    files: list[Path] = []
+    page = _Page(out)
+    page.text("trials.csv", df.to_csv(index=False))
+    page.text("trials.md", f"# Trials of `{name}`\n\n" + (_markdown(df) if len(df) else "No trials yet.") + "\n")
+    done = df[(df.state == "COMPLETE")] if len(df) else df
+    _summary(page, study, str(name), url, names, df, done, log)
+    ranked = top_trials(study, max(top, 10))
+    _trials(page, done, ranked)
+    _history(page, study, names)
+    _importance(page, study, names)
+    _costs(page, df)
+    _top(page, study, ranked[:top], top, names)
+    page.text("report.md", "\n".join(page.md))
+    rels = [_rel(f, out) for f in page.files]
+    page.text(MARKER, json.dumps({"study": str(name), "storage": url, "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                  "files": rels}, indent=1) + "\n")
+    log(f"wrote {out / 'report.md'} and {len(page.files) - 1} other file(s) for study {name!r} ({len(df)} trials)")
+    return out / "report.md"
 
-    def text(fname: str, body: str) -> Path:
-        files.append(dfiles.write_text(out / fname, body, ReportError))
-        return out / fname
 
-    text("trials.csv", df.to_csv(index=False))
-    text("trials.md", f"# Trials of `{name}`\n\n" + (_markdown(df) if len(df) else "No trials yet.") + "\n")
+def _summary(page: _Page, study, name: str, url: str, names: list[str], df, done, log) -> None:
+    directions = [d.name.lower() for d in study.directions]
     counts = df.state.value_counts().to_dict() if len(df) else {}
     space = _space(study)
     md = [f"# Study report: `{name}`", "",
@@ -336,80 +361,80 @@ def report(name: str, storage: str | None = None, out=None, top: int = 3, log=pr
         d, tr = space.get("data") or {}, space.get("train") or {}
         md.append(f"- space: {space.get('name', '?')}"
                   + (f" — {' '.join(str(space['description']).split())}" if space.get("description") else ""))
-    if space and d and tr:
-        md.append(f"- data: {d.get('name')} at {d.get('image_size')}px"
-                  + (f", {d['limit']} training images" if d.get("limit") else "")
-                  + f"; training: {tr.get('epochs')} epoch(s), batch {tr.get('batch_size')}, lr {tr.get('lr')}")
-    done = df[(df.state == "COMPLETE")] if len(df) else df
+        if d and tr:
+            md.append(f"- data: {d.get('name')} at {d.get('image_size')}px"
+                      + (f", {d['limit']} training images" if d.get("limit") else "")
+                      + f"; training: {tr.get('epochs')} epoch(s), batch {tr.get('batch_size')}, lr {tr.get('lr')}")
     low = int(done.at_chance.fillna(False).astype(bool).sum()) if "at_chance" in done else 0
     if low:
         md.append(f"- **{low} of {len(done)} complete trials are at chance** ({stats.CHANCE_MARK}: validation "
                   f"accuracy within chance + 2 standard errors; column `at_chance` of trials.csv): their "
                   f"ranking means nothing; train longer")
         log(f"warning: {low} of {len(done)} complete trials of {name!r} are at chance; their ranking means nothing")
-    md += ["", "## Trials", ""]
-    ranked = top_trials(study, max(top, 10))
+    page.md += md
+
+
+def _trials(page: _Page, done, ranked) -> None:
+    page.md += ["", "## Trials", ""]
     if len(done) and "val_accuracy" in done and done.val_accuracy.notna().any() and ranked:
-        md += ["Best distinct architectures by validation accuracy (in the order of the top architectures "
-               "below; each once, with the other trials that built it):", "", _markdown(_best_table(done, ranked)),
-               ""]
-    md += ["Every trial: [trials.csv](trials.csv) · [trials.md](trials.md)", ""]
+        page.md += ["Best distinct architectures by validation accuracy (in the order of the top architectures "
+                    "below; each once, with the other trials that built it):", "",
+                    _markdown(_best_table(done, ranked)), ""]
+    page.md += ["Every trial: [trials.csv](trials.csv) · [trials.md](trials.md)", ""]
 
-    prog, note = progress_plot(study, names, out)
-    files += prog
-    md += ["## " + ("Optimisation history" if len(names) == 1 else "Pareto front"), ""]
-    md += _images(prog, out, "history" if len(names) == 1 else "Pareto front") + ([note] if note else []) + [""]
 
-    md += ["## Parameter importance", ""]
+def _history(page: _Page, study, names: list[str]) -> None:
+    prog, note = progress_plot(study, names, page.out)
+    page.md += ["## " + ("Optimisation history" if len(names) == 1 else "Pareto front"), ""]
+    page.images(prog, "history" if len(names) == 1 else "Pareto front")
+    page.md += ([note] if note else []) + [""]
+
+
+def _importance(page: _Page, study, names: list[str]) -> None:
+    page.md += ["## Parameter importance", ""]
     imp = importance(study, names)
     if isinstance(imp, str):
-        md += [imp, ""]
-    else:
-        files += [text("importance.csv", imp.to_csv(index_label="param"))]
-        plot = importance_plot(imp, out)
-        files += plot
-        md += [f"fANOVA importances over {len(complete_trials(study))} complete trials (normalised per objective; "
-               f"few trials make them rough):", "", imp.to_markdown(floatfmt=".3f"), "",
-               *_images(plot, out, "parameter importance"), "[importance.csv](importance.csv)", ""]
+        page.md += [imp, ""]
+        return
+    page.text("importance.csv", imp.to_csv(index_label="param"))
+    page.md += [f"fANOVA importances over {len(complete_trials(study))} complete trials (normalised per objective; "
+                f"few trials make them rough):", "", imp.to_markdown(floatfmt=".3f"), ""]
+    page.images(importance_plot(imp, page.out), "parameter importance")
+    page.md += ["[importance.csv](importance.csv)", ""]
 
-    md += ["## Accuracy vs cost", ""]
+
+def _costs(page: _Page, df) -> None:
+    page.md += ["## Accuracy vs cost", ""]
     have = all(c in df.columns for c in ("val_accuracy", *(c[0] for c in COSTS), "pattern")) and len(df)
     pts = df[(df.state == "COMPLETE") & df.val_accuracy.notna() & df.duplicate_of.isna()] if have else df.iloc[0:0]
     if len(pts):
-        plot = accuracy_plot(pts, out)
-        files += plot
-        md += _images(plot, out, "accuracy vs params, MACs and training memory") + [""]
+        page.images(accuracy_plot(pts, page.out), "accuracy vs params, MACs and training memory")
+        page.md += [""]
     else:
-        md += ["No complete trials with a validation accuracy yet.", ""]
+        page.md += ["No complete trials with a validation accuracy yet.", ""]
 
-    chosen = ranked[:top]
-    md += [f"## Top {top} architectures", ""]
+
+def _top(page: _Page, study, chosen: list, top: int, names: list[str]) -> None:
+    page.md += [f"## Top {top} architectures", ""]
     if top and not chosen:
-        md += ["No complete trials with an architecture yet.", ""]
+        page.md += ["No complete trials with an architecture yet.", ""]
     elif len(chosen) < top:
-        md += [f"Only {len(chosen)} distinct architecture(s) completed (identical ones are drawn once).", ""]
-    drawn, note = diagrams(study, chosen, out)
+        page.md += [f"Only {len(chosen)} distinct architecture(s) completed (identical ones are drawn once).", ""]
+    drawn, note = diagrams(study, chosen, page.out)
     pareto = {t.number for t in study.best_trials} if len(names) > 1 and complete_trials(study) else set()
     for rank, (t, tfiles) in enumerate(drawn, start=1):
         u = t.user_attrs
-        files += tfiles
-        md += [f"### {rank}. Trial {t.number}: {u.get('pattern', '?')}" + (" (on the Pareto front)"
-                                                                          if t.number in pareto else "")
-               + (f" {stats.CHANCE_MARK}" if u.get("at_chance") else ""), "",
-               f"{u.get('arch', '')} — val_accuracy {_fmt(u.get('val_accuracy'))}, "
-               f"params {_fmt(u.get('params'), ',')}, "
-               f"MACs {_fmt(u.get('macs'), ',')}, training memory {_fmt(u.get('train_memory'), ',')} bytes", ""]
-        md += _images(tfiles, out, f"trial {t.number}")
-        md += [" · ".join(f"[{f.name.split('.', 1)[1]}]({_rel(f, out)})" for f in tfiles if f.suffix == ".json"), ""]
+        page.md += [f"### {rank}. Trial {t.number}: {u.get('pattern', '?')}"
+                    + (" (on the Pareto front)" if t.number in pareto else "")
+                    + (f" {stats.CHANCE_MARK}" if u.get("at_chance") else ""), "",
+                    f"{u.get('arch', '')} — val_accuracy {_fmt(u.get('val_accuracy'))}, "
+                    f"params {_fmt(u.get('params'), ',')}, "
+                    f"MACs {_fmt(u.get('macs'), ',')}, training memory {_fmt(u.get('train_memory'), ',')} bytes", ""]
+        page.images(tfiles, f"trial {t.number}")
+        page.md += [" · ".join(f"[{f.name.split('.', 1)[1]}]({_rel(f, page.out)})" for f in tfiles
+                               if f.suffix == ".json"), ""]
     if note:
-        md += [note, ""]
-    text("report.md", "\n".join(md))
-    rels = [_rel(f, out) for f in files]
-    text(MARKER, json.dumps({"study": str(name), "storage": url, "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                             "files": rels}, indent=1) + "\n")
-    log(f"wrote {out / 'report.md'} and {len(files) - 1} other file(s) for study {name!r} "
-        f"({len(df)} trials)")
-    return out / "report.md"
+        page.md += [note, ""]
 
 
 def command(args: dict) -> int:

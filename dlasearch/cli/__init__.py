@@ -101,9 +101,9 @@ def command_help(name: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    guard.install_sigterm()
     try:
-        return _main(argv)
+        with guard.sigterm_raises():
+            return _main(argv)
     except BrokenPipeError:  # `dlasearch zoo | head`: the reader has gone; stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

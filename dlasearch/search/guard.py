@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ['Terminated', 'install_sigterm', 'interrupt_reason', 'die_with_parent', 'parent_gone', 'stop_if_orphaned',
+__all__ = ['Terminated', 'sigterm_raises', 'interrupt_reason', 'die_with_parent', 'parent_gone', 'stop_if_orphaned',
            'counted_before', 'surplus', 'claim']
 
 PARENT_ENV = "DLASEARCH_PARENT"
@@ -32,12 +32,20 @@ def _on_sigterm(signum, frame):
     raise Terminated("terminated (SIGTERM)")
 
 
-def install_sigterm() -> None:
-    """Turn SIGTERM into ``Terminated`` in the main thread (a no-op elsewhere)."""
+@contextlib.contextmanager
+def sigterm_raises():
+    """Within the block, SIGTERM raises ``Terminated`` in the main thread (a no-op elsewhere); the
+    previous handler comes back after it, so calling the CLI in-process leaves no handler behind."""
     import threading
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def interrupt_reason(e: BaseException) -> str:

@@ -22,6 +22,7 @@ from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import TrialState
 
+from dlasearch import files
 from dlasearch.deploy import checkpoint
 
 __all__ = ['store_path', 'store', 'upload', 'best_numbers', 'prune', 'save_best', 'fetch']
@@ -122,7 +123,7 @@ def fetch(study: str, trial: int, storage: str | None = None, artifacts: str | N
         artifacts = (space.get("study") or {}).get("artifacts")
     if artifacts is None:
         local = url[len("journal://"):] if url.startswith("journal://") else url
-        artifacts = Path(local).parent / "artifacts" if "://" not in local else Path("results") / study / "artifacts"
+        artifacts = Path(local).parent / "artifacts" if "://" not in local else files.study_dir(study, None) / "artifacts"
     aid = _artifact(loaded, trial)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"trial{trial}.safetensors"

@@ -11,7 +11,7 @@ from dlasearch import stats
 from dlasearch.ir import IRError, fingerprint, to_json
 from dlasearch.patterns import build
 from dlasearch.search import guard, journal, keep, precheck, space as spacemod
-from dlasearch.search.study import ME, Heartbeat, fail_stale, storage_url
+from dlasearch.search.study import Heartbeat, fail_stale, storage_url, trial_id, worker_id
 
 __all__ = ['describe', 'Objective', 'TrialFailed']
 
@@ -52,10 +52,10 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial):
         try:
-            trial.set_user_attr("worker", ME)
+            trial.set_user_attr("worker", worker_id())
             if guard.surplus(trial, self.space["study"]["trials"]):
                 return self._surplus(trial)
-            with Heartbeat(trial.study, trial._trial_id, self.space["study"]["heartbeat"]):
+            with Heartbeat(trial.study, trial_id(trial), self.space["study"]["heartbeat"]):
                 return self._run(trial)
         except (optuna.TrialPruned, TrialFailed):
             raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from dlasearch import files
 from dlasearch.errors import DLASearchError
 
 __all__ = ['resolve', 'stored', 'differences']
@@ -38,7 +39,7 @@ def stored(name: str, storage, args: dict) -> dict:
     """The space study ``name`` was created with, plus the changeable overrides in ``args``."""
     from dlasearch.search import find_study
 
-    url = str(storage) if storage else str(Path("results") / name / "journal.log")
+    url = str(storage) if storage else str(files.default_journal(name))
     if "://" not in url and not Path(url).is_file():
         raise DLASearchError(f"study {name!r}: nothing to resume at {url}; start it with space=NAME "
                              f"(e.g. `dlasearch run space=hda study={name}`), or pass storage=URL")

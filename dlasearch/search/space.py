@@ -86,7 +86,7 @@ DEFAULTS: dict[str, Any] = {
               "warmup_epochs": 0.5, "label_smoothing": 0.0, "steps": None, "device": "auto",
               "channels_last": None},
     "study": {"name": None, "storage": None, "trials": 20, "workers": 1, "seed": 0, "sampler": "tpe",
-              "pruner": "hyperband", "timeout": None, "heartbeat": 10, "grace": 60, "results": "results",
+              "pruner": "hyperband", "timeout": None, "heartbeat": 10, "grace": 60, "results": files.RESULTS,
               "keep": "best", "artifacts": None},
     "objectives": ["val_accuracy"],
     "budget": {"params": None, "macs": None, "train_memory": None},

@@ -7,6 +7,7 @@ upgrade touches this file alone.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -22,8 +23,9 @@ from dlasearch import files
 from dlasearch.errors import SearchError, did_you_mean
 from dlasearch.search import guard, journal, space as spacemod
 
-__all__ = ['results_dir', 'study_name', 'storage_url', 'open_storage', 'make_sampler', 'make_pruner', 'open_study',
-           'find_study', 'attach', 'fail_stale', 'Heartbeat', 'counted']
+__all__ = ['worker_id', 'trial_id', 'set_trial_attr', 'fail_trial', 'quiet_optuna', 'results_dir', 'study_name',
+           'storage_url', 'open_storage', 'make_sampler', 'make_pruner', 'open_study', 'find_study', 'attach',
+           'fail_stale', 'Heartbeat', 'counted']
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -31,7 +33,45 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 CONTRACT = ("params", "backbone", "data", "train", "objectives")
 
 
-ME = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def worker_id() -> str:
+    """``host:pid`` of this process, as running trials record it (computed now: a fork has another pid)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+# ------------------------------------------------------------ the Optuna adapter: private calls live here
+
+def trial_id(trial) -> int:
+    """The storage id of a trial (Optuna keeps it private; ``number`` is per study, not per storage)."""
+    return trial._trial_id
+
+
+def set_trial_attr(study: optuna.Study, tid: int, key: str, value) -> None:
+    """Set a user attribute of any trial of ``study`` by storage id, running or not yet loaded."""
+    study._storage.set_trial_user_attr(tid, key, value)
+
+
+def fail_trial(study: optuna.Study, tid: int, reason: str, **attrs) -> None:
+    """Mark a RUNNING trial FAIL with ``fail_reason`` (and ``attrs``) from outside its objective;
+    raises ``UpdateFinishedTrialError`` or ``RuntimeError`` when another process finished it first."""
+    set_trial_attr(study, tid, "fail_reason", reason)
+    for k, v in attrs.items():
+        set_trial_attr(study, tid, k, v)
+    study._storage.set_trial_state_values(tid, TrialState.FAIL)
+
+
+@contextlib.contextmanager
+def quiet_optuna(level: int = optuna.logging.WARNING):
+    """Optuna's log level, and its experimental-feature warnings off, for the ``with`` block only."""
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(level)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            yield
+    finally:
+        optuna.logging.set_verbosity(before)
 
 
 def results_dir(space: dict) -> Path:
@@ -76,20 +116,20 @@ def open_storage(url: str, log=print, write: bool = True):
     return storage
 
 
-def _fail_torn(storage, trial_id: int, log) -> None:
+def _fail_torn(storage, tid: int, log) -> None:
     """Fail a trial whose last journal record was torn off (it may still say RUNNING) and re-queue it."""
     try:
-        t = storage.get_trial(trial_id)
+        t = storage.get_trial(tid)
     except KeyError:
         return  # the torn record was the one creating it
     if t.state != TrialState.RUNNING:
         return
-    storage.set_trial_user_attr(trial_id, "fail_reason", "stale: its last journal record was torn (killed run)")
-    storage.set_trial_user_attr(trial_id, "stale", True)
-    storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    storage.set_trial_user_attr(tid, "fail_reason", "stale: its last journal record was torn (killed run)")
+    storage.set_trial_user_attr(tid, "stale", True)
+    storage.set_trial_state_values(tid, TrialState.FAIL)
     if t.params:
         name = next(s.study_name for s in storage.get_all_studies()
-                    if any(x._trial_id == trial_id for x in storage.get_all_trials(s._study_id, deepcopy=False)))
+                    if any(trial_id(x) == tid for x in storage.get_all_trials(s._study_id, deepcopy=False)))
         optuna.load_study(study_name=name, storage=storage).enqueue_trial(t.params, user_attrs={"retry_of": t.number})
     log(f"failed trial #{t.number} (its last record was torn) and re-queued its parameters")
 
@@ -130,8 +170,11 @@ def make_pruner(space: dict):
 
 def open_study(space: dict, create: bool = True, log=print) -> optuna.Study:
     """Create or resume the space's study; refuse to resume one made with a different contract."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    with quiet_optuna():
+        return _open_study(space, create, log)
+
+
+def _open_study(space: dict, create: bool, log) -> optuna.Study:
     url = storage_url(space)
     storage = open_storage(url, log)
     name = study_name(space)
@@ -176,13 +219,13 @@ def find_study(name: str, storage: str | None = None) -> tuple[optuna.Study, str
                           f"database such as postgresql://user@host/db)")
     if local.startswith("sqlite:///") and not Path(local[len("sqlite:///"):]).is_file():
         raise SearchError(f"study {name!r}: no database file at {local[len('sqlite:///'):]}")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    st = open_storage(url, write=False)
-    names = sorted(s.study_name for s in optuna.get_all_study_summaries(st, include_best_trial=False))
-    if name not in names:
-        hint = did_you_mean(name, names)
-        raise SearchError(f"study {name!r} not found in {url}{hint}; existing: {', '.join(names) or 'none'}")
-    return optuna.load_study(study_name=name, storage=st), url
+    with quiet_optuna():
+        st = open_storage(url, write=False)
+        names = sorted(s.study_name for s in optuna.get_all_study_summaries(st, include_best_trial=False))
+        if name not in names:
+            hint = did_you_mean(name, names)
+            raise SearchError(f"study {name!r} not found in {url}{hint}; existing: {', '.join(names) or 'none'}")
+        return optuna.load_study(study_name=name, storage=st), url
 
 
 def attach(study: str, storage: str, index: int | None = None) -> tuple[optuna.Study, dict]:
@@ -222,9 +265,7 @@ def fail_stale(study: optuna.Study, grace: float, retry: bool = True) -> list[in
             continue
         reason = f"stale: worker {worker or '?'} stopped (no heartbeat for {now - beat:.0f}s)"
         try:
-            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
-            study._storage.set_trial_user_attr(t._trial_id, "stale", True)
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            fail_trial(study, trial_id(t), reason, stale=True)
         except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
             continue  # another worker got there first
         failed.append(t.number)
@@ -245,12 +286,12 @@ class Heartbeat:
         while not self.stop.wait(self.interval):
             guard.stop_if_orphaned()
             try:
-                self.study._storage.set_trial_user_attr(self.trial_id, "heartbeat", time.time())
+                set_trial_attr(self.study, self.trial_id, "heartbeat", time.time())
             except Exception:
                 return  # the trial finished meanwhile
 
     def __enter__(self):
-        self.study._storage.set_trial_user_attr(self.trial_id, "heartbeat", time.time())
+        set_trial_attr(self.study, self.trial_id, "heartbeat", time.time())
         self.thread.start()
         return self
 

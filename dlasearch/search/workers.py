@@ -17,7 +17,8 @@ from dlasearch.errors import SearchError
 from dlasearch.search import guard, journal, keep, precheck
 from dlasearch.search.objective import Objective
 from dlasearch.search.results import export
-from dlasearch.search.study import ME, counted, fail_stale, open_study, results_dir, storage_url, study_name
+from dlasearch.search.study import (counted, fail_stale, fail_trial, open_study, quiet_optuna, results_dir, storage_url,
+                                    study_name, trial_id, worker_id)
 
 __all__ = ['load_data', 'work', 'run']
 
@@ -43,19 +44,13 @@ def _best_line(study: optuna.Study) -> str:
 
 def work(study: optuna.Study, space: dict, data=None, log=print, train_fn=None) -> None:
     """Run trials in this process until the study holds ``study.trials`` trials (or timeout)."""
-    import torch
-
-    if space["study"].get("threads"):
-        torch.set_num_threads(space["study"]["threads"])
     data = data if data is not None else load_data(space)
     from dlasearch.train import tracking
     from dlasearch.train.progress import Progress
 
     objective = Objective(space, data, log, train_fn)
-    total = space["study"]["trials"]
-    epochs = space["train"]["epochs"]
+    total, epochs = space["study"]["trials"], space["train"]["epochs"]
     deadline = time.time() + space["study"]["timeout"] if space["study"]["timeout"] else math.inf
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
     # progress belongs to the command's console output: shown when logging goes to print
     objective.progress = Progress(max(0, total - counted(study)) * epochs, "search", show=log is print)
     backends = tracking.parse(space.get("log"))
@@ -64,21 +59,8 @@ def work(study: optuna.Study, space: dict, data=None, log=print, train_fn=None) 
         objective.tracker = tracking.StudyTracker(backends, results_dir(space), space["objectives"])
         fn, callbacks = objective.tracker.wrap(objective), callbacks + objective.tracker.callbacks()
     try:
-        while time.time() < deadline:
-            guard.stop_if_orphaned()
-            stale = fail_stale(study, space["study"]["grace"])
-            if stale:
-                log(f"failed stale trial(s) {stale} left by a stopped worker; re-queued their parameters")
-            k = counted(study)
-            if k >= total:
-                break
-            log(f"trial {k + 1}/{total} | {_best_line(study)}")
-            objective.epochs_run, objective.position = 0, f"{k + 1}/{total}"
-            study.optimize(fn, n_trials=1, catch=(Exception,), callbacks=callbacks)
-            if objective.fatal is not None:
-                raise objective.fatal
-            objective.progress.drop(epochs - objective.epochs_run)  # pruned, rejected or reused early
-            keep.prune(study, space)
+        with quiet_optuna(optuna.logging.ERROR):
+            _trials(study, space, objective, fn, callbacks, deadline, log)
     except Exception as e:
         failed = journal.write_error(e)
         if failed is None:
@@ -87,10 +69,9 @@ def work(study: optuna.Study, space: dict, data=None, log=print, train_fn=None) 
                           f"make room and rerun the same command to resume") from None
     except KeyboardInterrupt as e:
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t.user_attrs.get("worker") == ME:
+            if t.user_attrs.get("worker") == worker_id():
                 try:
-                    study._storage.set_trial_user_attr(t._trial_id, "fail_reason", guard.interrupt_reason(e))
-                    study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+                    fail_trial(study, trial_id(t), guard.interrupt_reason(e))
                 except Exception:
                     pass
         raise
@@ -98,6 +79,26 @@ def work(study: optuna.Study, space: dict, data=None, log=print, train_fn=None) 
         objective.progress.close()
         if objective.tracker is not None:
             objective.tracker.close()
+
+
+def _trials(study, space: dict, objective: Objective, fn, callbacks, deadline: float, log) -> None:
+    """One trial at a time until the study holds ``study.trials`` counted trials or the deadline passes."""
+    total, epochs = space["study"]["trials"], space["train"]["epochs"]
+    while time.time() < deadline:
+        guard.stop_if_orphaned()
+        stale = fail_stale(study, space["study"]["grace"])
+        if stale:
+            log(f"failed stale trial(s) {stale} left by a stopped worker; re-queued their parameters")
+        k = counted(study)
+        if k >= total:
+            return
+        log(f"trial {k + 1}/{total} | {_best_line(study)}")
+        objective.epochs_run, objective.position = 0, f"{k + 1}/{total}"
+        study.optimize(fn, n_trials=1, catch=(Exception,), callbacks=callbacks)
+        if objective.fatal is not None:
+            raise objective.fatal
+        objective.progress.drop(epochs - objective.epochs_run)  # pruned, rejected or reused early
+        keep.prune(study, space)
 
 
 def _logger(log):

@@ -1,16 +1,19 @@
 """The options of ``dlasearch compare``, each parsed and checked before anything runs."""
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
+from dataclasses import dataclass
+from pathlib import Path
 
-from dlasearch.analysis.compare.sizing import STAGE_CHANNELS
+from dlasearch.analysis.compare.sizing import DEFAULT_BLOCKS, STAGE_CHANNELS
 from dlasearch.analysis.compare.statistics import REFERENCE
 from dlasearch.errors import CompareError
 from dlasearch.patterns import LETTERS, PATTERNS
 
 __all__ = ['parse_patterns', 'parse_seeds', 'parse_number', 'parse_budget', 'parse_blocks', 'parse_baseline',
-           'baseline_key', 'short_number']
+           'baseline_key', 'short_number', 'CompareOptions', 'parse_options']
 
 ALIASES = {"plain": "chain", **LETTERS}
 
@@ -140,3 +143,58 @@ def _train_config(options: dict):
     from dlasearch.train import TrainConfig
 
     return TrainConfig(**{**options, "progress": False})  # one progress line per run, no bars
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    """Every option of a comparison, parsed and checked: ``parse_options`` is its one validator."""
+    patterns: list            # pattern names, the reference (chain) first
+    seeds: list
+    budget: float             # parameters
+    tolerance: float
+    blocks: tuple
+    baselines: tuple          # budget multiples of the plain-chain rows
+    config: object            # TrainConfig
+    data: dict                # data.load keywords, plus name and split seed
+    image_size: object
+    folder: Path
+    tracking_log: object = None
+
+    def resolved(self) -> dict:
+        """The fully resolved config, as ``config.yaml`` holds it and ``--cfg`` prints it."""
+        return {"command": "compare", "patterns": self.patterns, "data": {**self.data, "image_size": self.image_size},
+                "seeds": self.seeds, "budget": {"params": self.budget, "tolerance": self.tolerance},
+                "blocks": list(self.blocks), "baseline": list(self.baselines), "out": str(self.folder),
+                "log": self.tracking_log, "train": dataclasses.asdict(self.config)}
+
+
+def parse_options(patterns=None, data="digits", seeds=3, budget=None, *, root=None, path=None, limit=None,
+                  val_fraction=None, image_size=32, blocks=DEFAULT_BLOCKS, baseline=DEFAULT_BASELINE, out=None,
+                  name=None, train: dict | None = None, tracking_log=None, log=print) -> CompareOptions:
+    """Check every option of ``compare`` (see its docstring) and return them typed; raises ``CompareError``."""
+    from dlasearch import files
+    from dlasearch.train import data_options
+
+    order = parse_patterns(patterns)
+    if REFERENCE not in order:
+        order.insert(0, REFERENCE)
+        log(f"added {REFERENCE!r}: every pattern is compared with it")
+    if budget is None:
+        raise CompareError("budget.params=N is required, e.g. budget.params=100000")
+    budget_params, tolerance = parse_budget(budget)
+    train = dict(train or {})
+    bad = [k for k in train if k in _NOT_TRAIN_OPTIONS]
+    if bad:
+        raise CompareError(f"{bad[0]}= is not a compare option: seeds come from seeds=N (or seeds=[0,5,7])")
+    opts = data_options(data)
+    for k, v in (("root", root), ("path", path), ("limit", limit), ("val_fraction", val_fraction)):
+        if v is not None:
+            opts[k] = v
+    opts.setdefault("seed", 0)
+    label = Path(str(opts["path"])).stem if opts["name"] == "npz" and opts.get("path") else opts["name"]
+    if name is not None and (not str(name) or "/" in str(name) or str(name) in (".", "..")):
+        raise CompareError(f"name={name!r}: expected a plain folder name (use out= for a path)")
+    folder = Path(str(out)).expanduser() if out is not None else \
+        files.results_root() / "compare" / str(name or f"{label}-{short_number(budget_params)}")
+    return CompareOptions(order, parse_seeds(seeds), budget_params, tolerance, parse_blocks(blocks),
+                          parse_baseline(baseline), _train_config(train), opts, image_size, folder, tracking_log)

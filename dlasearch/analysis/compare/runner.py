@@ -9,9 +9,8 @@ import time
 from pathlib import Path
 
 from dlasearch import files, stats as dstats
-from dlasearch.analysis.compare.options import (_NOT_TRAIN_OPTIONS, DEFAULT_BASELINE, OPTIONS, _train_config,
-                                                baseline_key, parse_baseline, parse_blocks, parse_budget,
-                                                parse_patterns, parse_seeds, short_number)
+from dlasearch.analysis.compare.options import (_NOT_TRAIN_OPTIONS, DEFAULT_BASELINE, OPTIONS, CompareOptions,
+                                                baseline_key, parse_options)
 from dlasearch.analysis.compare.plots import plots
 from dlasearch.analysis.compare.sizing import CONV_STAGES, DEFAULT_BLOCKS, STAGE_CHANNELS, STEM, Sized, size
 from dlasearch.analysis.compare.statistics import REFERENCE, markdown_table, size_correlation, summarize
@@ -123,101 +122,94 @@ def compare(patterns=None, data="digits", seeds=3, budget=None, *, root=None, pa
     Everything is checked (options, folder, every pattern's sizing) before the
     first run trains.
     """
-    import pandas as pd
-    import torch
-
-    from dlasearch.arch import check_fit
-    from dlasearch.patterns import build
-    from dlasearch.train import data as datamod, data_options
-
-    order = parse_patterns(patterns)
-    if REFERENCE not in order:
-        order.insert(0, REFERENCE)
-        log(f"added {REFERENCE!r}: every pattern is compared with it")
-    seed_list = parse_seeds(seeds)
-    if budget is None:
-        raise CompareError("budget.params=N is required, e.g. budget.params=100000")
-    budget_params, tolerance = parse_budget(budget)
-    blocks = parse_blocks(blocks)
-    multiples = parse_baseline(baseline)
-    train = dict(train or {})
-    bad = [k for k in train if k in _NOT_TRAIN_OPTIONS]
-    if bad:
-        raise CompareError(f"{bad[0]}= is not a compare option: seeds come from seeds=N (or seeds=[0,5,7])")
-    config = _train_config(train)
-    opts = data_options(data)
-    for k, v in (("root", root), ("path", path), ("limit", limit), ("val_fraction", val_fraction)):
-        if v is not None:
-            opts[k] = v
-    opts.setdefault("seed", 0)
-    label = Path(str(opts["path"])).stem if opts["name"] == "npz" and opts.get("path") else opts["name"]
-    if name is not None and (not str(name) or "/" in str(name) or str(name) in (".", "..")):
-        raise CompareError(f"name={name!r}: expected a plain folder name (use out= for a path)")
-    folder = Path(str(out)).expanduser() if out is not None else \
-        files.results_root() / "compare" / str(name or f"{label}-{short_number(budget_params)}")
-    check_writable(folder)
-    settings = _contract(opts, image_size, config, budget_params, tolerance, blocks)
-    resolved = {"command": "compare", "patterns": order, "data": {**opts, "image_size": image_size},
-                "seeds": seed_list, "budget": {"params": budget_params, "tolerance": tolerance},
-                "blocks": list(blocks), "baseline": list(multiples), "out": str(folder), "log": tracking_log,
-                "train": dataclasses.asdict(config)}
+    o = parse_options(patterns, data, seeds, budget, root=root, path=path, limit=limit, val_fraction=val_fraction,
+                      image_size=image_size, blocks=blocks, baseline=baseline, out=out, name=name, train=train,
+                      tracking_log=tracking_log, log=log)
+    check_writable(o.folder)
+    settings = _contract(o.data, o.image_size, o.config, o.budget, o.tolerance, o.blocks)
     if print_config:
         from dlasearch.cli.options import print_config as show
 
-        show(resolved)
-        return {"dir": folder, "config": resolved}
+        show(o.resolved())
+        return {"dir": o.folder, "config": o.resolved()}
     from dlasearch.train import tracking
-    from dlasearch.train.progress import Progress
 
-    tracking.parse(tracking_log)
-    check_settings(folder, settings)
-
-    load_opts = {k: v for k, v in opts.items() if k not in ("name", "seed")}
-    ds = datamod.load(opts["name"], seed=opts["seed"], image_size=image_size, progress=False, **load_opts)
-    chance = (dstats.chance(ds.y_test), len(ds.y_test))
-    targets = {p: budget_params for p in order}
-    sized = {p: size(p, budget_params, tolerance, blocks, ds.channels, ds.num_classes) for p in order}
-    for m in multiples:
-        key = baseline_key(m)
-        targets[key] = budget_params * m
-        try:
-            sized[key] = size(REFERENCE, targets[key], tolerance, blocks, ds.channels, ds.num_classes)
-        except CompareError as e:
-            raise CompareError(f"baseline {key} ({m:g} x budget): {e}; or set baseline=false") from None
+    tracking.parse(o.tracking_log)
+    check_settings(o.folder, settings)
+    ds, sized, targets = _size_all(o)
+    _start_folder(o, settings, ds)
     rows = list(sized)
-    check_fit(build(sized[REFERENCE].spec), ds)  # all rows share the backbone, so its input size
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CompareError(f"out={str(folder)!r}: cannot create it: {files.explain(e)}") from None
-    _write_json(folder / SETTINGS, {**settings, "data_summary": ds.summary(), "torch": torch.__version__})
-    from dlasearch.cli.options import write_config
-
-    write_config(folder, resolved)
-
     archs, graphs = {}, {}
     for key in rows:
-        archs[key], graphs[key] = _measure(folder, key, sized[key], ds, config, targets[key])
+        archs[key], graphs[key] = _measure(o.folder, key, sized[key], ds, o.config, targets[key])
     by_fp: dict = {}
     for key in rows:
         first = by_fp.setdefault(archs[key]["fingerprint"], key)
         archs[key]["same_as"] = first if first != key else None
-
-    total = len(rows) * len(seed_list)
     t_start = time.perf_counter()
-    progress = Progress(total * config.epochs, "compare", show=show_progress)
+    chance = (dstats.chance(ds.y_test), len(ds.y_test))
+    records = _run_all(o, rows, archs, graphs, ds, chance, show_progress, log)
+    return _report(o, rows, archs, records, ds, chance, t_start, log)
+
+
+def _size_all(o: CompareOptions):
+    """Load the data and size every row (patterns and baselines) on the budget: (dataset, sized, targets)."""
+    from dlasearch.arch import check_fit
+    from dlasearch.patterns import build
+    from dlasearch.train import data as datamod
+
+    load_opts = {k: v for k, v in o.data.items() if k not in ("name", "seed")}
+    ds = datamod.load(o.data["name"], seed=o.data["seed"], image_size=o.image_size, progress=False, **load_opts)
+    targets = {p: o.budget for p in o.patterns}
+    sized = {p: size(p, o.budget, o.tolerance, o.blocks, ds.channels, ds.num_classes) for p in o.patterns}
+    for m in o.baselines:
+        key = baseline_key(m)
+        targets[key] = o.budget * m
+        try:
+            sized[key] = size(REFERENCE, targets[key], o.tolerance, o.blocks, ds.channels, ds.num_classes)
+        except CompareError as e:
+            raise CompareError(f"baseline {key} ({m:g} x budget): {e}; or set baseline=false") from None
+    check_fit(build(sized[REFERENCE].spec), ds)  # all rows share the backbone, so its input size
+    return ds, sized, targets
+
+
+def _start_folder(o: CompareOptions, settings: dict, ds) -> None:
+    """Create the output folder with its settings and config.yaml (everything was checked before)."""
+    import torch
+
+    from dlasearch.cli.options import write_config
+
     try:
-        records = _runs(rows, seed_list, archs, graphs, folder, ds, config, chance, progress, tracking_log, log)
+        o.folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CompareError(f"out={str(o.folder)!r}: cannot create it: {files.explain(e)}") from None
+    _write_json(o.folder / SETTINGS, {**settings, "data_summary": ds.summary(), "torch": torch.__version__})
+    write_config(o.folder, o.resolved())
+
+
+def _run_all(o: CompareOptions, rows, archs, graphs, ds, chance, show_progress: bool, log) -> list[dict]:
+    from dlasearch.train.progress import Progress
+
+    progress = Progress(len(rows) * len(o.seeds) * o.config.epochs, "compare", show=show_progress)
+    try:
+        return _runs(rows, o.seeds, archs, graphs, o.folder, ds, o.config, chance, progress, o.tracking_log, log)
     finally:
         progress.close()
+
+
+def _report(o: CompareOptions, rows, archs, records, ds, chance, t_start: float, log) -> dict:
+    """Summarise the runs, write the table, CSVs and plots, and say what was trained and reused."""
+    import pandas as pd
+
     trained = sum(1 for r in records if r.pop("trained"))
     reused = len(records) - trained
+    folder = o.folder
     runs = pd.DataFrame(records)
     summary = summarize(runs, archs, rows, chance)
-    rho, rho_p, rho_n = size_correlation(runs, order)
+    rho, rho_p, rho_n = size_correlation(runs, o.patterns)
     table = markdown_table(summary)
-    notes = _notes(summary, rho, rho_p, rho_n, budget_params, tolerance, seed_list, ds, config, multiples)
-    notes += _honesty_notes(summary, seed_list, chance)
+    notes = _notes(summary, rho, rho_p, rho_n, o.budget, o.tolerance, o.seeds, ds, o.config, o.baselines)
+    notes += _honesty_notes(summary, o.seeds, chance)
     written = _write_outputs(folder, summary, runs, table, notes)
     log("\n" + table + "\n\n" + "\n".join(f"- {n}" for n in notes))
     low = summary[summary.at_chance]
