@@ -1,5 +1,6 @@
 """Trained weights are kept and come back: train -> load, search -> best weights, checkpoints in, backbones."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,12 +125,12 @@ def _search_keeps_best(tmp_path, **study):
     sp = tiny(tmp_path, study={"trials": 3, **study}, seed_published=False)
     summary = search.run(sp, log=lambda *a: None)
     best = summary["best"][0]
-    kept = tmp_path / search.study_name(sp) / "best" / f"trial{best}.safetensors"
+    folder = Path(summary["dir"])  # results/<study>, or results/<study>@<hash> for another storage
+    kept = folder / "best" / f"trial{best}.safetensors"
     assert kept.is_file()
     a = dlasearch.load(kept)
     b = dlasearch.load(study=search.study_name(sp), trial=best, storage=sp["study"]["storage"] or
-                       str(tmp_path / search.study_name(sp) / "journal.log"),
-                       artifacts=str(tmp_path / search.study_name(sp) / "artifacts"))
+                       str(folder / "journal.log"), artifacts=str(folder / "artifacts"))
     x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)

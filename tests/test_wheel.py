@@ -42,6 +42,6 @@ def test_wheel_ships_the_search_spaces_and_runs(tmp_path):
     p = _run([exe, "run", "space=hda", "trials=1", "epochs=1"], cwd=work, env=env)
     assert (work / "results" / "hda" / "trials.csv").exists() and (work / "results" / "hda" / "config.yaml").exists()
     assert "1 trials in 'hda'" in p.stdout
-    spaces = _run([str(venv / "bin" / "python"), "-c", "from dlasearch import space; print(space.available())"],
+    spaces = _run([str(venv / "bin" / "python"), "-c", "from dlasearch.search import space; print(space.available())"],
                   cwd=work, env=env).stdout
     assert "figure1" in spaces and "hda" in spaces
