@@ -19,12 +19,11 @@ from pathlib import Path
 
 from dlasearch import files as dfiles, stats
 from dlasearch.analysis.compare import check_writable, color, plot_style, save_figure
-from dlasearch.errors import CompareError, DLASearchError, ReportError, did_you_mean
+from dlasearch.errors import CompareError, DLASearchError, ReportError
 
 __all__ = ['objectives', 'complete_trials', 'top_trials', 'progress_plot', 'importance', 'importance_plot',
            'accuracy_plot', 'diagrams', 'report', 'command']
 
-OPTIONS = ("study", "storage", "out", "top")
 MARKER = "report.json"
 COSTS = (("params", 1e3, "parameters (thousands)"), ("macs", 1e6, "MACs per image (millions)"),
          ("train_memory", 2 ** 20, "training memory (MiB)"))
@@ -439,10 +438,6 @@ def _top(page: _Page, study, chosen: list, top: int, names: list[str]) -> None:
 
 def command(args: dict) -> int:
     """``dlasearch report``: see docs/compare_report.md."""
-    unknown = [k for k in args if k not in OPTIONS]
-    if unknown:
-        hint = did_you_mean(unknown[0], OPTIONS)
-        raise ReportError(f"unknown option {unknown[0]!r}{hint}; allowed: {', '.join(OPTIONS)}")
     if "study" not in args:
         raise ReportError("study=NAME is required, e.g. `dlasearch report study=hda`")
     report(str(args["study"]), args.get("storage"), args.get("out"), args.get("top", 3))

@@ -272,10 +272,6 @@ def command(args: dict) -> int:
     from dlasearch import zoo
     from dlasearch.deploy import checkpoint
 
-    unknown = [k for k in args if k not in OPTIONS]
-    if unknown:
-        raise ExportError(f"unknown option {unknown[0]!r}{did_you_mean(unknown[0], OPTIONS)}; "
-                          f"allowed: {', '.join(OPTIONS)}")
     formats = parse_formats(args.get("format", "py,pt2"))
     if not isinstance(args.get("overwrite", False), bool):
         raise ExportError(f"overwrite={args['overwrite']!r}; expected true or false")

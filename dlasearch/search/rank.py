@@ -75,10 +75,6 @@ def rank(space: dict, n: int, names=None, batch: int = 64, seed: int = 0, log=pr
 
 
 def _parse(args: dict) -> tuple[dict, int, list[str], int, int, Path | None]:
-    unknown = [k for k in args if k not in OPTIONS]
-    if unknown:
-        raise DLASearchError(f"rank: unknown option {unknown[0]!r}{did_you_mean(unknown[0], OPTIONS)}; "
-                             f"allowed: {', '.join(OPTIONS)}")
     if "space" not in args:
         raise DLASearchError("rank needs space=NAME (one of: " + ", ".join(spacemod.available()) + ")")
     ints = {}

@@ -15,7 +15,7 @@ from dlasearch.analysis.compare.plots import plots
 from dlasearch.analysis.compare.sizing import CONV_STAGES, DEFAULT_BLOCKS, STAGE_CHANNELS, STEM, Sized, size
 from dlasearch.analysis.compare.statistics import REFERENCE, markdown_table, size_correlation, summarize
 from dlasearch.deploy import checkpoint
-from dlasearch.errors import CompareError, did_you_mean
+from dlasearch.errors import CompareError
 
 __all__ = ['check_writable', 'check_settings', 'run_path', 'compare', 'command']
 
@@ -348,7 +348,6 @@ def command(args: dict) -> int:
     from dlasearch.train import TrainConfig
 
     train_names = [n for n in TrainConfig.option_names() if n not in _NOT_TRAIN_OPTIONS]
-    allowed = (*OPTIONS, *train_names, "log", "print_config")
     data = args.get("data")
     if isinstance(data, dict) and "image_size" in data:
         args["image_size"] = data.pop("image_size")  # data.image_size: the spelling train and run use
@@ -356,12 +355,6 @@ def command(args: dict) -> int:
     if old:
         print(f"note: {', '.join(f'{k}=' for k in old)} is now spelled "
               f"{', '.join(f'data.{k}=' for k in old)} (as in train and run)", file=sys.stderr)
-    for k in args:
-        if k not in allowed:
-            if k in _NOT_TRAIN_OPTIONS:
-                raise CompareError(f"{k}= is not a compare option: seeds come from seeds=N (or seeds=[0,5,7])")
-            hint = did_you_mean(k, allowed)
-            raise CompareError(f"unknown option {k!r}{hint}; allowed: {', '.join(allowed)}")
     opts = {k: args[k] for k in OPTIONS if k in args}
     train = {k: args[k] for k in train_names if k in args}
     compare(opts.pop("patterns", None), opts.pop("data", "digits"), opts.pop("seeds", 3),
