@@ -56,7 +56,7 @@ def _data_items(item: str) -> list[str]:
 SHORTCUTS = {"run": RUN_SHORTCUTS}
 
 
-POSITIONAL = {"render": "arch", "train": "arch", "run": "space", "export": "from", "rank": "space"}
+POSITIONAL = {"bench": "action", "render": "arch", "train": "arch", "run": "space", "export": "from", "rank": "space"}
 
 
 USAGE = {"zoo": "dlasearch zoo [format=markdown|csv]",
@@ -67,6 +67,7 @@ USAGE = {"zoo": "dlasearch zoo [format=markdown|csv]",
          "report": "dlasearch report study=NAME [key=value ...]",
          "render": "dlasearch render arch=NAME|FILE|figure1 [key=value ...]",
          "export": "dlasearch export from=RUN|CHECKPOINT|ZOO_NAME | study=NAME trial=N [format=py,pt2,onnx] [out=DIR]",
+         "bench": "dlasearch bench build|lookup|report name=NAME [space=bench] [key=value ...]",
          "rank": "dlasearch rank space=NAME [n=20] [proxies=a,b,...] [key=value ...]"}
 
 

@@ -9,7 +9,7 @@ from dlasearch import files
 from dlasearch.errors import DLASearchError
 
 __all__ = ['cmd_zoo', 'cmd_train', 'cmd_render', 'cmd_run', 'cmd_worker', 'cmd_compare', 'cmd_export', 'cmd_report',
-           'cmd_rank', 'print_config']
+           'cmd_rank', 'cmd_bench', 'print_config']
 
 
 def cmd_zoo(args: dict) -> int:
@@ -140,6 +140,54 @@ def cmd_rank(args: dict) -> int:
     return rank.command(args)
 
 
+def cmd_bench(args: dict) -> int:
+    """Build a benchmark of a space (resumable), look architectures up in it, or rewrite its report."""
+    import shlex
+
+    from dlasearch.analysis import benchmark
+    from dlasearch.search import bench, space as spacemod
+
+    action, name = args.pop("action", None), args.pop("name", None)
+    if action not in BENCH_ACTIONS or not name:
+        raise DLASearchError(f"bench: needs an action ({', '.join(BENCH_ACTIONS)}) and name=NAME, e.g. "
+                             f"`dlasearch bench build name=cifar5k space=bench`")
+    for k, lo in (("n", 1), ("repeat", 0), ("reps", 0), ("trials", 1), ("k", 2), ("top", 1)):
+        v = args.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
+            raise DLASearchError(f"bench: {k}={v!r}: expected an int >= {lo}")
+    sim = {"simulate_reps": args.pop("reps", 30), "trials": args.pop("trials", 50), "k": args.pop("k", 10),
+           "proxy": args.pop("proxy", None)}
+    if action == "lookup":
+        return _bench_lookup(bench.Bench.load(name), args)
+    if action == "report":
+        benchmark.report(bench.Bench.load(name).folder, **sim)
+        return 0
+    n, repeat = args.pop("n", None), args.pop("repeat", 30)
+    sp = spacemod.load(str(args.pop("space", "bench")), args)
+    folder = bench.build(name, sp, n=n, repeat=repeat)
+    benchmark.report(folder, **sim, command="dlasearch bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]))
+    return 0
+
+
+BENCH_ACTIONS = ("build", "lookup", "report")
+
+
+def _bench_lookup(b, args: dict) -> int:
+    df = b.df
+    if "fingerprint" in args:
+        df = df[df.fingerprint.astype(str).str.startswith(str(args["fingerprint"]))]
+    if "pattern" in args:
+        df = df[df.pattern == args["pattern"]]
+    sort = args.get("sort", "val_accuracy")
+    if sort not in df.columns:
+        raise DLASearchError(f"bench lookup: sort={sort!r}; allowed: {', '.join(df.columns)}")
+    df = df.sort_values(sort, ascending=sort in ("params", "macs", "train_memory", "train_seconds"))
+    cols = ["fingerprint", "pattern", "arch", "params", "macs", "val_accuracy", "val_accuracy_seed1"]
+    print(df.head(args.get("top", 20))[cols].to_markdown(index=False, floatfmt=".4g"))
+    print(f"{len(df)} of {len(b.df)} architectures match; table: {b.folder / 'bench.csv'}")
+    return 0
+
+
 COMMANDS = {
     "zoo": (cmd_zoo, "table of the DLA model zoo (params, MACs, blocks, aggregation nodes)"),
     "run": (cmd_run, "search a space with Optuna: space=hda [trials=N epochs=E storage=URL workers=K ...]"),
@@ -151,6 +199,8 @@ COMMANDS = {
     "export": (cmd_export, "export a trained model for use without dlasearch: from=RUN_FOLDER|ZOO_NAME "
                            "or study=NAME trial=N, format=py,pt2,onnx out=DIR"),
     "report": (cmd_report, "report on a study: study=NAME [storage=URL out=DIR top=3]"),
+    "bench": (cmd_bench, "a benchmark of a space: build name=N space=bench (train every architecture, "
+                         "resumable) | lookup name=N [pattern= top=] | report name=N"),
     "rank": (cmd_rank, "score sampled architectures of a space with zero-cost proxies, no training: "
                        "space=hda n=20"),
 }

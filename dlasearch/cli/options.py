@@ -109,13 +109,16 @@ SPACE_HELP = {
     "seed_published": "enqueue published DLA configs that fit the space",
     "study.name": "study name (default: the space's name)", "study.storage": "journal file or database URL",
     "study.trials": "total trials of the study", "study.workers": "processes on this machine",
-    "study.seed": "sampler and training seed", "study.sampler": "tpe, random, nsga2, gp or grid",
+    "study.seed": "sampler, data split and training seed", "study.sampler": "tpe, random, nsga2, gp or grid",
     "study.pruner": "hyperband, median or none", "study.timeout": "stop starting trials after N seconds",
     "study.heartbeat": "seconds between heartbeats of a running trial",
     "study.grace": "seconds without heartbeat before a trial elsewhere is stale",
     "study.results": "folder holding results/<study>/", "budget.params": "reject architectures above it",
     "budget.macs": "reject architectures above it", "budget.train_memory": "reject above it (bytes)",
     "study.keep": "trained weights kept: best (the best trials), all, or none",
+    "study.threads": "torch threads per worker (default: cores / workers)",
+    "study.screen": "train the best of K sampler proposals by study.proxy (null: no screening)",
+    "study.proxy": "the screening proxy: synflow, snip, grad_norm, naswot, zen, zico, params or macs",
     "study.artifacts": "artifact folder for trial weights (default results/<study>/artifacts)",
 }
 _SPACE_TYPES = {str: "str", int: "int", float: "float", bool: "bool", list: "list", dict: "mapping"}
@@ -143,9 +146,11 @@ def _run():
         else:
             opts.append(_o(key, _SPACE_TYPES[typ], space.DEFAULTS[key], SPACE_HELP.get(key, "")))
     d = space.DEFAULTS["data"]
-    opts += data_options(d["image_size"], d["val_fraction"])
+    opts += data_options(d["image_size"], d["val_fraction"], (("flip", "bool", None),))
     tdef = space.DEFAULTS["train"]
-    opts += [dataclasses.replace(o, name=f"train.{o.name}", default=tdef.get(o.name, o.default))
+    nullable = {k for k, t in space.SCHEMA["train"].items() if isinstance(t, tuple) and type(None) in t}
+    opts += [dataclasses.replace(o, name=f"train.{o.name}", default=tdef.get(o.name, o.default),
+                                 nullable=o.nullable or o.name in nullable)
              for o in train_options() if o.name in space.SCHEMA["train"]]
     by_name = {o.name: o for o in opts}
     for short, target in space.SHORTCUTS.items():
@@ -224,7 +229,28 @@ def _rank():
     return [_o(k, "any", defaults.get(k), RANK_HELP[k]) for k in rank.OPTIONS]
 
 
-COMMANDS = {"zoo": _zoo, "train": _train, "run": _run, "worker": _worker, "compare": _compare,
+BENCH_HELP = {"action": "build, lookup or report (or the first word)", "name": "the benchmark's name",
+              "space": "build: the space (every parameter a choice list)",
+              "n": "build: architectures to train (default: the whole grid)",
+              "repeat": "build: architectures retrained with the next seed (noise ceiling)",
+              "workers": "build: worker processes", "threads": "build: torch threads per worker",
+              "data": "build: data overrides (data.name=npz data.path=FILE ...)",
+              "train": "build: training overrides (train.epochs=...)",
+              "reps": "report: repetitions per replayed search strategy (0: none)",
+              "trials": "report: architectures trained per replayed search",
+              "k": "report: candidates per trial of tpe+screen", "proxy": "report: screening proxy (default: "
+              "the best-correlated zero-cost proxy)", "pattern": "lookup: only this pattern",
+              "fingerprint": "lookup: fingerprints starting with this", "sort": "lookup: column to sort by",
+              "top": "lookup: rows shown"}
+
+
+def _bench():
+    defaults = {"action": REQUIRED, "name": REQUIRED, "space": "bench", "repeat": 30, "reps": 30, "trials": 50,
+                "k": 10, "sort": "val_accuracy", "top": 20}
+    return [_o(k, "any", defaults.get(k), h) for k, h in BENCH_HELP.items()]
+
+
+COMMANDS = {"zoo": _zoo, "bench": _bench, "train": _train, "run": _run, "worker": _worker, "compare": _compare,
             "report": _report, "render": _render, "export": _export, "rank": _rank}
 
 

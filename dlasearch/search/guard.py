@@ -75,13 +75,20 @@ def stop_if_orphaned() -> None:
 
 # ------------------------------------------------------------ concurrency
 
+NOT_COUNTED = ("stale", "surplus", "candidate")  # retried, redundant, or a screening candidate
+
+
+def counts(t) -> bool:
+    """Whether a finished or running trial counts against ``study.trials``."""
+    return not any(t.user_attrs.get(k) for k in NOT_COUNTED)
+
+
 def counted_before(study, number: int) -> int:
     """Trials numbered below ``number`` that count against ``study.trials``."""
     from optuna.trial import TrialState
 
     states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
-    return sum(1 for t in study.get_trials(deepcopy=False, states=states)
-               if t.number < number and not t.user_attrs.get("stale") and not t.user_attrs.get("surplus"))
+    return sum(1 for t in study.get_trials(deepcopy=False, states=states) if t.number < number and counts(t))
 
 
 def surplus(trial, total: int) -> bool:

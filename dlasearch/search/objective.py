@@ -11,7 +11,7 @@ from dlasearch import stats
 from dlasearch.ir import IRError, fingerprint, to_json
 from dlasearch.patterns import build
 from dlasearch.search import guard, journal, keep, precheck, space as spacemod
-from dlasearch.search.study import Heartbeat, fail_stale, storage_url, trial_id, worker_id
+from dlasearch.search.study import Heartbeat, fail_stale, fixed_params, storage_url, trial_id, worker_id
 
 __all__ = ['describe', 'Objective', 'TrialFailed']
 
@@ -38,7 +38,7 @@ class Objective:
         self.chance = (stats.chance(data.y_val), len(data.y_val))
         self.progress = self.tracker = None
         self.epochs_run, self.position = 0, "?"
-        self.fatal = None
+        self.fatal = self._batch = None
         self.grace = space["study"]["grace"]
         url = storage_url(space)
         self.claims = None if "://" in url and not url.startswith("journal://") else \
@@ -91,10 +91,10 @@ class Objective:
     def _surplus(self, trial):
         """A trial another worker's made redundant: not run, not counted; fixed parameters go back in the queue."""
         trial.set_user_attr("surplus", True)
-        fixed = trial.system_attrs.get("fixed_params")
+        fixed = fixed_params(trial)
         if fixed:
             trial.study.enqueue_trial(fixed, user_attrs={k: v for k, v in trial.user_attrs.items()
-                                                         if k in ("retry_of", "seeded_from")})
+                                                         if k in ("retry_of", "seeded_from", "screened", "repeat_of")})
         return self._fail(trial, f"surplus: the study already has {self.space['study']['trials']} trials")
 
     def _train(self, trial, spec: dict, ir):
@@ -133,6 +133,21 @@ class Objective:
         keep.upload(trial, model, ir, self.data, config, self.space)
         return self.values(metrics)
 
+    def screen_score(self, trial) -> float | None:
+        """The study's proxy for the architecture ``trial`` samples, untrained (None: invalid or over budget)."""
+        from dlasearch.search.rank import proxy_batch, scores
+
+        spec = spacemod.sample(self.space, trial)
+        spec.update(in_channels=self.data.channels, num_classes=self.data.num_classes)
+        ir = build(spec, name=f"candidate{trial.number}")
+        budget = self.space["budget"].get("params")
+        if budget is not None and precheck.count_params(ir) > budget:
+            return None
+        if self._batch is None:
+            self._batch = tuple(t.cpu() for t in proxy_batch(self.data))
+        name = self.space["study"]["proxy"]
+        return scores(ir, *self._batch, [name])[name]
+
     def _fail(self, trial, reason: str):
         trial.set_user_attr("fail_reason", reason)
         raise TrialFailed(reason)
@@ -154,7 +169,7 @@ class Objective:
     def _config(self):
         """The training config; TrainConfig checks every value (so a bad space fails before any trial)."""
         values = {k: v for k, v in self.space["train"].items() if v is not None}
-        values["seed"] = self.space["study"]["seed"]
+        values.setdefault("seed", self.space["study"]["seed"])  # train.seed: another seed on the same split
         values["progress"] = False  # the search prints one line per trial instead
         if self.space["study"].get("threads"):
             values["threads"] = self.space["study"]["threads"]

@@ -18,7 +18,7 @@ from dlasearch.errors import DLASearchError, did_you_mean
 from dlasearch.ir import IRError, fingerprint, to_module
 from dlasearch.patterns import build
 
-__all__ = ["sample_archs", "rank", "command"]
+__all__ = ["sample_archs", "proxy_batch", "scores", "rank", "command"]
 
 OPTIONS = ("space", "n", "proxies", "batch", "seed", "out")
 
@@ -49,6 +49,21 @@ def sample_archs(space: dict, n: int, channels: int, classes: int, seed: int = 0
     return [(fp, spec, ir) for fp, (spec, ir) in seen.items()]
 
 
+def proxy_batch(data, batch: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed batch every proxy scores on: ``batch`` training images drawn with ``seed``, normalised."""
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data.y_train), generator=gen)[:batch]
+    return data.transform(data.x_train[idx]), data.y_train[idx]
+
+
+def scores(ir, x: torch.Tensor, y: torch.Tensor, names, seed: int = 0) -> dict[str, float]:
+    """Every proxy in ``names`` for one architecture, its weights initialised with ``seed`` (repeatable)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = to_module(ir)
+    return {name: proxymod.score(name, model, x, y) for name in names}
+
+
 def rank(space: dict, n: int, names=None, batch: int = 64, seed: int = 0, log=print):
     """A ``pandas.DataFrame``: one row per architecture with its pattern, proxies and seconds per proxy."""
     import pandas as pd
@@ -57,9 +72,7 @@ def rank(space: dict, n: int, names=None, batch: int = 64, seed: int = 0, log=pr
 
     names = list(names or proxymod.PROXIES)
     data = load_data(space)
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(data.y_train), generator=gen)[:batch]
-    x, y = data.transform(data.x_train[idx]), data.y_train[idx]
+    x, y = proxy_batch(data, batch, seed)
     archs = sample_archs(space, n, data.channels, data.num_classes, seed)
     rows = []
     for i, (fp, spec, ir) in enumerate(archs, 1):

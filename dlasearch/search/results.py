@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
@@ -28,8 +29,8 @@ def export(study: optuna.Study, space: dict, log=print) -> dict:
                 best.append(t)
     best_dir = out / "best"
     for t in best:
-        files.write_text(best_dir / f"trial{t.number}.ir.json", json.dumps(json.loads(t.user_attrs["ir"]), indent=1),
-                         SearchError)
+        ir = t.user_attrs["ir"] if "ir" in t.user_attrs else Path(t.user_attrs["ir_file"]).read_text()  # bench: file
+        files.write_text(best_dir / f"trial{t.number}.ir.json", json.dumps(json.loads(ir), indent=1), SearchError)
         files.write_text(best_dir / f"trial{t.number}.spec.json", json.dumps(json.loads(t.user_attrs["spec"]),
                                                                               indent=1), SearchError)
     if space["study"]["storage"]:
@@ -61,12 +62,14 @@ def trials_frame(study: optuna.Study):
     rows = []
     for t in study.get_trials(deepcopy=False):
         u = t.user_attrs
+        if u.get("candidate"):  # a screening candidate, not a trial of the search (screen.py)
+            continue
         row = {"number": t.number, "state": t.state.name,
                "value": t.values[0] if t.values else None,
                "duration_s": t.duration.total_seconds() if t.duration else None}
         for k in ("pattern", "arch", "fingerprint", "params", "macs", "train_memory", "val_accuracy",
                   "train_seconds", "at_chance", "epochs_trained", "duplicate_of", "seeded_from", "retry_of", "rejected",
-                  "fail_reason"):
+                  "screened", "fail_reason"):
             row[k] = u.get(k)
         row.update({f"param_{k}": v for k, v in t.params.items()})
         rows.append(row)

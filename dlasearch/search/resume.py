@@ -21,14 +21,19 @@ IDENTITY = ("name", "storage")
 
 def resolve(args: dict) -> dict:
     """The validated space ``dlasearch run`` should run (``args`` are the parsed overrides)."""
-    from dlasearch.search import space
+    from dlasearch.search import bench, space
     from dlasearch.train import tracking
 
     log = args.pop("log", None)
     tracking.parse(log)
     study = args.get("study") if isinstance(args.get("study"), dict) else {}
+    data = args.get("data") if isinstance(args.get("data"), dict) else {}
+    bench_name = str(data.get("name", "")).removeprefix(bench.PREFIX) if bench.is_bench({"data": data}) else None
     if "space" not in args and study.get("name") is not None:
         sp = stored(str(study["name"]), study.get("storage"), args)
+    elif "space" not in args and bench_name:  # a search over the benchmark's own space
+        sp = space.load(str(bench.Bench.load(bench_name, study.get("results")).space_path), args)
+        sp["name"] = f"table-{bench_name}"
     else:
         sp = space.load(str(args.pop("space", "hda")), args)
     sp["log"] = log

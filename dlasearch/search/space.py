@@ -63,14 +63,15 @@ PRUNERS = ("hyperband", "median", "none")
 SCHEMA: dict[str, Any] = {
     "description": str,
     "data": {"name": str, "image_size": int, "val_fraction": float, "root": (str, type(None)),
-             "path": (str, type(None)), "limit": (int, type(None))},
-    "train": {"epochs": int, "batch_size": int, "lr": float, "momentum": float, "weight_decay": float,
+             "path": (str, type(None)), "limit": (int, type(None)), "flip": (bool, type(None))},
+    "train": {"epochs": int, "seed": (int, type(None)), "batch_size": int, "lr": float, "momentum": float, "weight_decay": float,
               "warmup_epochs": float, "label_smoothing": float, "steps": (int, type(None)), "device": str,
               "channels_last": (bool, type(None)), "nesterov": bool, "augment": bool, "precision": str,
               "compile": str, "cuda_graph": (bool, type(None))},
     "study": {"name": (str, type(None)), "storage": (str, type(None)), "trials": int, "workers": int,
               "seed": int, "sampler": str, "pruner": str, "timeout": (int, float, type(None)),
-              "heartbeat": int, "grace": int, "results": str, "keep": str, "artifacts": (str, type(None))},
+              "heartbeat": int, "grace": int, "results": str, "keep": str, "artifacts": (str, type(None)),
+              "threads": (int, type(None)), "screen": (int, type(None)), "proxy": str},
     "objectives": list,
     "budget": {"params": (int, float, type(None)), "macs": (int, float, type(None)),
                "train_memory": (int, float, type(None))},
@@ -81,13 +82,14 @@ SCHEMA: dict[str, Any] = {
 DEFAULTS: dict[str, Any] = {
     "description": "",
     "data": {"name": "digits", "image_size": 32, "val_fraction": 0.2, "root": None, "path": None,
-             "limit": None},
-    "train": {"epochs": 4, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
+             "limit": None, "flip": None},
+    "train": {"epochs": 4, "seed": None, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
               "warmup_epochs": 0.5, "label_smoothing": 0.0, "steps": None, "device": "auto",
               "channels_last": None},
     "study": {"name": None, "storage": None, "trials": 20, "workers": 1, "seed": 0, "sampler": "tpe",
               "pruner": "hyperband", "timeout": None, "heartbeat": 10, "grace": 60, "results": files.RESULTS,
-              "keep": "best", "artifacts": None},
+              "keep": "best", "artifacts": None, "threads": None,
+              "screen": None, "proxy": "synflow"},
     "objectives": ["val_accuracy"],
     "budget": {"params": None, "macs": None, "train_memory": None},
     "backbone": {"stem": {"channels": 16, "kernel": 3},
@@ -104,7 +106,7 @@ SHORTCUTS = {"trials": "study.trials", "workers": "study.workers", "seed": "stud
              "sampler": "study.sampler", "pruner": "study.pruner", "study": "study.name",
              "storage": "study.storage", "epochs": "train.epochs", "data": "data.name",
              "batch_size": "train.batch_size", "timeout": "study.timeout",
-             "keep": "study.keep"}
+             "keep": "study.keep", "threads": "study.threads"}
 
 
 def _fail(path: str, msg: str) -> SpaceError:
@@ -241,10 +243,20 @@ def validate(space: dict) -> dict:
     for k, allowed in (("sampler", SAMPLERS), ("pruner", PRUNERS), ("keep", KEEP)):
         if st[k] not in allowed:
             raise _fail(f"study.{k}", f"{st[k]!r}{did_you_mean(st[k], allowed)}; allowed: {', '.join(allowed)}")
+    from dlasearch.search.proxies import PROXIES  # lazily: proxies imports torch
+
+    if st["proxy"] not in PROXIES:
+        raise _fail("study.proxy", f"{st['proxy']!r}{did_you_mean(st['proxy'], PROXIES)}; allowed: {', '.join(PROXIES)}")
+    if st["screen"] is not None:
+        if isinstance(st["screen"], bool) or st["screen"] < 2:
+            raise _fail("study.screen", f"{st['screen']!r}: candidates per trial, an int >= 2 (or null: no screening)")
+        if st["sampler"] == "grid":
+            raise _fail("study.screen", "the grid sampler visits every point once; screening needs tpe, random, "
+                                        "nsga2 or gp")
     if st["sampler"] == "grid" and any("low" in p for p in s["params"].values()):
         raise _fail("study.sampler", "grid needs every parameter as choices or value, not a range")
-    for k in ("trials", "workers", "heartbeat", "grace"):
-        if st[k] < 1:
+    for k in ("trials", "workers", "heartbeat", "grace", "threads"):
+        if st[k] is not None and st[k] < 1:
             raise _fail(f"study.{k}", f"{st[k]} must be >= 1")
     if st["timeout"] is not None and (isinstance(st["timeout"], bool) or st["timeout"] <= 0):
         raise _fail("study.timeout", f"{st['timeout']!r} must be a positive number of seconds (or null)")

@@ -23,8 +23,8 @@ from dlasearch import files
 from dlasearch.errors import SearchError, did_you_mean
 from dlasearch.search import guard, journal, space as spacemod
 
-__all__ = ['worker_id', 'trial_id', 'set_trial_attr', 'fail_trial', 'quiet_optuna', 'results_dir', 'study_name',
-           'storage_url', 'open_storage', 'make_sampler', 'make_pruner', 'open_study', 'find_study', 'attach',
+__all__ = ['worker_id', 'trial_id', 'fixed_params', 'set_trial_attr', 'fail_trial', 'quiet_optuna', 'results_dir', 'study_name',
+           'storage_url', 'open_storage', 'make_sampler', 'grid_of', 'make_pruner', 'open_study', 'find_study', 'attach',
            'fail_stale', 'Heartbeat', 'counted']
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -50,6 +50,11 @@ def trial_id(trial) -> int:
 def set_trial_attr(study: optuna.Study, tid: int, key: str, value) -> None:
     """Set a user attribute of any trial of ``study`` by storage id, running or not yet loaded."""
     study._storage.set_trial_user_attr(tid, key, value)
+
+
+def fixed_params(trial) -> dict | None:
+    """The parameters ``enqueue_trial`` fixed for a running trial (None when the sampler chose them)."""
+    return trial.study._storage.get_trial_system_attrs(trial_id(trial)).get("fixed_params")
 
 
 def fail_trial(study: optuna.Study, tid: int, reason: str, **attrs) -> None:
@@ -148,6 +153,11 @@ def make_sampler(space: dict, offset: int = 0):
         return optuna.samplers.NSGAIISampler(seed=seed)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed)
+    return optuna.samplers.GridSampler(grid_of(space), seed=seed)
+
+
+def grid_of(space: dict) -> dict[str, list]:
+    """The grid sampler's search space: every choice parameter, ``levels`` once per stage."""
     grid = {}
     for n, p in space["params"].items():
         values = p["choices"] if "choices" in p else [p["value"]]
@@ -157,7 +167,7 @@ def make_sampler(space: dict, offset: int = 0):
             grid.update({f"stage{i}.levels": values for i in range(n_max)})
         elif "choices" in p:
             grid[n] = values
-    return optuna.samplers.GridSampler(grid, seed=seed)
+    return grid
 
 
 def make_pruner(space: dict):
@@ -303,4 +313,4 @@ class Heartbeat:
 def counted(study: optuna.Study) -> int:
     """Trials that count against ``study.trials``: finished or running, excluding stale ones (retried)."""
     return sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED + (TrialState.RUNNING,))
-               if not t.user_attrs.get("stale") and not t.user_attrs.get("surplus"))
+               if guard.counts(t))

@@ -17,6 +17,7 @@ from dlasearch.errors import SearchError
 from dlasearch.search import guard, journal, keep, precheck
 from dlasearch.search.objective import Objective
 from dlasearch.search.results import export
+from dlasearch.search.screen import screen
 from dlasearch.search.study import (counted, fail_stale, fail_trial, open_study, quiet_optuna, results_dir, storage_url,
                                     study_name, trial_id, worker_id)
 
@@ -29,7 +30,7 @@ def load_data(space: dict):
     d = space["data"]
     return datamod.load(d["name"], root=d["root"], path=d["path"], val_fraction=d["val_fraction"],
                         seed=space["study"]["seed"], image_size=d["image_size"], limit=d["limit"],
-                        progress=False)
+                        flip=d.get("flip"), progress=False)
 
 
 def _best_line(study: optuna.Study) -> str:
@@ -44,11 +45,14 @@ def _best_line(study: optuna.Study) -> str:
 
 def work(study: optuna.Study, space: dict, data=None, log=print, train_fn=None) -> None:
     """Run trials in this process until the study holds ``study.trials`` trials (or timeout)."""
-    data = data if data is not None else load_data(space)
+    from dlasearch.search import bench
     from dlasearch.train import tracking
     from dlasearch.train.progress import Progress
 
-    objective = Objective(space, data, log, train_fn)
+    if bench.is_bench(space):
+        objective = bench.TableObjective(space, log)
+    else:
+        objective = Objective(space, data if data is not None else load_data(space), log, train_fn)
     total, epochs = space["study"]["trials"], space["train"]["epochs"]
     deadline = time.time() + space["study"]["timeout"] if space["study"]["timeout"] else math.inf
     # progress belongs to the command's console output: shown when logging goes to print
@@ -94,6 +98,8 @@ def _trials(study, space: dict, objective: Objective, fn, callbacks, deadline: f
             return
         log(f"trial {k + 1}/{total} | {_best_line(study)}")
         objective.epochs_run, objective.position = 0, f"{k + 1}/{total}"
+        if space["study"]["screen"]:
+            screen(study, space["study"]["screen"], objective.screen_score, space["study"]["proxy"])
         study.optimize(fn, n_trials=1, catch=(Exception,), callbacks=callbacks)
         if objective.fatal is not None:
             raise objective.fatal
@@ -121,14 +127,20 @@ def run(space: dict, log=print) -> dict:
 
     Everything is checked before the study is created (data, training options, output folder), so a
     failed start never leaves a study whose name the corrected command could not use."""
-    data = load_data(space)
-    Objective(space, data, log)  # checks the training options (device, precision, lr ...)
-    precheck.check_space(space, data.channels, data.num_classes)
+    from dlasearch.search import bench
+
+    if bench.is_bench(space):
+        data = None
+        bench.TableObjective(space, log)  # checks the benchmark exists
+    else:
+        data = load_data(space)
+        Objective(space, data, log)  # checks the training options (device, precision, lr ...)
+        precheck.check_space(space, data.channels, data.num_classes)
     files.check_writable(results_dir(space), "study.results", SearchError)
     study = open_study(space, log=log)
     workers = space["study"]["workers"]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = max(1, cores // workers)
+    threads = space["study"]["threads"] or max(1, cores // workers)
     url = storage_url(space)
     log(f"study {study_name(space)!r} ({url}): {counted(study)}/{space['study']['trials']} trials done, "
         f"{workers} worker(s) x {threads} thread(s)")

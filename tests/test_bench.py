@@ -1,0 +1,173 @@
+"""Benchmarks: a tiny one built on digits, exported, looked up, searched from the table, analysed; screening."""
+import json
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+from dlasearch import search
+from dlasearch.analysis import benchmark
+from dlasearch.cli import main
+from dlasearch.ir import fingerprint
+from dlasearch.patterns import build
+from dlasearch.search import bench, space
+from dlasearch.search.study import grid_of
+
+TINY = {"pattern": {"choices": ["chain", "skip"]}, "levels": {"choices": [1]}, "width": {"choices": [8]},
+        "growth": {"value": 2.0}, "block": {"choices": ["basic", "bottleneck"]}}
+
+
+def tiny_space(tmp_path, **over):
+    base = {"data": {"name": "digits", "limit": 300, "flip": None}, "train": {"epochs": 1, "batch_size": 64},
+            "study": {"results": str(tmp_path)}, "params": TINY}
+    for k, v in over.items():
+        base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
+    return space.load("bench", base)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench")
+    folder = bench.build("tiny", tiny_space(tmp), repeat=2, log=lambda *a: None)
+    return tmp, folder
+
+
+def test_the_shipped_bench_space_is_a_grid_of_216_distinct_architectures():
+    sp = space.load("bench")
+    assert bench.grid_size(sp) == 224 and sp["study"]["sampler"] == "grid"
+    import itertools
+    g = grid_of(sp)
+    prints = set()
+    for values in itertools.product(*g.values()):
+        spec = space.sample(sp, optuna.trial.FixedTrial(dict(zip(g, values))))
+        prints.add(fingerprint(build({**spec, "in_channels": 3, "num_classes": 10})))
+    # tree, reentrant and hda coincide when every stage has 2 blocks: 8 grid points are repeats
+    assert len(prints) == 216
+
+
+def test_build_trains_every_architecture_once_and_exports_the_table(built):
+    tmp, folder = built
+    df = pd.read_csv(folder / "bench.csv")
+    assert len(df) == 4 and df.fingerprint.is_unique and set(df.pattern) == {"chain", "skip"}
+    assert (df.status == "ok").all() and df.val_accuracy.between(0, 1).all() and (df.params > 0).all()
+    assert df.val_accuracy_seed1.notna().sum() == 2  # repeat=2: two retrained with seed 1
+    for p in ("synflow", "snip", "grad_norm", "naswot", "zen", "zico"):
+        assert df[p].notna().all(), p
+    assert sorted(p.stem for p in (folder / "archs").glob("*.json")) == sorted(df.fingerprint)
+    grid = pd.read_csv(folder / "grid.csv")
+    assert len(grid) == 4 and set(grid.fingerprint) == set(df.fingerprint)
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["architectures"] == 4 and meta["grid"] == 4 and meta["cost"]["first"]["trials"] == 4
+    seed1 = search.open_study(bench.spaces("tiny", tiny_space(tmp), repeat=2)[1], create=False)
+    assert {t.user_attrs["val_accuracy"] for t in seed1.trials} == set(df.val_accuracy_seed1.dropna())
+
+
+def test_a_second_build_resumes_and_trains_nothing(built):
+    tmp, folder = built
+    before = (folder / "bench.csv").read_text()
+    lines = []
+    bench.build("tiny", tiny_space(tmp), repeat=2, log=lines.append)
+    assert (folder / "bench.csv").read_text() == before
+    assert any("4/4 trials done" in str(x) for x in lines) and not any("trial #" in str(x) for x in lines)
+
+
+def test_proxies_in_the_table_are_repeatable(built):
+    tmp, folder = built
+    df = pd.read_csv(folder / "bench.csv")
+    (folder / "proxies.csv").unlink()
+    bench.build("tiny", tiny_space(tmp), repeat=2, log=lambda *a: None)
+    again = pd.read_csv(folder / "bench.csv")
+    pd.testing.assert_frame_equal(df[["fingerprint", "synflow", "naswot"]], again[["fingerprint", "synflow", "naswot"]])
+
+
+def test_a_search_on_the_benchmark_answers_from_the_table(built):
+    tmp, folder = built
+    table = pd.read_csv(folder / "bench.csv").set_index("fingerprint")
+    sp = space.load(str(folder / "space.yaml"), {"data": {"name": "bench:tiny"}, "study": {
+        "results": str(tmp), "name": "from-table", "trials": 6, "sampler": "random"}})
+    search.run(sp, log=lambda *a: None)
+    trials = search.open_study(sp, create=False).trials
+    assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
+    for t in trials:
+        row = table.loc[t.user_attrs["fingerprint"]]
+        assert t.value == row.val_accuracy and t.user_attrs["params"] == row.params
+        assert "epochs_trained" not in t.user_attrs  # looked up, not trained
+
+
+def test_an_architecture_outside_the_benchmark_fails_with_the_reason(built):
+    tmp, folder = built
+    sp = space.load(str(folder / "space.yaml"), {"data": {"name": "bench:tiny"}, "params": {"width": {"choices": [16]}},
+                                                 "study": {"results": str(tmp), "name": "outside", "trials": 1}})
+    search.run(sp, log=lambda *a: None)
+    t = search.open_study(sp, create=False).trials[0]
+    assert t.state == TrialState.FAIL and "not in benchmark 'tiny'" in t.user_attrs["fail_reason"]
+
+
+def test_lookup_and_unknown_benchmark_on_the_command_line(built, capsys, monkeypatch):
+    tmp, folder = built
+    monkeypatch.chdir(tmp.parent)
+    assert main(["bench", "lookup", f"name={folder}", "pattern=skip"]) == 0
+    out = capsys.readouterr().out
+    assert "2 of 4 architectures match" in out and "chain" not in out.split("architectures match")[0]
+    assert main(["bench", "lookup", "name=nope"]) == 2
+    assert "no benchmark 'nope'" in capsys.readouterr().err
+    assert main(["bench", "fly", "name=x"]) == 2
+    assert "build, lookup, report" in capsys.readouterr().err
+
+
+def test_report_writes_correlations_regret_and_readme(built):
+    tmp, folder = built
+    benchmark.report(folder, simulate_reps=2, trials=3, k=2, log=lambda *a: None)
+    text = (folder / "README.md").read_text()
+    for section in ("Noise ceiling", "Zero-cost proxies", "Search strategies replayed", "Per pattern"):
+        assert section in text, section
+    curves = pd.read_csv(folder / "regret.csv")
+    assert set(curves.strategy) == set(benchmark.STRATEGIES)
+    assert curves.groupby(["strategy", "rep"]).trained.max().eq(3).all()
+    best = pd.read_csv(folder / "bench.csv").val_accuracy.max()
+    assert (curves.best <= best + 1e-12).all()
+    assert (folder / "regret.png").exists() and (folder / "proxies.png").exists()
+
+
+def test_correlations_and_pattern_effects_on_a_known_table():
+    df = pd.DataFrame({"fingerprint": list("abcd"), "pattern": ["chain", "skip", "chain", "skip"],
+                       "status": "ok", "val_accuracy": [0.1, 0.2, 0.3, 0.5], "params": [1, 2, 3, 4],
+                       "macs": [4, 3, 2, 1], "val_accuracy_seed1": [0.1, 0.25, 0.3, None]})
+    corr = benchmark.correlations(df).set_index("proxy")
+    assert corr.loc["params", "spearman"] == pytest.approx(1.0) and corr.loc["macs", "kendall"] == pytest.approx(-1.0)
+    grid = pd.DataFrame({"param_pattern": ["chain", "skip", "chain", "skip"], "param_width": [8, 8, 16, 16],
+                         "fingerprint": list("abcd")})
+    eff = benchmark.pattern_effects(df, grid).set_index("pattern")
+    assert eff.loc["skip", "delta_pp"] == pytest.approx(15.0) and eff.loc["skip", "wins"] == 2
+    assert benchmark.noise(df)["n"] == 3
+
+
+def test_screen_trains_only_the_best_candidate_by_the_proxy(tmp_path):
+    from tests.test_search import tiny
+
+    sp = tiny(tmp_path, study={"trials": 2, "screen": 3, "proxy": "params", "sampler": "random"},
+              seed_published=False)
+    search.run(sp, log=lambda *a: None)
+    trials = search.open_study(sp, create=False).trials
+    cands = [t for t in trials if t.user_attrs.get("candidate")]
+    trained = [t for t in trials if not t.user_attrs.get("candidate")]
+    assert len(cands) == 6 and all(t.state == TrialState.FAIL for t in cands)
+    assert len(trained) == 2 and all("val_accuracy" in t.user_attrs or "rejected" in t.user_attrs for t in trained)
+    assert not any("val_accuracy" in t.user_attrs for t in cands)  # candidates are scored, never trained
+    for i, t in enumerate(sorted(trained, key=lambda t: t.number)):
+        round_ = cands[3 * i:3 * i + 3]
+        best = max(round_, key=lambda c: c.user_attrs.get("params", -1))
+        assert t.params == best.params and "best of 3 by params" in t.user_attrs["screened"]
+    csv = pd.read_csv(Path(search.results_dir(sp)) / "trials.csv")
+    assert len(csv) == 2  # candidates are not trials of the search
+
+
+def test_screen_needs_a_sampler_that_can_repeat_and_a_known_proxy():
+    with pytest.raises(space.SpaceError, match="study.screen"):
+        space.load("figure1", {"study": {"screen": 4}})
+    with pytest.raises(space.SpaceError, match="study.proxy: 'synflw'.*synflow"):
+        space.load("hda", {"study": {"proxy": "synflw"}})
+    with pytest.raises(space.SpaceError, match="study.screen"):
+        space.load("hda", {"study": {"screen": 1}})
