@@ -126,3 +126,17 @@ def test_every_pattern_choice_is_a_distinct_network(name):
         prints = {p: fingerprint(build({**spec, "pattern": p, "in_channels": 1, "num_classes": 10}))
                   for p in choices}
         assert len(set(prints.values())) == len(choices), (spec["stages"], prints)
+
+
+def test_space_sets_threads_flip_and_a_training_seed_apart_from_the_split():
+    from dlasearch.search import load_data
+    from dlasearch.search.objective import Objective
+
+    sp = space.load("hda", {"threads": 1, "data": {"flip": True, "limit": 200}, "train": {"seed": 7}})
+    assert sp["study"]["threads"] == 1
+    data = load_data(sp)
+    assert data.flip is True  # digits would not flip by default
+    assert Objective(sp, data, log=lambda *a: None)._config().seed == 7  # training seed 7, split seed 0
+    assert load_data(space.load("hda", {"data": {"limit": 200}})).y_val.tolist() == data.y_val.tolist()
+    with pytest.raises(space.SpaceError, match="study.threads"):
+        space.load("hda", {"threads": 0})
