@@ -29,11 +29,11 @@ def resolve(args: dict) -> dict:
     study = args.get("study") if isinstance(args.get("study"), dict) else {}
     data = args.get("data") if isinstance(args.get("data"), dict) else {}
     bench_name = str(data.get("name", "")).removeprefix(bench.PREFIX) if bench.is_bench({"data": data}) else None
-    if "space" not in args and study.get("name") is not None:
-        sp = stored(str(study["name"]), study.get("storage"), args)
-    elif "space" not in args and bench_name:  # a search over the benchmark's own space
+    if "space" not in args and bench_name:  # a search over the benchmark's own space
         sp = space.load(str(bench.Bench.load(bench_name, study.get("results")).space_path), args)
         sp["name"] = f"table-{bench_name}"
+    elif "space" not in args and study.get("name") is not None:
+        sp = stored(str(study["name"]), study.get("storage"), args)
     else:
         sp = space.load(str(args.pop("space", "hda")), args)
     sp["log"] = log

@@ -223,13 +223,16 @@ def _report(o: CompareOptions, rows, archs, records, ds, chance, t_start: float,
 
 
 def _runs(rows, seed_list, archs, graphs, folder, ds, config, chance, progress, tracking_log, log) -> list[dict]:
-    """Train (or reuse) every (row, seed) run; one record per run, with live progress per epoch."""
+    """Train (or reuse) every (row, seed) run; one record per run, with live progress per epoch.
+
+    Seed by seed, every pattern at seed 0 first: a comparison stopped part-way (and resumed in a
+    later session) has the same number of seeds for every pattern so far."""
     import torch
 
     from dlasearch.train import tracking
 
     total, records = len(rows) * len(seed_list), []
-    for i, (key, seed) in enumerate(((k, s) for k in rows for s in seed_list), start=1):
+    for i, (key, seed) in enumerate(((k, s) for s in seed_list for k in rows), start=1):
         a = archs[key]
         path_ = run_path(folder, key, seed)
         rec = _read_json(path_)
