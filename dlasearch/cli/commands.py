@@ -176,11 +176,18 @@ def _bench_lookup(b, args: dict) -> int:
     df = b.df
     if "fingerprint" in args:
         df = df[df.fingerprint.astype(str).str.startswith(str(args["fingerprint"]))]
+    from dlasearch.errors import did_you_mean
+
     if "pattern" in args:
+        have = sorted(set(b.df.pattern))
+        if args["pattern"] not in have:
+            raise DLASearchError(f"bench lookup: pattern={args['pattern']!r}{did_you_mean(str(args['pattern']), have)}; "
+                                 f"the benchmark has: {', '.join(have)}")
         df = df[df.pattern == args["pattern"]]
     sort = args.get("sort", "val_accuracy")
     if sort not in df.columns:
-        raise DLASearchError(f"bench lookup: sort={sort!r}; allowed: {', '.join(df.columns)}")
+        raise DLASearchError(f"bench lookup: sort={sort!r}{did_you_mean(str(sort), list(df.columns))}; "
+                             f"allowed: {', '.join(df.columns)}")
     df = df.sort_values(sort, ascending=sort in ("params", "macs", "train_memory", "train_seconds"))
     cols = ["fingerprint", "pattern", "arch", "params", "macs", "val_accuracy", "val_accuracy_seed1"]
     print(df.head(args.get("top", 20))[cols].to_markdown(index=False, floatfmt=".4g"))

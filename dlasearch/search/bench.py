@@ -65,6 +65,11 @@ def _with(space: dict, **sections) -> dict:
     return out
 
 
+def _train_seed(space: dict) -> int:
+    seed = space["train"].get("seed")
+    return space["study"]["seed"] if seed is None else seed
+
+
 def spaces(name: str, space: dict, n: int | None = None, repeat: int = 30) -> tuple[dict, dict]:
     """The two studies' spaces: all (or ``n``) grid points once; ``repeat`` of them with the next seed."""
     if space["study"]["sampler"] != "grid":
@@ -75,7 +80,7 @@ def spaces(name: str, space: dict, n: int | None = None, repeat: int = 30) -> tu
                              "trials": min(n or size, size)})
     s1 = _with(space, study={"name": second, "sampler": "random", "pruner": "none", "keep": "none",
                              "trials": max(repeat, 1)},
-               train={"seed": (space["train"].get("seed") or space["study"]["seed"]) + 1})
+               train={"seed": _train_seed(space) + 1})
     return s0, s1
 
 
