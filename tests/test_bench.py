@@ -96,6 +96,15 @@ def test_a_search_on_the_benchmark_answers_from_the_table(built):
         assert "epochs_trained" not in t.user_attrs  # looked up, not trained
 
 
+def test_run_data_bench_on_the_command_line_searches_the_benchmarks_space(built, capsys):
+    tmp, folder = built
+    assert main(["run", "data=bench:tiny", "study=cli-table", "trials=3", f"study.results={tmp}"]) == 0
+    csv = pd.read_csv(tmp / "cli-table" / "trials.csv")
+    assert list(csv.state) == ["COMPLETE"] * 3 and csv.fingerprint.isin(pd.read_csv(folder / "bench.csv").fingerprint).all()
+    assert main(["run", "data=bench:nope", f"study.results={tmp}"]) == 2
+    assert "no benchmark 'nope'" in capsys.readouterr().err
+
+
 def test_an_architecture_outside_the_benchmark_fails_with_the_reason(built):
     tmp, folder = built
     sp = space.load(str(folder / "space.yaml"), {"data": {"name": "bench:tiny"}, "params": {"width": {"choices": [16]}},
