@@ -286,8 +286,9 @@ def _readme(bench: Bench, ok, ceiling, effects, corr, regret, proxy, k, reps, tr
     for label, c in cost.items():
         if c:
             lines.append(f"- Cost ({'seed 0' if label == 'first' else 'second seed'}): {c['trials']} trials, "
-                         f"{c['wall_s'] / 60:.1f} min wall ({c['start']} to {c['end']}), {c['trial_s'] / 3600:.2f} "
-                         f"h of trial time over {c['workers']} worker(s).")
+                         f"{c['trial_s'] / 3600:.2f} h of trial time over {c['workers']} worker process(es), "
+                         f"first start {c['start']}, last finish {c['end']} ({c['wall_s'] / 60:.0f} min apart, "
+                         f"pauses between runs included).")
     lines += ["", "Files: `bench.csv` (one row per architecture: pattern, params, MACs, train memory in bytes, "
               "accuracy per seed, proxies), `grid.csv` (trial parameters to fingerprint), `archs/<fingerprint>.json` "
               "(the IR), `space.yaml`, `meta.json`, `analysis.json`, `regret.csv`.", "",

@@ -3,8 +3,9 @@
 ``dlasearch bench build name=N space=S`` runs two ordinary studies, so a build is resumable and
 takes workers like any search:
 
-- ``bench-N`` trains every architecture of ``S`` once. The grid sampler visits the grid in a
-  seeded random order, so a build stopped early still holds a uniform random sample.
+- ``bench-N`` trains every architecture of ``S`` once: every grid point is queued in a seeded
+  random order (Optuna hands each queued trial to one worker), so a build stopped early still
+  holds a uniform random sample, and a resumed build queues only what is missing.
 - ``bench-N-seed1`` retrains ``repeat`` of them, a seeded random choice, with training seed 1 on
   the same data split: the noise ceiling.
 
@@ -29,7 +30,8 @@ from optuna.trial import TrialState
 from dlasearch import files
 from dlasearch.errors import DLASearchError, did_you_mean
 from dlasearch.search import space as spacemod
-from dlasearch.search.study import grid_of, open_study
+from dlasearch.search.guard import counts
+from dlasearch.search.study import counted, grid_of, open_study
 
 __all__ = ["BenchError", "PREFIX", "grid_size", "study_names", "build", "table", "export", "Bench",
            "is_bench", "TableObjective"]
@@ -76,12 +78,57 @@ def spaces(name: str, space: dict, n: int | None = None, repeat: int = 30) -> tu
         spacemod.validate({k: v for k, v in space.items() if k != "name"} | {"study": {"sampler": "grid"}})
     size = grid_size(space)
     first, second = study_names(name)
-    s0 = _with(space, study={"name": first, "sampler": "grid", "pruner": "none", "keep": "none",
+    s0 = _with(space, study={"name": first, "sampler": "random", "pruner": "none", "keep": "none",
                              "trials": min(n or size, size)})
     s1 = _with(space, study={"name": second, "sampler": "random", "pruner": "none", "keep": "none",
                              "trials": max(repeat, 1)},
                train={"seed": _train_seed(space) + 1})
     return s0, s1
+
+
+def _plain(v):
+    """A CSV cell as a JSON-able Python value (NaN: None)."""
+    v = v.item() if hasattr(v, "item") else v
+    return None if isinstance(v, float) and v != v else v
+
+def params_key(params: dict) -> str:
+    """Trial parameters as one string, whether they come from Optuna or from a CSV row."""
+    out = {}
+    for k, v in sorted(params.items()):
+        v = _plain(v)
+        if v is None:  # an inactive conditional parameter
+            continue
+        out[k] = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+    return json.dumps(out)
+
+
+def _enqueue_grid(s0: dict, n: int | None, log) -> int:
+    """Queue every grid point not yet trained or queued, in a seeded random order; returns the trial total.
+
+    The queue, not the grid sampler, decides what is trained: Optuna hands each queued trial to
+    exactly one worker, and a resumed build queues only what is missing."""
+    import itertools
+
+    import numpy as np
+
+    study = open_study(s0, log=log)
+    grid = grid_of(s0)
+    points = [dict(zip(grid, v)) for v in itertools.product(*grid.values())]
+    points = [points[i] for i in np.random.default_rng(s0["study"]["seed"]).permutation(len(points))]
+    have, waiting = set(), 0
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.WAITING:
+            have.add(params_key(t.system_attrs.get("fixed_params", {})))
+            waiting += 1
+        elif counts(t):
+            have.add(params_key(t.params))
+    new = [p for p in points if params_key(p) not in have]
+    for p in new:
+        study.enqueue_trial(p)
+    total = counted(study) + waiting + len(new)
+    if new:
+        log(f"bench: queued {len(new)} grid point(s) not trained yet")
+    return min(n, total) if n else total
 
 
 def _unique_complete(study: optuna.Study) -> list:
@@ -110,6 +157,7 @@ def build(name: str, space: dict, n: int | None = None, repeat: int = 30, log=pr
     s0, s1 = spaces(name, space, n, repeat)
     log(f"bench {name!r}: {s0['study']['trials']} of {grid_size(space)} architectures of space "
         f"{space.get('name', '?')!r}, then {repeat} with seed {s1['train']['seed']}")
+    s0["study"]["trials"] = _enqueue_grid(s0, n, log)
     run(s0, log=log)
     first = open_study(s0, create=False, log=log)
     if repeat:
@@ -221,11 +269,6 @@ def export(name: str, s0: dict, s1: dict | None, log=print) -> Path:
 
 # ------------------------------------------------------------------ reading a benchmark
 
-def _plain(v):
-    """A CSV cell as a JSON-able Python value (NaN: None)."""
-    v = v.item() if hasattr(v, "item") else v
-    return None if isinstance(v, float) and v != v else v
-
 
 def is_bench(space: dict) -> bool:
     return str(space["data"].get("name", "")).startswith(PREFIX)
@@ -244,7 +287,7 @@ class Bench:
         self.by_fp = {r["fingerprint"]: {k: _plain(v) for k, v in r.items()} for r in self.df.to_dict("records")}
         keys = [c for c in self.grid.columns if c.startswith("param_")]
         self._keys = keys
-        self.by_params = {self._key(dict(zip((k[6:] for k in keys), vals))): fp
+        self.by_params = {params_key(dict(zip((k[6:] for k in keys), vals))): fp
                           for *vals, fp in self.grid[keys + ["fingerprint"]].itertuples(index=False)}
 
     @classmethod
@@ -262,19 +305,8 @@ class Bench:
     def space_path(self) -> Path:
         return self.folder / "space.yaml"
 
-    @staticmethod
-    def _key(params: dict) -> str:
-        """Trial parameters as one string, whether they come from Optuna or from a CSV row."""
-        out = {}
-        for k, v in sorted(params.items()):
-            v = _plain(v)
-            if v is None:  # an inactive conditional parameter
-                continue
-            out[k] = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
-        return json.dumps(out)
-
     def fingerprint_of(self, params: dict) -> str | None:
-        return self.by_params.get(self._key({k: params[k] for k in (c[6:] for c in self._keys) if k in params}))
+        return self.by_params.get(params_key({k: params[k] for k in (c[6:] for c in self._keys) if k in params}))
 
     def row(self, fingerprint: str) -> dict | None:
         return self.by_fp.get(fingerprint)
