@@ -205,3 +205,19 @@ def test_screen_needs_a_sampler_that_can_repeat_and_a_known_proxy():
         space.load("hda", {"study": {"proxy": "synflw"}})
     with pytest.raises(space.SpaceError, match="study.screen"):
         space.load("hda", {"study": {"screen": 1}})
+
+
+def test_a_worker_attaches_to_a_study_made_before_screening_existed(tmp_path):
+    from tests.test_search import tiny
+
+    sp = tiny(tmp_path, seed_published=False)
+    study = search.open_study(sp)
+    old = json.loads(study.user_attrs["space"])
+    for k in ("screen", "proxy", "threads"):
+        old["study"].pop(k)
+    old["data"].pop("flip")
+    old["train"].pop("seed")
+    study.set_user_attr("space", json.dumps(old))
+    _, attached = search.attach(sp["study"]["name"] or "hda", str(tmp_path / "hda" / "journal.log"))
+    assert attached["study"]["screen"] is None and attached["study"]["proxy"] == "params"
+    assert attached["name"] == sp["name"]

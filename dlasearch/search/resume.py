@@ -43,13 +43,14 @@ def resolve(args: dict) -> dict:
 def stored(name: str, storage, args: dict) -> dict:
     """The space study ``name`` was created with, plus the changeable overrides in ``args``."""
     from dlasearch.search import find_study
+    from dlasearch.search.study import stored_space
 
     url = str(storage) if storage else str(files.default_journal(name))
     if "://" not in url and not Path(url).is_file():
         raise DLASearchError(f"study {name!r}: nothing to resume at {url}; start it with space=NAME "
                              f"(e.g. `dlasearch run space=hda study={name}`), or pass storage=URL")
     study, url = find_study(name, url)
-    sp = json.loads(study.user_attrs["space"])
+    sp = stored_space(study)
     from dlasearch.cli.options import flatten
 
     extra = {k: v for k, v in flatten(args).items()

@@ -89,7 +89,7 @@ DEFAULTS: dict[str, Any] = {
     "study": {"name": None, "storage": None, "trials": 20, "workers": 1, "seed": 0, "sampler": "tpe",
               "pruner": "hyperband", "timeout": None, "heartbeat": 10, "grace": 60, "results": files.RESULTS,
               "keep": "best", "artifacts": None, "threads": None,
-              "screen": None, "proxy": "synflow"},
+              "screen": None, "proxy": "params"},
     "objectives": ["val_accuracy"],
     "budget": {"params": None, "macs": None, "train_memory": None},
     "backbone": {"stem": {"channels": 16, "kernel": 3},
@@ -106,7 +106,8 @@ SHORTCUTS = {"trials": "study.trials", "workers": "study.workers", "seed": "stud
              "sampler": "study.sampler", "pruner": "study.pruner", "study": "study.name",
              "storage": "study.storage", "epochs": "train.epochs", "data": "data.name",
              "batch_size": "train.batch_size", "timeout": "study.timeout",
-             "keep": "study.keep", "threads": "study.threads"}
+             "keep": "study.keep", "threads": "study.threads",
+             "screen": "study.screen", "proxy": "study.proxy"}
 
 
 def _fail(path: str, msg: str) -> SpaceError:

@@ -25,7 +25,7 @@ from dlasearch.search import guard, journal, space as spacemod
 
 __all__ = ['worker_id', 'trial_id', 'fixed_params', 'set_trial_attr', 'fail_trial', 'quiet_optuna', 'results_dir', 'study_name',
            'storage_url', 'open_storage', 'make_sampler', 'grid_of', 'make_pruner', 'open_study', 'find_study', 'attach',
-           'fail_stale', 'Heartbeat', 'counted']
+           'fail_stale', 'Heartbeat', 'counted', 'stored_space']
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -241,13 +241,22 @@ def find_study(name: str, storage: str | None = None) -> tuple[optuna.Study, str
         return optuna.load_study(study_name=name, storage=st), url
 
 
+def stored_space(study: optuna.Study) -> dict:
+    """The space ``study`` was created with, its defaults filled in again: a study made by an older
+    dlasearch lacks the keys added since (a worker would fail on ``study.screen``)."""
+    raw = json.loads(study.user_attrs["space"])
+    space = spacemod.validate({k: v for k, v in raw.items() if k in spacemod.SCHEMA})
+    space.update({k: v for k, v in raw.items() if k not in spacemod.SCHEMA})
+    return space
+
+
 def attach(study: str, storage: str, index: int | None = None) -> tuple[optuna.Study, dict]:
     """Open an existing study and the space it was created with (for ``dlasearch worker``).
 
     ``index`` numbers workers started together; others get one from their pid, so that no two
     workers draw the same random samples."""
     loaded, _ = find_study(study, storage)
-    space = json.loads(loaded.user_attrs["space"])
+    space = stored_space(loaded)
     space["study"]["storage"] = storage
     space["study"]["name"] = study
     space["study"]["worker"] = 1000 * (index + 1) if index is not None else os.getpid()
