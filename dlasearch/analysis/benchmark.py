@@ -228,6 +228,9 @@ def report(folder: Path, simulate_reps: int = 30, trials: int = 50, k: int = 10,
            command: str = "", log=print) -> Path:
     """Analyse ``folder`` (a bench export): write analysis.json, regret.csv, plots and README.md."""
     bench = Bench(folder)
+    if command:  # the build's command line, kept for a later `bench report`
+        files.write_atomic(folder / "meta.json", json.dumps({**bench.meta, "command": command}, indent=1))
+    command = command or bench.meta.get("command", "")
     df = bench.df
     ok = _ok(df)
     ceiling, effects, corr = noise(df), pattern_effects(df, bench.grid), correlations(df)
