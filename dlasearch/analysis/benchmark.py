@@ -17,6 +17,7 @@ import optuna
 import pandas as pd
 
 from dlasearch import files
+from dlasearch.analysis.compare.plots import color, plot_style, save_figure
 from dlasearch.search import space as spacemod
 from dlasearch.search.bench import Bench, BenchError
 from dlasearch.search.screen import screen
@@ -175,49 +176,46 @@ def regret_summary(curves: pd.DataFrame, top: float, marks=MARKS) -> pd.DataFram
 # ------------------------------------------------------------------ plots and README
 
 def _plot_regret(curves: pd.DataFrame, top: float, folder: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for s, g in curves.groupby("strategy", sort=False):
-        by = g.groupby("trained").best
-        m, sd, n = by.mean() * 100, by.std(ddof=1) * 100, by.count()
-        half = 1.96 * sd / np.sqrt(n)
-        ax.plot(m.index, m.values, label=s)
-        ax.fill_between(m.index, (m - half).values, (m + half).values, alpha=0.2)
-    ax.axhline(top * 100, color="k", lw=0.8, ls="--", label="best in table")
-    ax.set_xlabel("architectures trained")
-    ax.set_ylabel("best validation accuracy found (%)")
-    ax.set_title("Search strategies replayed on the benchmark (mean, 95% CI)")
-    ax.legend()
-    fig.tight_layout()
-    for ext in ("png", "svg"):
-        fig.savefig(folder / f"regret.{ext}", dpi=150)
-    plt.close(fig)
+    with plot_style():
+        fig = Figure(figsize=(6, 4), layout="constrained")
+        ax = fig.subplots()
+        for s, g in curves.groupby("strategy", sort=False):
+            by = g.groupby("trained").best
+            m, sd, n = by.mean() * 100, by.std(ddof=1) * 100, by.count()
+            half = 1.96 * sd / np.sqrt(n)
+            ax.plot(m.index, m.values, label=s)
+            ax.fill_between(m.index, (m - half).values, (m + half).values, alpha=0.2)
+        ax.axhline(top * 100, color="k", lw=0.8, ls="--", label="best in table")
+        ax.set_xlabel("architectures trained")
+        ax.set_ylabel("best validation accuracy found (%)")
+        ax.set_title("Search strategies replayed on the benchmark (mean, 95% CI)")
+        ax.legend()
+        save_figure(fig, folder / "regret")
 
 
 def _plot_proxies(df: pd.DataFrame, folder: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     ok = _ok(df)
     cols = [c for c in PROXY_COLUMNS if c in ok]
-    fig, axes = plt.subplots(2, math.ceil(len(cols) / 2), figsize=(3 * math.ceil(len(cols) / 2), 5.6))
-    for ax, p in zip(axes.flat, cols):
-        for pat, sub in ok.groupby("pattern"):
-            ax.scatter(sub[p], sub.val_accuracy * 100, s=6, label=pat)
-        if p in ("params", "macs", "synflow", "snip", "grad_norm") and (ok[p] > 0).all():
-            ax.set_xscale("log")
-        ax.set_title(p, fontsize=9)
-        ax.tick_params(labelsize=7)
-    axes.flat[0].legend(fontsize=6, markerscale=2)
-    fig.supylabel("validation accuracy (%)", fontsize=9)
-    fig.tight_layout()
-    for ext in ("png", "svg"):
-        fig.savefig(folder / f"proxies.{ext}", dpi=150)
-    plt.close(fig)
+    ncols = math.ceil(len(cols) / 2)
+    with plot_style():
+        fig = Figure(figsize=(3 * ncols, 5.6), layout="constrained")
+        axes = fig.subplots(2, ncols)
+        for ax, p in zip(axes.flat, cols):
+            for pat, sub in ok.groupby("pattern"):
+                ax.scatter(sub[p], sub.val_accuracy * 100, s=6, label=pat, color=color(pat))
+            if p in ("params", "macs", "synflow", "snip", "grad_norm") and (ok[p] > 0).all():
+                ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(NullFormatter())  # short log ranges label minor ticks on top of each other
+            ax.set_title(p, fontsize=9)
+            ax.tick_params(labelsize=7)
+        axes.flat[0].legend(fontsize=6, markerscale=2)
+        fig.supylabel("validation accuracy (%)", fontsize=9)
+        save_figure(fig, folder / "proxies")
 
 
 def _md(df: pd.DataFrame, fmt: str = ".3f") -> str:
