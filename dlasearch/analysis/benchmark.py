@@ -116,20 +116,20 @@ def simulate(bench: Bench, strategy: str, reps: int = 30, trials: int = 50, k: i
     if strategy not in STRATEGIES:
         raise BenchError(f"strategy {strategy!r}; allowed: {', '.join(STRATEGIES)}")
     rows = []
+    sp = _strategy_space(bench, strategy, trials)
+
+    def lookup(t):
+        spacemod.sample(sp, t)
+        return bench.row(bench.fingerprint_of(t.params) or "")
+
+    def score(t):
+        row = lookup(t)
+        return None if row is None else row.get(proxy)
+
     for rep in range(reps):
-        sp = _strategy_space(bench, strategy, trials)
         with quiet_optuna(optuna.logging.ERROR):
             study = optuna.create_study(directions=["maximize"] * (len(sp["objectives"]) == 1)
                                         or ["maximize", "minimize"], sampler=make_sampler(sp, offset=rep))
-
-            def lookup(t):
-                spacemod.sample(sp, t)
-                return bench.row(bench.fingerprint_of(t.params) or "")
-
-            def score(t):
-                row = lookup(t)
-                return None if row is None else row.get(proxy)
-
             seen, best, asks = set(), -math.inf, 0
             while len(seen) < trials and asks < 20 * trials:
                 if strategy == "tpe+screen":

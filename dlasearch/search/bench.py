@@ -355,12 +355,13 @@ class TableObjective:
         trial.set_user_attr("arch", self.describe(spec))
         trial.set_user_attr("fingerprint", fp)
         trial.set_user_attr("spec", json.dumps({k: v for k, v in spec.items() if k != "fingerprint"}))
-        trial.set_user_attr("ir_file", str((self.bench.folder / "archs" / f"{fp}.json").resolve()))
         if row is None or row["status"] != "ok":
             reason = (f"not in benchmark {self.bench.meta['name']!r} ({len(self.bench.df)} architectures of space "
                       f"{self.bench.meta['space']!r})" if row is None else f"in the benchmark: {row['status']}")
             trial.set_user_attr("fail_reason", reason)
             raise TrialFailed(reason)
+        # the IR like a trained trial's, so export, report and trial_ir read a table search alike
+        trial.set_user_attr("ir", (self.bench.folder / "archs" / f"{fp}.json").read_text())
         for k in METRICS:
             trial.set_user_attr(k, row[k])
         vals = [row[o] for o in self.space["objectives"]]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
@@ -29,8 +28,8 @@ def export(study: optuna.Study, space: dict, log=print) -> dict:
                 best.append(t)
     best_dir = out / "best"
     for t in best:
-        ir = t.user_attrs["ir"] if "ir" in t.user_attrs else Path(t.user_attrs["ir_file"]).read_text()  # bench: file
-        files.write_text(best_dir / f"trial{t.number}.ir.json", json.dumps(json.loads(ir), indent=1), SearchError)
+        files.write_text(best_dir / f"trial{t.number}.ir.json", json.dumps(json.loads(t.user_attrs["ir"]), indent=1),
+                         SearchError)
         files.write_text(best_dir / f"trial{t.number}.spec.json", json.dumps(json.loads(t.user_attrs["spec"]),
                                                                               indent=1), SearchError)
     if space["study"]["storage"]:

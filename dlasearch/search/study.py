@@ -323,6 +323,6 @@ class Heartbeat:
 
 
 def counted(study: optuna.Study) -> int:
-    """Trials that count against ``study.trials``: finished or running, excluding stale ones (retried)."""
+    """Trials that count against ``study.trials``: finished or running, except those ``guard.counts`` excludes."""
     return sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED + (TrialState.RUNNING,))
                if guard.counts(t))
