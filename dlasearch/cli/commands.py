@@ -12,6 +12,14 @@ __all__ = ['cmd_zoo', 'cmd_train', 'cmd_render', 'cmd_run', 'cmd_worker', 'cmd_c
            'cmd_rank', 'cmd_bench', 'print_config']
 
 
+def _ints_at_least(command: str, args: dict, **lows: int) -> None:
+    """Refuse any of ``lows`` given as something other than an int at least its bound."""
+    for k, lo in lows.items():
+        v = args.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
+            raise DLASearchError(f"{command}: {k}={v!r}: expected an int >= {lo}")
+
+
 def cmd_zoo(args: dict) -> int:
     """Print the zoo: params, MACs at 224 and 32, blocks and aggregation nodes."""
     from dlasearch.zoo import table as zoo_table
@@ -86,10 +94,7 @@ def cmd_worker(args: dict) -> int:
 
     if "study" not in args:  # unknown options and wrong types were refused by options.check
         raise DLASearchError("worker: needs study=NAME, e.g. `dlasearch worker study=hda`")
-    for k, lo in (("threads", 1), ("trials", 1), ("index", 0)):
-        v = args.get(k)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
-            raise DLASearchError(f"worker: {k}={v!r}: expected an int >= {lo}")
+    _ints_at_least("worker", args, threads=1, trials=1, index=0)
     name = files.check_name(args["study"], "study")
     storage = str(args.get("storage") or files.default_journal(name))
     study, sp = search.attach(name, storage, args.get("index"))
@@ -151,10 +156,7 @@ def cmd_bench(args: dict) -> int:
     if action not in BENCH_ACTIONS or not name:
         raise DLASearchError(f"bench: needs an action ({', '.join(BENCH_ACTIONS)}) and name=NAME, e.g. "
                              f"`dlasearch bench build name=cifar5k space=bench`")
-    for k, lo in (("n", 1), ("repeat", 0), ("reps", 0), ("trials", 1), ("k", 2), ("top", 1)):
-        v = args.get(k)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
-            raise DLASearchError(f"bench: {k}={v!r}: expected an int >= {lo}")
+    _ints_at_least("bench", args, n=1, repeat=0, reps=0, trials=1, k=2, top=1)
     sim = {"simulate_reps": args.pop("reps", 30), "trials": args.pop("trials", 50), "k": args.pop("k", 10),
            "proxy": args.pop("proxy", None)}
     if action == "lookup":
