@@ -217,7 +217,14 @@ def test_a_worker_attaches_to_a_study_made_before_screening_existed(tmp_path):
         old["study"].pop(k)
     old["data"].pop("flip")
     old["train"].pop("seed")
+    old["train"].pop("init")
     study.set_user_attr("space", json.dumps(old))
+    contract = json.loads(study.user_attrs["contract"])
+    contract["train"].pop("init")
+    study.set_user_attr("contract", json.dumps(contract))
     _, attached = search.attach(sp["study"]["name"] or "hda", str(tmp_path / "hda" / "journal.log"))
     assert attached["study"]["screen"] is None and attached["study"]["proxy"] == "params"
+    assert attached["train"]["init"] == "original"  # a resumed old study keeps training as it began
+    assert search.open_study(tiny(tmp_path / "new", seed_published=False)) and \
+        tiny(tmp_path / "new2", seed_published=False)["train"]["init"] == "zero-last"
     assert attached["name"] == sp["name"]

@@ -56,6 +56,29 @@ def test_invalid_graphs_raise_clear_errors(mutate, match):
         validate(g)
 
 
+def test_zero_last_init_starts_every_block_as_the_identity_and_every_class_equal():
+    """init=zero-last: the loss at init is ln(classes) however deep the chain; original keeps He init."""
+    g = IR(name="chain")
+    g.add("input", "input", channels=3)
+    g.add("stem", "conv", ["input"], out=8)
+    prev = "stem"
+    for i in range(6):
+        prev = g.add(f"b{i}", "block", [prev], out=8, type="basic" if i % 2 else "bottleneck")
+    g.add("fc", "head", [prev], classes=5)
+    g.add("output", "output", ["fc"])
+    x = torch.randn(4, 3, 16, 16)
+    torch.manual_seed(0)
+    original = compile(g).train()
+    torch.manual_seed(0)
+    zero = compile(g, init="zero-last").train()
+    assert original(x).abs().max() > 0.1
+    assert torch.equal(zero(x), torch.zeros(4, 5))
+    zeroed = {n for n, p in zero.named_parameters() if not torch.equal(p, dict(original.named_parameters())[n])}
+    assert zeroed == {*(f"b{i}.bn{3 if i % 2 == 0 else 2}.weight" for i in range(6)), "fc.weight", "fc.bias"}
+    with pytest.raises(IRError, match="init='he'; allowed: original, zero-last"):
+        compile(g, init="he")
+
+
 def test_add_rejects_unknown_inputs_and_kinds():
     g = IR()
     g.add("input", "input")

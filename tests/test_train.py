@@ -109,6 +109,7 @@ def test_channels_last_and_threads(digits32):
     ({"momentum": 1.0}, "momentum=1.0"),
     ({"momentum": 0.0}, "nesterov=true needs momentum > 0"),
     ({"precision": "fp16"}, "allowed: auto, fp32, bf16"),
+    ({"init": "he"}, "init='he'; allowed: original, zero-last"),
     ({"device": "tpu"}, "device='tpu'"),
     ({"epoch": 3}, "unknown training option"),
 ])

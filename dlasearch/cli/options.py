@@ -43,6 +43,7 @@ _TYPES = {int: "int", float: "float", bool: "bool", str: "str"}
 
 def train_options(skip=()) -> list[Option]:
     """``TrainConfig``'s fields, typed from their annotations and defaults."""
+    from dlasearch.ir import INITS
     from dlasearch.train import PRECISIONS, TrainConfig
 
     out = []
@@ -51,7 +52,7 @@ def train_options(skip=()) -> list[Option]:
             continue
         base = f.type.split("|")[0].strip() if isinstance(f.type, str) else f.type.__name__
         t = {"int": "int", "float": "float", "bool": "bool", "str": "str"}.get(base, "any")
-        choices = PRECISIONS if f.name == "precision" else ()
+        choices = {"precision": PRECISIONS, "init": INITS}.get(f.name, ())
         out.append(_o(f.name, "choice" if choices else t, f.default, f.metadata.get("help", ""), choices,
                       nullable="None" in str(f.type)))
     return out

@@ -77,6 +77,10 @@ class Kind:
         """The parameter-holding roles of a node with attributes ``d``."""
         return self.roles
 
+    def zero_roles(self, d: dict) -> tuple[str, ...]:
+        """The roles ``init=zero-last`` starts at zero: a residual branch's last norm, the classifier."""
+        return ()
+
     def shape(self, n, d: dict, ins: list[tuple], names: list) -> tuple:
         """(channels, resolution) of node ``n`` from its inputs'; raises IRError on a mismatch."""
         return ins[0]
@@ -139,6 +143,9 @@ class Block(Kind):
 
     def node_roles(self, d):
         return self.roles[:4] if d["type"] == "basic" else self.roles
+
+    def zero_roles(self, d):
+        return self.node_roles(d)[-1:]  # the branch starts as zero: the block is the identity
 
     def shape(self, n, d, ins, names):
         out = d["out"]
@@ -296,6 +303,9 @@ class Head(Kind):
              "pool": Attr(bool, True, allowed="true or false")}
     roles = ("fc",)
     style = {"shape": "house", "fillcolor": "#fc9272"}
+
+    def zero_roles(self, d):
+        return self.roles  # every class starts equally likely: the first loss is ln(classes)
 
     def shape(self, n, d, ins, names):
         return d["classes"], resolution.POOLED if d["pool"] else ins[0][1]

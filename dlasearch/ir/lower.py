@@ -11,11 +11,17 @@ import re
 import torch
 from torch import fx, nn
 
+from dlasearch.errors import IRError
 from dlasearch.ir.graph import IR, module_paths
 from dlasearch.ir.kinds import KINDS, conv_layer
 from dlasearch.ir.passes import symbolic_shapes, validate
 
-__all__ = ["to_module", "Lowering"]
+__all__ = ["to_module", "Lowering", "INITS"]
+
+# original: the original DLA's He init (fan-out) everywhere.  zero-last: then the last norm of
+# every residual branch and the classifier start at zero (Goyal et al. 2017): at init each block is
+# the identity and the loss is ln(classes), whatever the depth of the chain or the class count.
+INITS = ("original", "zero-last")
 
 
 class Lowering:
@@ -61,8 +67,11 @@ class Lowering:
         return gm
 
 
-def to_module(ir: IR, name: str | None = None) -> fx.GraphModule:
+def to_module(ir: IR, name: str | None = None, init: str = "original") -> fx.GraphModule:
     """Build the torch module an IR describes; raises ``IRError`` if the IR is invalid.
+
+    ``init`` (one of ``INITS``) sets the initial weights; ``zero-last`` is what training from
+    scratch uses by default, ``original`` what loading weights and zero-cost proxies expect.
 
     The result is a ``torch.fx.GraphModule`` (``print(model.code)`` shows its forward) named
     ``name`` (default: the IR's name); ``model.ir`` keeps the IR it came from and
@@ -73,6 +82,21 @@ def to_module(ir: IR, name: str | None = None) -> fx.GraphModule:
     cls = "".join(ch if ch.isalnum() else "_" for ch in str(cls))
     if not cls[0].isalpha():
         cls = "Net_" + cls
+    if init not in INITS:
+        raise IRError(f"init={init!r}; allowed: {', '.join(INITS)}")
     gm = Lowering(ir).run(cls)
     gm.ir = ir
+    if init == "zero-last":
+        _zero_last(gm, ir)
     return gm
+
+
+def _zero_last(gm: fx.GraphModule, ir: IR) -> None:
+    with torch.no_grad():
+        for n, d in ir.nodes(data=True):
+            paths = module_paths(ir, n)
+            for role in KINDS[d["kind"]].zero_roles(d):
+                m = gm.get_submodule(paths[role])
+                m.weight.zero_()
+                if m.bias is not None:
+                    m.bias.zero_()

@@ -106,8 +106,8 @@ class Objective:
             trial.set_user_attr("params", precheck.count_params(ir))
             trial.set_user_attr("rejected", over)
             raise optuna.TrialPruned(f"over budget: {over}")
-        model = to_module(ir)
         config = self._config()
+        model = to_module(ir, init=config.init)
         m = self.trainmod.measure_arch(model, self.data, config, latency=False)
         metrics = {"params": m["params"], "macs": m["macs"], "train_memory": m["train_memory_bytes"]}
         for k, v in metrics.items():

@@ -198,10 +198,10 @@ def _open_study(space: dict, create: bool, log) -> optuna.Study:
         study = optuna.load_study(study_name=name, storage=storage, pruner=make_pruner(space))
         study.sampler = make_sampler(space, len(study.get_trials(deepcopy=False)) + space["study"].get("worker", 0))
         old = study.user_attrs.get("contract")
-        if old is not None and old != contract:
+        stored = None if old is None else _with_added_later(json.loads(old))
+        if stored is not None and stored != json.loads(contract):
             from dlasearch.search.resume import differences
 
-            stored = json.loads(old)
             diff = differences({k: stored.get(k) for k in CONTRACT}, {k: space[k] for k in CONTRACT})
             raise SearchError(f"study {name!r} in {url} was created with different {'; '.join(diff)}; "
                               f"resume it unchanged (`dlasearch run study={name}`), or start a new one with "
@@ -241,10 +241,19 @@ def find_study(name: str, storage: str | None = None) -> tuple[optuna.Study, str
         return optuna.load_study(study_name=name, storage=st), url
 
 
+def _with_added_later(stored: dict) -> dict:
+    """``stored`` (a space or contract) with the training options added since, as it was trained."""
+    from dlasearch.train.config import ADDED_LATER
+
+    if isinstance(stored.get("train"), dict):
+        stored["train"] = {**ADDED_LATER, **stored["train"]}
+    return stored
+
+
 def stored_space(study: optuna.Study) -> dict:
     """The space ``study`` was created with, its defaults filled in again: a study made by an older
     dlasearch lacks the keys added since (a worker would fail on ``study.screen``)."""
-    raw = json.loads(study.user_attrs["space"])
+    raw = _with_added_later(json.loads(study.user_attrs["space"]))
     space = spacemod.validate({k: v for k, v in raw.items() if k in spacemod.SCHEMA})
     space.update({k: v for k, v in raw.items() if k not in spacemod.SCHEMA})
     return space

@@ -8,12 +8,17 @@ from dataclasses import dataclass, field
 import torch
 
 from dlasearch.errors import TrainError
+from dlasearch.ir.lower import INITS
 from dlasearch.train import engine
 from dlasearch.train.engine import COMPILE_MODES
 
-__all__ = ['StopTraining', 'TrainConfig', 'TrainResult', 'resolve_device', 'autocast_dtype']
+__all__ = ['ADDED_LATER', 'StopTraining', 'TrainConfig', 'TrainResult', 'resolve_device', 'autocast_dtype']
 
 PRECISIONS = ("auto", "fp32", "bf16")
+
+# Options added after results existed, with the value those results were made with: a stored
+# study or comparison that lacks one is read with this value, so resuming it keeps its behaviour.
+ADDED_LATER = {"init": "original"}
 
 
 class StopTraining(Exception):
@@ -40,6 +45,9 @@ class TrainConfig:
     label_smoothing: float = _opt(0.0, "cross-entropy label smoothing")
     augment: bool = _opt(True, "random crop with padding, plus flips where they keep the class")
     seed: int = _opt(0, "initial weights, shuffling and augmentation")
+    init: str = _opt("zero-last", "initial weights where a run builds the network (train arch=, run, compare, "
+                     "bench): zero-last (He init, then the last norm of each residual branch and the "
+                     "classifier at zero) or original (the original DLA's He init everywhere)")
     device: str = _opt("auto", "auto (CUDA when present), cpu, cuda[:N]")
     precision: str = _opt("auto", "auto (bf16 autocast on CUDA and on CPUs with native bf16, else fp32), fp32, bf16")
     channels_last: bool | None = _opt(None, "NHWC memory format (null: on with bf16)")
@@ -93,6 +101,8 @@ class TrainConfig:
             raise TrainError("nesterov=true needs momentum > 0; set momentum=0.9 or nesterov=false")
         if self.freeze not in ("none", "backbone"):
             raise TrainError(f"freeze={self.freeze!r}; allowed: none, backbone")
+        if self.init not in INITS:
+            raise TrainError(f"init={self.init!r}; allowed: {', '.join(INITS)}")
         if self.precision not in PRECISIONS:
             raise TrainError(f"precision={self.precision!r}; allowed: {', '.join(PRECISIONS)}")
         resolve_device(self.device)

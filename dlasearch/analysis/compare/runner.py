@@ -46,6 +46,10 @@ def check_settings(folder: Path, settings: dict) -> None:
             raise CompareError(f"out={str(folder)!r} is not empty and holds no comparison ({SETTINGS} is missing "
                                f"or unreadable); choose another out= or name=")
         return
+    if isinstance(stored.get("train"), dict):
+        from dlasearch.train.config import ADDED_LATER
+
+        stored["train"] = {**ADDED_LATER, **stored["train"]}  # as a comparison from before them trained
     diffs = []
     for section in sorted(settings):  # the stored file also records data_summary and torch, not compared
         old, new = stored.get(section), settings.get(section)
@@ -106,7 +110,7 @@ def _train_one(graph, ds, config, seed: int, callback=None):
     from dlasearch.ir import to_module
 
     torch.manual_seed(seed)  # initial weights: the same seed gives the same network
-    model = to_module(graph)
+    model = to_module(graph, init=config.init)
     return trainmod.train(model, ds, dataclasses.replace(config, seed=seed), test=True, callback=callback), model
 
 
