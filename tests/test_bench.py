@@ -228,3 +228,16 @@ def test_a_worker_attaches_to_a_study_made_before_screening_existed(tmp_path):
     assert search.open_study(tiny(tmp_path / "new", seed_published=False)) and \
         tiny(tmp_path / "new2", seed_published=False)["train"]["init"] == "zero-last"
     assert attached["name"] == sp["name"]
+
+
+def test_a_study_resumes_with_its_data_file_named_from_another_folder(tmp_path, monkeypatch):
+    """data.path absolute at creation, relative at resume (the same file): the same study; another file is not."""
+    from tests.test_search import tiny
+
+    (tmp_path / "d").mkdir()
+    sp = tiny(tmp_path, seed_published=False, data={"path": str(tmp_path / "d" / "x.npz")})
+    search.open_study(sp)
+    monkeypatch.chdir(tmp_path / "d")
+    search.open_study({**sp, "data": {**sp["data"], "path": "x.npz"}})
+    with pytest.raises(search.SearchError, match="data.path"):
+        search.open_study({**sp, "data": {**sp["data"], "path": "y.npz"}})

@@ -209,3 +209,16 @@ def test_one_seed_at_chance_shows_dashes_marks_and_one_warning(tmp_path, capsys)
         assert "Spearman rank correlation of params and test accuracy: –" in text and "rho =" not in text
     warnings = [ln for ln in printed.splitlines() if ln.startswith("warning:")]
     assert len(warnings) == 1 and "chain, hda" in warnings[0]
+
+
+def test_a_comparison_from_before_train_init_resumes_with_the_original_init(tmp_path):
+    """A stored comparison without train.init was trained with init=original: that resumes, zero-last is refused."""
+    import json
+
+    folder = tmp_path / "old"
+    folder.mkdir()
+    old = {"version": 1, "train": {"epochs": 6, "lr": 0.1}}
+    (folder / compare.SETTINGS).write_text(json.dumps(old))
+    compare.check_settings(folder, {"version": 1, "train": {"epochs": 6, "lr": 0.1, "init": "original"}})
+    with pytest.raises(compare.CompareError, match="train.init: 'original' -> 'zero-last'"):
+        compare.check_settings(folder, {"version": 1, "train": {"epochs": 6, "lr": 0.1, "init": "zero-last"}})

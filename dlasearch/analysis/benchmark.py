@@ -226,9 +226,9 @@ def report(folder: Path, simulate_reps: int = 30, trials: int = 50, k: int = 10,
            command: str = "", log=print) -> Path:
     """Analyse ``folder`` (a bench export): write analysis.json, regret.csv, plots and README.md."""
     bench = Bench(folder)
-    if command:  # the build's command line, kept for a later `bench report`
+    if command and not bench.meta.get("command"):  # the first build's command line, kept for later reports
         files.write_atomic(folder / "meta.json", json.dumps({**bench.meta, "command": command}, indent=1))
-    command = command or bench.meta.get("command", "")
+    command = bench.meta.get("command") or command
     df = bench.df
     ok = _ok(df)
     ceiling, effects, corr = noise(df), pattern_effects(df, bench.grid), correlations(df)
@@ -282,7 +282,8 @@ def _readme(bench: Bench, ok, ceiling, effects, corr, regret, proxy, k, reps, tr
              f"- Data: `{sp['data']['name']}` {sp['data'].get('path') or ''}, {sp['data']['image_size']}px, "
              f"validation fraction {sp['data']['val_fraction']} (accuracy is on that validation split).",
              f"- Schedule: {sp['train']['epochs']} epochs, batch {sp['train']['batch_size']}, lr {sp['train']['lr']}, "
-             f"warm-up {sp['train']['warmup_epochs']} epoch(s) then cosine, SGD with Nesterov momentum.",
+             f"warm-up {sp['train']['warmup_epochs']} epoch(s) then cosine, SGD with Nesterov momentum, "
+             f"init={sp['train'].get('init', 'original')}.",
              f"- Machine: {m['machine']['processor']}, {m['machine']['platform']}, torch {m['machine']['torch']}."]
     for label, c in cost.items():
         if c:

@@ -198,11 +198,12 @@ def _open_study(space: dict, create: bool, log) -> optuna.Study:
         study = optuna.load_study(study_name=name, storage=storage, pruner=make_pruner(space))
         study.sampler = make_sampler(space, len(study.get_trials(deepcopy=False)) + space["study"].get("worker", 0))
         old = study.user_attrs.get("contract")
-        stored = None if old is None else _with_added_later(json.loads(old))
-        if stored is not None and stored != json.loads(contract):
+        stored = None if old is None else _comparable(_with_added_later(json.loads(old)))
+        given = _comparable(json.loads(contract))
+        if stored is not None and stored != given:
             from dlasearch.search.resume import differences
 
-            diff = differences({k: stored.get(k) for k in CONTRACT}, {k: space[k] for k in CONTRACT})
+            diff = differences({k: stored.get(k) for k in CONTRACT}, {k: given.get(k) for k in CONTRACT})
             raise SearchError(f"study {name!r} in {url} was created with different {'; '.join(diff)}; "
                               f"resume it unchanged (`dlasearch run study={name}`), or start a new one with "
                               f"study=NEW_NAME")
@@ -239,6 +240,14 @@ def find_study(name: str, storage: str | None = None) -> tuple[optuna.Study, str
             hint = did_you_mean(name, names)
             raise SearchError(f"study {name!r} not found in {url}{hint}; existing: {', '.join(names) or 'none'}")
         return optuna.load_study(study_name=name, storage=st), url
+
+
+def _comparable(contract: dict) -> dict:
+    """``contract`` with ``data.path`` absolute: the same file named from another folder is the same data."""
+    data = contract.get("data")
+    if isinstance(data, dict) and isinstance(data.get("path"), str):
+        contract["data"] = {**data, "path": str(Path(data["path"]).expanduser().resolve())}
+    return contract
 
 
 def _with_added_later(stored: dict) -> dict:
