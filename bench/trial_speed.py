@@ -10,6 +10,7 @@ shared machine are only indicative.
     python bench/trial_speed.py                      # CPU rows (and CUDA rows when a GPU is present)
     python bench/trial_speed.py --device cuda --epochs 5 --out bench/out/trial_speed_cuda.md
     python bench/trial_speed.py --rows dla46_c@32 --compile   # add compiled rows on CPU too (slow to compile)
+    python bench/trial_speed.py --rows hda1m@32 --epochs 5 --limit 4000 --eval-every 1 5  # validation cost
 
 Rows: dla34@32, dla46_c@32, hda1m@32 (the 1M-parameter compare net), dla34@224.
 Data: the CIFAR-10 subset (``--data``), resized for 224; synthetic when absent.
@@ -186,6 +187,9 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=None, help="skip the remaining cells after this many seconds")
     ap.add_argument("--data", default=str(CIFAR))
     ap.add_argument("--out", default=None, help="also write the table (markdown) here")
+    ap.add_argument("--eval-every", type=int, nargs="+", default=[1],
+                    help="one trial row per value of train eval_every (e.g. 1 5: every epoch vs only the last)")
+    ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     args = ap.parse_args(argv)
     devices = {"auto": ["cpu"] + (["cuda"] if torch.cuda.is_available() else []), "cpu": ["cpu"],
                "cuda": ["cuda"]}[args.device]
@@ -206,7 +210,7 @@ def main(argv=None) -> int:
             limit = args.limit or (None if cuda and px == 32 else 2048 if px == 224 else 1024)
             ds = load(Path(args.data), px, limit)
             epochs = args.epochs or (5 if cuda else 1)
-            for pname in ("fp32", "bf16"):
+            for pname in args.precisions:
                 if args.budget and time.perf_counter() - START > args.budget:
                     print(f"| {dev_name} | {name} | {px} | {batch} | {pname} | skipped: past --budget |", flush=True)
                     continue
@@ -222,18 +226,21 @@ def main(argv=None) -> int:
                     if cuda:
                         graphed, n = raw_rate(make, px, device, prec, batch, "graphed", args.seconds)
                         notes.append(n)
-                cfg = train.TrainConfig(device=dev_name, epochs=epochs, batch_size=batch, precision=pname,
-                                        progress=False, warmup_epochs=min(1.0, epochs / 2))
-                wall, images, phases = trial(name, graph, ds, device, prec, cfg)
-                best = graphed if graphed and "on" in phases["engine"]["cuda_graph"] else eager
-                share = images / best / wall
-                notes.append("phases " + ", ".join(f"{k} {v:.2f}s" for k, v in phases.items() if k != "engine"))
-                line = (f"| {dev_name} | {name} | {px} | {batch} | {pname}{'+CL' if prec.channels_last else ''} | "
-                        f"{eager:,.0f} | {f'{comp:,.0f}' if comp else '-'} | {f'{graphed:,.0f}' if graphed else '-'} | "
-                        f"{images / wall:,.0f} | {images / wall / max(eager, comp or 0, graphed or 0):.2f} | "
-                        f"{share:.0%} | {wall:.1f} | {'; '.join(n for n in notes if n)} |")
-                lines.append(line)
-                print(line, flush=True)
+                for every in args.eval_every:
+                    cfg = train.TrainConfig(device=dev_name, epochs=epochs, batch_size=batch, precision=pname,
+                                            progress=False, warmup_epochs=min(1.0, epochs / 2), eval_every=every)
+                    wall, images, phases = trial(name, graph, ds, device, prec, cfg)
+                    best = graphed if graphed and "on" in phases["engine"]["cuda_graph"] else eager
+                    share = images / best / wall
+                    row_notes = notes + [f"eval_every {every}", "phases " + ", ".join(
+                        f"{k} {v:.2f}s" for k, v in phases.items() if k != "engine")]
+                    line = (f"| {dev_name} | {name} | {px} | {batch} | {pname}{'+CL' if prec.channels_last else ''} | "
+                            f"{eager:,.0f} | {f'{comp:,.0f}' if comp else '-'} | "
+                            f"{f'{graphed:,.0f}' if graphed else '-'} | "
+                            f"{images / wall:,.0f} | {images / wall / max(eager, comp or 0, graphed or 0):.2f} | "
+                            f"{share:.0%} | {wall:.1f} | {'; '.join(n for n in row_notes if n)} |")
+                    lines.append(line)
+                    print(line, flush=True)
     lines.append(timm_row(devices[-1], args))
     print(lines[-1])
     if args.out:

@@ -46,6 +46,18 @@ def test_fashion_mnist_slice_beats_chance():
     assert res.status == "ok" and res.val_accuracy > 0.5, res.history  # chance is 0.1
 
 
+def test_validating_less_often_leaves_the_weights_and_final_accuracies_unchanged(digits32):
+    """eval_every=3 over 4 epochs validates after epochs 3 and 4 only, and the callback runs then."""
+    seen = []
+    kw = dict(epochs=4, batch_size=64, progress=False, test=True)
+    every = train.train(m1 := tiny(), digits32, **kw)
+    sparse = train.train(m2 := tiny(), digits32, eval_every=3, callback=lambda e, m: seen.append(e), **kw)
+    assert seen == [3, 4] and [("val_accuracy" in h) for h in sparse.history] == [False, False, True, True]
+    assert [h["train_loss"] for h in sparse.history] == [h["train_loss"] for h in every.history]
+    assert (sparse.val_accuracy, sparse.test_accuracy) == (every.val_accuracy, every.test_accuracy)
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+
+
 def test_same_seed_same_numbers(digits32):
     a = train.train(tiny(seed=1), digits32, steps=4, batch_size=32, seed=1, progress=False)
     b = train.train(tiny(seed=1), digits32, steps=4, batch_size=32, seed=1, progress=False)

@@ -173,6 +173,8 @@ class Objective:
         values["progress"] = False  # the search prints one line per trial instead
         if self.space["study"].get("threads"):
             values["threads"] = self.space["study"]["threads"]
+        if (self.multi or self.space["study"]["pruner"] == "none") and self.tracker is None:
+            values["eval_every"] = values.get("epochs", 1)  # nothing reads per-epoch validation: only the last
         return self.trainmod.TrainConfig(**values)
 
     def _reporter(self, trial):

@@ -59,6 +59,8 @@ class TrainConfig:
     progress: bool | None = _opt(None, "bar (true), none (false), or null: a bar on a terminal, else one line per epoch")
     freeze: str = _opt("none", "backbone: fine-tune only the classifier (with weights=); none: train everything")
     bn_batches: int = _opt(16, "recompute BatchNorm statistics from this many training batches before each evaluation (0: off)")
+    eval_every: int = _opt(1, "validate every N epochs and after the last; the callback runs after each validation. "
+                           "The trained weights and the final accuracies do not depend on it")
 
     def __post_init__(self):
         def integer(name, lo, none_ok=False):
@@ -82,6 +84,7 @@ class TrainConfig:
         integer("seed", 0)
         integer("threads", 1, none_ok=True)
         integer("bn_batches", 0)
+        integer("eval_every", 1)
         number("lr", 0)
         number("momentum", 0, 1, hi_open=True)
         number("weight_decay", 0)

@@ -349,8 +349,9 @@ def fit(model, data: Dataset, cfg, device: torch.device, prec: Precision, callba
     show = sys.stderr.isatty() if cfg.progress is None else cfg.progress
     bar = tqdm(total=total, desc="train", unit="step", disable=not show, leave=False)
     net.train()
+    epochs = math.ceil(total / per_epoch)
     try:
-        for epoch in range(1, math.ceil(total / per_epoch) + 1):
+        for epoch in range(1, epochs + 1):
             _sync(device)
             t0 = time.perf_counter()
             stepper.reset()
@@ -368,16 +369,20 @@ def fit(model, data: Dataset, cfg, device: torch.device, prec: Precision, callba
                 res.reason = f"loss became {bad_value} at step {first_bad} (epoch {epoch}); lower lr"
                 break
             res.epochs = epoch
+            metrics = {"epoch": epoch, "steps": res.steps, "lr": lr, "train_loss": loss_sum / max(seen, 1),
+                       "train_accuracy": correct / max(seen, 1)}
+            if epoch % cfg.eval_every and epoch < epochs:  # no validation: BatchNorm statistics and
+                res.history.append({**metrics, "seconds": time.perf_counter() - t0})  # weights are untouched
+                bar.set_postfix(epoch=epoch, loss=f"{metrics['train_loss']:.3f}")
+                continue
             recalibrate_bn(model, feeder, cfg, device, prec)
             val_loss, val_acc = evaluate(net, feeder, "val", cfg.eval_batch_size, prec)
-            metrics = {"epoch": epoch, "steps": res.steps, "lr": lr, "train_loss": loss_sum / max(seen, 1),
-                       "train_accuracy": correct / max(seen, 1), "val_loss": val_loss,
-                       "val_accuracy": val_acc, "seconds": time.perf_counter() - t0}
+            metrics.update(val_loss=val_loss, val_accuracy=val_acc, seconds=time.perf_counter() - t0)
             res.history.append(metrics)
             res.val_loss, res.val_accuracy = val_loss, val_acc
             bar.set_postfix(epoch=epoch, loss=f"{metrics['train_loss']:.3f}", val=f"{val_acc:.3f}")
             if cfg.progress is None and not show:  # a log file or pipe: one line per epoch instead of a bar
-                print(f"epoch {epoch}/{math.ceil(total / per_epoch)}: train_loss {metrics['train_loss']:.4f}, "
+                print(f"epoch {epoch}/{epochs}: train_loss {metrics['train_loss']:.4f}, "
                       f"val_loss {val_loss:.4f}, val_accuracy {val_acc:.4f}, {metrics['seconds']:.1f}s",
                       file=sys.stderr, flush=True)
             if not math.isfinite(val_loss):
