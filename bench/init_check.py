@@ -4,8 +4,8 @@ Why: with the original DLA init (He on fan-out everywhere, the classifier includ
 residual blocks adds one unit of variance per block and its 10-class classifier has std
 sqrt(2/10), so the plain chain starts at a loss of about 9 where aggregation nodes (which
 normalise) start near 4.  ``train.init=zero-last`` starts every residual branch's last BatchNorm
-and the classifier at zero.  This prints, per pattern and init, the loss and logit std at
-initialisation on one training batch (seconds), and with ``--epochs N`` the validation accuracy
+and the classifier at zero.  This prints, per pattern and init, the loss, the logit std and the
+RMS of the pooled features the classifier reads, at initialisation on one training batch (seconds), and with ``--epochs N`` the validation accuracy
 after N epochs of the default recipe (minutes per row on 2 CPU cores).
 
     python bench/init_check.py                         # loss at init, 1M nets and the 2M chain
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dlasearch.analysis.compare.sizing import size  # noqa: E402
-from dlasearch.ir import INITS, to_module  # noqa: E402
+from dlasearch.ir import INITS, module_paths, to_module  # noqa: E402
 from dlasearch.patterns import PATTERNS, build  # noqa: E402
 from dlasearch.train import TrainConfig, data as datamod, train  # noqa: E402
 from dlasearch.train.engine import Feeder  # noqa: E402
@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     ds = datamod.load("npz", path=a.data, val_fraction=0.1, image_size=32)
     x, y = Feeder(ds, torch.device("cpu")).normalize(ds.x_train[:256]), ds.y_train[:256]
     rows = [r for r in ROWS if a.patterns is None or r[0] in a.patterns]
-    head = "| pattern | params | init | loss at init | logit std |" + "".join(
+    head = "| pattern | params | init | loss at init | logit std | pooled feature RMS |" + "".join(
         f" val acc @{a.epochs} seed {s} |" for s in a.seeds if a.epochs)
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
@@ -51,11 +51,17 @@ def main(argv=None) -> int:
         sized = size(pattern, budget, 0.05, in_channels=ds.channels, num_classes=ds.num_classes)
         for init in INITS:
             torch.manual_seed(0)
-            model = to_module(build(sized.spec), init=init).train()
+            graph = build(sized.spec)
+            model = to_module(graph, init=init).train()
+            head = next(n for n, d in graph.nodes(data=True) if d["kind"] == "head")
+            features = []
+            hook = model.get_submodule(module_paths(graph, head)["fc"]).register_forward_pre_hook(
+                lambda m, args: features.append(args[0]))
             with torch.no_grad():
                 out = model(x).float()
+            hook.remove()
             cells = [pattern, f"{sized.params:,}", init, f"{F.cross_entropy(out, y).item():.2f}",
-                     f"{out.std().item():.2f}"]
+                     f"{out.std().item():.2f}", f"{features[0].float().pow(2).mean().sqrt().item():.2f}"]
             for seed in (a.seeds if a.epochs else []):
                 t = time.perf_counter()
                 torch.manual_seed(seed)
