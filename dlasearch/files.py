@@ -19,7 +19,7 @@ from pathlib import Path
 
 from dlasearch.errors import FilesError
 
-__all__ = ['results_root', 'study_dir', 'default_journal', 'check_name', 'explain', 'write_atomic', 'fsync_dir',
+__all__ = ['results_root', 'study_dir', 'default_journal', 'absolute', 'check_name', 'explain', 'write_atomic', 'fsync_dir',
            'write_text', 'check_writable']
 
 RESULTS = "results"
@@ -50,6 +50,11 @@ def _same_file(url: str, path: Path) -> bool:
     url = str(url)
     url = url[len("journal://"):] if url.startswith("journal://") else url
     return "://" not in url and Path(url).expanduser().absolute() == path.absolute()
+
+
+def absolute(path) -> str:
+    """``path`` as a stored contract records it: the same file named from another folder is equal."""
+    return str(Path(str(path)).expanduser().resolve())
 
 
 def check_name(value, option: str, error=FilesError) -> str:

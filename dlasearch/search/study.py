@@ -246,16 +246,16 @@ def _comparable(contract: dict) -> dict:
     """``contract`` with ``data.path`` absolute: the same file named from another folder is the same data."""
     data = contract.get("data")
     if isinstance(data, dict) and isinstance(data.get("path"), str):
-        contract["data"] = {**data, "path": str(Path(data["path"]).expanduser().resolve())}
+        contract["data"] = {**data, "path": files.absolute(data["path"])}
     return contract
 
 
 def _with_added_later(stored: dict) -> dict:
     """``stored`` (a space or contract) with the training options added since, as it was trained."""
-    from dlasearch.train.config import ADDED_LATER
+    from dlasearch.train.config import with_added_later
 
     if isinstance(stored.get("train"), dict):
-        stored["train"] = {**ADDED_LATER, **stored["train"]}
+        stored["train"] = with_added_later(stored["train"])
     return stored
 
 

@@ -12,13 +12,18 @@ from dlasearch.ir.lower import INITS
 from dlasearch.train import engine
 from dlasearch.train.engine import COMPILE_MODES
 
-__all__ = ['ADDED_LATER', 'StopTraining', 'TrainConfig', 'TrainResult', 'resolve_device', 'autocast_dtype']
+__all__ = ['ADDED_LATER', 'with_added_later', 'StopTraining', 'TrainConfig', 'TrainResult', 'resolve_device', 'autocast_dtype']
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
 # Options added after results existed, with the value those results were made with: a stored
 # study or comparison that lacks one is read with this value, so resuming it keeps its behaviour.
 ADDED_LATER = {"init": "original"}
+
+
+def with_added_later(train: dict) -> dict:
+    """The stored ``train`` settings of a study or comparison, with ``ADDED_LATER`` filled in."""
+    return {**ADDED_LATER, **train}
 
 
 class StopTraining(Exception):

@@ -371,8 +371,8 @@ def fit(model, data: Dataset, cfg, device: torch.device, prec: Precision, callba
             res.epochs = epoch
             metrics = {"epoch": epoch, "steps": res.steps, "lr": lr, "train_loss": loss_sum / max(seen, 1),
                        "train_accuracy": correct / max(seen, 1)}
-            if epoch % cfg.eval_every and epoch < epochs:  # no validation: BatchNorm statistics and
-                res.history.append({**metrics, "seconds": time.perf_counter() - t0})  # weights are untouched
+            if epoch % cfg.eval_every and epoch < epochs:  # skipped validation changes no weight
+                res.history.append({**metrics, "seconds": time.perf_counter() - t0})
                 bar.set_postfix(epoch=epoch, loss=f"{metrics['train_loss']:.3f}")
                 continue
             recalibrate_bn(model, feeder, cfg, device, prec)

@@ -64,10 +64,10 @@ def train(model: torch.nn.Module, data: Dataset, config: TrainConfig | None = No
     """Train ``model`` in place on ``data`` and return a ``TrainResult``.
 
     After every validation (each epoch, or every ``eval_every`` epochs and the last)
-    ``callback(epoch, metrics)`` runs (``metrics`` is the history entry); returning a true value or raising ``StopTraining`` ends the
-    run with status ``stopped`` (other exceptions propagate).  ``test=True``
-    also evaluates the test split at the end (only then is it touched).
-    Keyword ``overrides`` replace fields of ``config``.
+    ``callback(epoch, metrics)`` runs (``metrics`` is the history entry); returning a
+    true value or raising ``StopTraining`` ends the run with status ``stopped`` (other
+    exceptions propagate).  ``test=True`` also evaluates the test split at the end (only
+    then is it touched).  Keyword ``overrides`` replace fields of ``config``.
     """
     unknown = set(overrides) - set(TrainConfig.option_names())
     if unknown:

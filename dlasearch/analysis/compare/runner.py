@@ -47,9 +47,9 @@ def check_settings(folder: Path, settings: dict) -> None:
                                f"or unreadable); choose another out= or name=")
         return
     if isinstance(stored.get("train"), dict):
-        from dlasearch.train.config import ADDED_LATER
+        from dlasearch.train.config import with_added_later
 
-        stored["train"] = {**ADDED_LATER, **stored["train"]}  # as a comparison from before them trained
+        stored["train"] = with_added_later(stored["train"])  # as a comparison from before them trained
     diffs = []
     for section in sorted(settings):  # the stored file also records data_summary and torch, not compared
         old, new = stored.get(section), settings.get(section)
@@ -74,7 +74,7 @@ def _contract(data_opts: dict, image_size, config, budget, tolerance, blocks) ->
                           "eval_every")}
     data = {k: v for k, v in data_opts.items() if k not in ("root", "download")}
     if data.get("path") is not None:
-        data["path"] = str(Path(str(data["path"])).expanduser().resolve())
+        data["path"] = files.absolute(data["path"])
     return {"version": 1, "data": {**data, "image_size": image_size}, "train": train,
             "budget": {"params": budget, "tolerance": tolerance},
             "backbone": {"stem": STEM, "conv_stages": [list(c) for c in CONV_STAGES],
