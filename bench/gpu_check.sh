@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# GPU checks of the trial engine, in under 6 minutes on an H100:
+# GPU checks of the trial engine, in about 6 minutes on an H100 (most of it torch.compile):
 #   1. the CUDA tests (pytest -m cuda: bf16 training, the graphed step against eager, NaN detection,
 #      meta-device memory count vs torch.cuda.max_memory_allocated within 5%);
-#   2. the GPU rows of bench/trial_speed.py (eager / compiled / graphed step vs whole trial).
-# Writes cuda_tests.txt and trial_speed_cuda.md under $OUT when set, else bench/out/.
+#   2. the GPU rows of bench/trial_speed.py (eager / compiled / graphed step vs whole trial), most
+#      telling first: the bf16 rows at 32 px (two trials each: the first pays one-off costs such as
+#      cuDNN autotuning), timm's compiled dla34 at 224 against ours, dla34 at 224, then the fp32 rows;
+#   3. bench/search_overhead.py: trials/hour with 1, 2 and 4 workers sharing the GPU.
+# Writes gpu.txt, cuda_tests.txt, trial_speed_cuda.md (the tables, appended as each part ends) and
+# search_overhead.txt under $OUT when set, else bench/out/.
 #   bash bench/gpu_check.sh [--data PATH_TO_cifar10_subset.npz]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -13,12 +17,24 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
 data=()
 if [ "${1:-}" = "--data" ]; then data=(--data "$2"); fi
+md=$dest/trial_speed_cuda.md
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   $py -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; } | tee "$dest/gpu.txt"
 timeout 150 $py -m pytest -m cuda tests/test_cuda.py -q -rA -p no:cacheprovider 2>&1 | tee "$dest/cuda_tests.txt"
-tests=${PIPESTATUS[0]}
-timeout 260 $py bench/trial_speed.py --device cuda --budget 200 "${data[@]}" --out "$dest/trial_speed_cuda.md" 2>&1 \
-    | tee "$dest/trial_speed_log.txt"
-bench=${PIPESTATUS[0]}
-echo "cuda tests exit $tests, bench exit $bench"
-[ "$tests" = 0 ] && [ "$bench" = 0 ]
+status=${PIPESTATUS[0]}
+part() {  # one bench invocation, its table appended to $md (also when it is cut off by its timeout)
+    local limit=$1; shift
+    timeout "$limit" $py bench/trial_speed.py --device cuda "${data[@]}" "$@" 2>&1 | tee -a "$md.log" \
+        | grep --line-buffered -E '^\||^timm' >> "$md"
+    local rc=${PIPESTATUS[0]}
+    echo "" >> "$md"
+    [ "$rc" = 0 ] || { echo "bench part ($*) exit $rc" | tee -a "$md"; status=1; }
+}
+part 170 --rows dla46_c@32,hda1m@32,dla34@32 --precisions bf16 --trials 2 --timm no
+part 100 --timm only
+part 80 --rows dla34@224 --precisions bf16 --timm no
+part 60 --rows dla46_c@32,hda1m@32,dla34@32 --precisions fp32 --timm no
+timeout 120 $py bench/search_overhead.py --trials 6 --epochs 3 --workers 1 2 4 2>&1 | tee "$dest/search_overhead.txt"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+echo "gpu_check exit $status"
+exit "$status"

@@ -2,9 +2,9 @@
 
 For a tiny space on `digits`, runs trials against an in-memory study and a
 journal file, and reports the non-training share of each trial; then trials/hour
-with workers=1 vs workers=2 on the same journal setup.
+with workers=1 vs workers=2 (``--workers``) on the same journal setup; on a GPU machine the workers share it.
 
-    .venv/bin/python bench/search_overhead.py [--trials 8] [--epochs 1]
+    .venv/bin/python bench/search_overhead.py [--trials 8] [--epochs 1] [--workers 1 2 4]
 """
 from __future__ import annotations
 
@@ -66,6 +66,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=6)
     ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to time (one row each)")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,7 +87,7 @@ def main():
     print()
     print("| workers | trials | wall (s) | trials/hour |")
     print("|---:|---:|---:|---:|")
-    for workers in (1, 2):
+    for workers in args.workers:
         with tempfile.TemporaryDirectory() as tmp:
             sp = tiny_space(tmp, args.trials, args.epochs, workers)
             t = time.perf_counter()

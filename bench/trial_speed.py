@@ -139,7 +139,7 @@ def trial(name, graph, ds, device, prec, cfg) -> tuple[float, float, dict]:
     model = to_module(g)
     phases["lower"] = time.perf_counter() - t
     t = time.perf_counter()
-    train.measure_arch(model, ds, cfg, latency=False)
+    train.measure_arch(model, ds, cfg, latency=False, cuda_peak=False)
     phases["measure"] = time.perf_counter() - t
     t = time.perf_counter()
     res = train.train(model, ds, cfg)
@@ -149,8 +149,10 @@ def trial(name, graph, ds, device, prec, cfg) -> tuple[float, float, dict]:
         train.save_run(Path(d), g, {"metrics": res.to_dict()})
     phases["write"] = time.perf_counter() - t
     wall = sum(phases.values())
-    return wall, res.steps * cfg.batch_size, {**phases, "engine": res.engine, "eval": sum(
-        h["seconds"] for h in res.history) - res.train_seconds}
+    n = len(ds.y_train)  # images actually seen: an epoch's last batch is partial
+    per_epoch = -(-n // cfg.batch_size)
+    images = res.steps // per_epoch * n + res.steps % per_epoch * cfg.batch_size
+    return wall, images, {**phases, "engine": res.engine}
 
 
 def timm_row(dev_name: str, args) -> str:
@@ -174,6 +176,27 @@ def timm_row(dev_name: str, args) -> str:
             f"timm {theirs:,.0f} img/s, ratio {ours / theirs:.2f}x")
 
 
+def trial_line(dev_name, name, px, batch, pname, prec, graph, ds, epochs, every, eager, comp, graphed,
+               notes) -> str:
+    """One whole trial, as a table row beside the raw step rates."""
+    device = torch.device(dev_name)
+    cfg = train.TrainConfig(device=dev_name, epochs=epochs, batch_size=batch, precision=prec.to_dict()["precision"],
+                            channels_last=prec.channels_last, progress=False,
+                            warmup_epochs=min(1.0, epochs / 2), eval_every=every)
+    wall, images, phases = trial(name, graph, ds, device, prec, cfg)
+    eng = phases.pop("engine")
+    best = graphed if graphed and "on" in eng["cuda_graph"] else eager
+    share = images / best / wall
+    inside = ", ".join(f"{k} {v:.2f}s" for k, v in eng["seconds"].items())
+    row_notes = notes + [f"eval_every {every}",
+                         "phases " + ", ".join(f"{k} {v:.2f}s" for k, v in phases.items()) + f" (train: {inside})",
+                         *([f"graphed steps {eng['graphed_steps']}"] if "graphed_steps" in eng else [])]
+    return (f"| {dev_name} | {name} | {px} | {batch} | {pname.split('+')[0]}{'+CL' if prec.channels_last else ''} | "
+            f"{eager:,.0f} | {f'{comp:,.0f}' if comp else '-'} | {f'{graphed:,.0f}' if graphed else '-'} | "
+            f"{images / wall:,.0f} | {images / wall / max(eager, comp or 0, graphed or 0):.2f} | "
+            f"{share:.0%} | {wall:.1f} | {'; '.join(n for n in row_notes if n)} |")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="auto", help="auto (CPU rows, plus CUDA rows when present), cpu, cuda")
@@ -189,7 +212,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="also write the table (markdown) here")
     ap.add_argument("--eval-every", type=int, nargs="+", default=[1],
                     help="one trial row per value of train eval_every (e.g. 1 5: every epoch vs only the last)")
-    ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "fp32+CL", "bf16"],
+                    help="fp32 (contiguous), fp32+CL (fp32 in channels_last), bf16 (autocast + channels_last)")
+    ap.add_argument("--trials", type=int, default=1,
+                    help="trial rows per cell: the first trial of a model pays one-off costs (cuDNN autotuning "
+                         "of new shapes, allocator growth) that later ones do not")
+    ap.add_argument("--timm", default="yes", choices=["yes", "no", "only"],
+                    help="the row against timm's compiled dla34 at 224: yes (last), no, only (no other rows)")
     args = ap.parse_args(argv)
     devices = {"auto": ["cpu"] + (["cuda"] if torch.cuda.is_available() else []), "cpu": ["cpu"],
                "cuda": ["cuda"]}[args.device]
@@ -202,19 +231,21 @@ def main(argv=None) -> int:
         cuda = device.type == "cuda"
         rows = (args.rows.split(",") if args.rows else
                 ["dla34@32", "dla46_c@32", "hda1m@32"] + (["dla34@224"] if cuda else []))
+        if args.timm == "only":
+            rows = []
         for row in rows:
             name, px = row.split("@")
             px = int(px)
             graph = graph_of(name)
             batch = args.batch or (512 if cuda and px == 32 else 128)
             limit = args.limit or (None if cuda and px == 32 else 2048 if px == 224 else 1024)
-            ds = load(Path(args.data), px, limit)
+            ds = load(Path(args.data), px, limit).to(device)  # a search worker moves its data once
             epochs = args.epochs or (5 if cuda else 1)
             for pname in args.precisions:
                 if args.budget and time.perf_counter() - START > args.budget:
                     print(f"| {dev_name} | {name} | {px} | {batch} | {pname} | skipped: past --budget |", flush=True)
                     continue
-                prec = engine.choose_precision(pname, None, device)
+                prec = engine.choose_precision(pname.split("+")[0], True if pname.endswith("+CL") else None, device)
                 with trainer._threads(None):
                     make = lambda: to_module(graph)  # noqa: E731
                     eager, _ = raw_rate(make, px, device, prec, batch, "eager", args.seconds)
@@ -227,22 +258,14 @@ def main(argv=None) -> int:
                         graphed, n = raw_rate(make, px, device, prec, batch, "graphed", args.seconds)
                         notes.append(n)
                 for every in args.eval_every:
-                    cfg = train.TrainConfig(device=dev_name, epochs=epochs, batch_size=batch, precision=pname,
-                                            progress=False, warmup_epochs=min(1.0, epochs / 2), eval_every=every)
-                    wall, images, phases = trial(name, graph, ds, device, prec, cfg)
-                    best = graphed if graphed and "on" in phases["engine"]["cuda_graph"] else eager
-                    share = images / best / wall
-                    row_notes = notes + [f"eval_every {every}", "phases " + ", ".join(
-                        f"{k} {v:.2f}s" for k, v in phases.items() if k != "engine")]
-                    line = (f"| {dev_name} | {name} | {px} | {batch} | {pname}{'+CL' if prec.channels_last else ''} | "
-                            f"{eager:,.0f} | {f'{comp:,.0f}' if comp else '-'} | "
-                            f"{f'{graphed:,.0f}' if graphed else '-'} | "
-                            f"{images / wall:,.0f} | {images / wall / max(eager, comp or 0, graphed or 0):.2f} | "
-                            f"{share:.0%} | {wall:.1f} | {'; '.join(n for n in row_notes if n)} |")
-                    lines.append(line)
-                    print(line, flush=True)
-    lines.append(timm_row(devices[-1], args))
-    print(lines[-1])
+                    for _ in range(args.trials):
+                        line = trial_line(dev_name, name, px, batch, pname, prec, graph, ds, epochs, every, eager,
+                                          comp, graphed, notes)
+                        lines.append(line)
+                        print(line, flush=True)
+    if args.timm != "no":
+        lines.append(timm_row(devices[-1], args))
+        print(lines[-1])
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(f"torch {torch.__version__}, "

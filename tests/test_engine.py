@@ -26,12 +26,39 @@ def test_auto_precision_follows_native_bf16(monkeypatch):
     assert p.amp is torch.bfloat16 and p.channels_last and "amx_bf16" in p.reason
     monkeypatch.setattr(engine, "cpu_bf16", lambda: None)
     p = engine.choose_precision("auto", None, CPU)
-    assert p.amp is None and not p.channels_last and "without native bf16" in p.reason
-    assert p.to_dict()["precision"] == "fp32" and p.to_dict()["memory_format"] == "contiguous"
+    assert p.amp is None and p.channels_last and "without native bf16" in p.reason  # NHWC pays on CPU in fp32 too
+    assert p.to_dict()["precision"] == "fp32" and p.to_dict()["memory_format"] == "channels_last"
+    p = engine.choose_precision("fp32", None, torch.device("cuda"))
+    assert p.amp is None and not p.channels_last
     p = engine.choose_precision("auto", None, torch.device("cuda"))
     assert p.amp is torch.bfloat16 and p.channels_last
     p = engine.choose_precision("bf16", False, CPU)  # an explicit setting wins
     assert p.amp is torch.bfloat16 and not p.channels_last and "as set" in p.reason
+
+
+def test_bn_recalibration_is_update_bns_average(digits32):
+    """The recalibration computes what torch.optim.swa_utils.update_bn computes (a cumulative average over
+    the batches), bit for bit, leaves the momenta and the mode as they were, and stores statistics that
+    differ from the ones training left behind."""
+    import copy
+
+    from torch.optim.swa_utils import update_bn
+
+    model = tiny()
+    train.train(model, digits32, epochs=1, batch_size=64, progress=False)  # running stats from training
+    cfg = train.TrainConfig(batch_size=32, bn_batches=3)
+    ours, theirs = copy.deepcopy(model).eval(), copy.deepcopy(model)
+    feeder = engine.Feeder(digits32, CPU)
+    engine.recalibrate_bn(ours, feeder, cfg, CPU, engine.choose_precision("fp32", None, CPU))
+    batches = feeder.epoch(32, torch.Generator().manual_seed(cfg.seed), cfg.augment, max_batches=3)
+    update_bn((x for x, _ in batches), theirs)
+    bns = [m for m in ours.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and not ours.training and all(m.momentum == 0.1 for m in bns)
+    for (name, a), b, c in zip(ours.state_dict().items(), theirs.state_dict().values(),
+                               model.state_dict().values()):
+        assert torch.equal(a, b), name
+        if name.endswith("running_var"):
+            assert not torch.equal(a, c), name
 
 
 def test_feeder_batches_match_the_dataset_transform(digits32):
@@ -55,7 +82,7 @@ def test_feeder_stops_at_the_step_budget(digits32):
 def test_result_says_what_ran(digits32, monkeypatch):
     monkeypatch.setattr(engine, "cpu_bf16", lambda: None)
     res = train.train(tiny(), digits32, steps=2, batch_size=64, progress=False)
-    assert res.engine["precision"] == "fp32" and res.engine["memory_format"] == "contiguous"
+    assert res.engine["precision"] == "fp32" and res.engine["memory_format"] == "channels_last"
     assert res.engine["compile"] == "none" and "on CPU" in res.engine["compile_reason"]
     assert res.engine["cuda_graph"] == "off"
     res = train.train(tiny(), digits32, steps=2, batch_size=64, progress=False, cuda_graph=True)

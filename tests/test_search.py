@@ -249,3 +249,20 @@ def test_trials_at_chance_are_marked_and_warned_about(tmp_path):
     assert sum("≈chance" in ln for ln in lines if ln.startswith("  trial #")) == 2
     warnings = [ln for ln in lines if ln.startswith("warning:")]
     assert len(warnings) == 1 and "2 of 2 complete trials" in warnings[0]
+
+
+def test_a_trial_counts_memory_on_the_meta_device_only(tmp_path, monkeypatch):
+    """A search trial never spends real training steps measuring memory (on CUDA, two of them per trial)."""
+    from dlasearch.train import measure
+
+    seen = []
+    real = measure.train_memory
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("cuda_peak", True))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(measure, "train_memory", spy)
+    sp = tiny(tmp_path, study={"trials": 1}, seed_published=False)
+    search.run(sp, log=lambda *a: None)
+    assert seen == [False] and trials(sp)[0].user_attrs["train_memory"] > 0

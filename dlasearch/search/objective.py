@@ -108,7 +108,7 @@ class Objective:
             raise optuna.TrialPruned(f"over budget: {over}")
         config = self._config()
         model = to_module(ir, init=config.init)
-        m = self.trainmod.measure_arch(model, self.data, config, latency=False)
+        m = self.trainmod.measure_arch(model, self.data, config, latency=False, cuda_peak=False)
         metrics = {"params": m["params"], "macs": m["macs"], "train_memory": m["train_memory_bytes"]}
         for k, v in metrics.items():
             trial.set_user_attr(k, v)

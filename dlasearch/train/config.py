@@ -55,7 +55,7 @@ class TrainConfig:
                      "classifier at zero) or original (the original DLA's He init everywhere)")
     device: str = _opt("auto", "auto (CUDA when present), cpu, cuda[:N]")
     precision: str = _opt("auto", "auto (bf16 autocast on CUDA and on CPUs with native bf16, else fp32), fp32, bf16")
-    channels_last: bool | None = _opt(None, "NHWC memory format (null: on with bf16)")
+    channels_last: bool | None = _opt(None, "NHWC memory format (null: on with bf16 and on CPU)")
     compile: str = _opt("auto", "auto, none, default or reduce-overhead (auto: torch.compile only where it pays, docs/engine.md)")
     cuda_graph: bool | None = _opt(None, "capture the training step in a CUDA graph (null: on CUDA unless compiled)")
     threads: int | None = _opt(None, "torch intra-op threads (null: torch's setting)")

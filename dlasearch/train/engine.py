@@ -9,9 +9,9 @@ time goes to everything around the arithmetic.  Here
   in one go (runs stay seeded the same on any device) and moved once, so crops,
   flips and normalisation run on the device with no per-batch transfer;
 * ``precision=auto`` picks bf16 autocast + channels_last where the hardware
-  has native bf16 (CUDA, CPUs with AMX or AVX512-BF16), fp32 elsewhere;
-* on CUDA the whole step (forward, backward, SGD) is captured in one CUDA graph
-  and replayed; the last partial batch of an epoch runs eagerly;
+  has native bf16 (CUDA, CPUs with AMX or AVX512-BF16), fp32 elsewhere (channels_last on CPUs);
+* on CUDA the whole step (forward, backward, SGD) is captured in a CUDA graph
+  and replayed, one graph for the full batches and one for an epoch's last partial batch;
 * ``compile=default|reduce-overhead`` wraps the model in ``torch.compile`` with
   static shapes; ``auto`` compiles only long, large-image CUDA runs (``resolve_compile``).
 """
@@ -88,9 +88,11 @@ def choose_precision(precision: str, channels_last: bool | None, device: torch.d
     else:
         amp = torch.bfloat16 if precision == "bf16" else None
         why = f"precision={precision}"
-    if channels_last is None:
-        channels_last = amp is not None
-        why += f"; channels_last={'on' if channels_last else 'off'}, following the precision"
+    if channels_last is None:  # NHWC: what bf16 kernels want, and on CPU faster in fp32 too (docs/engine.md)
+        channels_last = amp is not None or device.type == "cpu"
+        why += ("; channels_last=on, following the precision" if amp is not None else
+                "; channels_last=on (on CPU, faster in fp32 too)" if channels_last else
+                "; channels_last=off, following the precision")
     else:
         why += f"; channels_last={str(channels_last).lower()} as set"
     return Precision(amp, channels_last, why)
@@ -173,20 +175,33 @@ def evaluate(model: torch.nn.Module, feeder: Feeder, split: str, batch_size: int
 # ------------------------------------------------------------ the training step
 
 class Stepper:
-    """One SGD step per call, eager or replayed from a CUDA graph; its bookkeeping stays on the device."""
+    """One SGD step per call, eager or replayed from a CUDA graph; its bookkeeping stays on the device.
+
+    A graph is captured per batch size: one for the full batches and one for an epoch's last partial
+    batch, so every step of a long enough run is replayed.  Each graph has its own memory pool; they
+    share the parameters, the optimizer state, the learning-rate tensor and the counters, which all
+    live outside any capture.  ``setup_seconds`` is the wall time of the warm-up steps and captures."""
 
     def __init__(self, model, opt, cfg, device: torch.device, prec: Precision, graph: bool, full_batch: int):
         self.model, self.opt, self.cfg, self.device, self.prec = model, opt, cfg, device, prec
         self.use_graph, self.full_batch = graph, full_batch
-        self.graph = None
-        self.warm = 0
+        self.graphs: dict[int, tuple] = {}  # batch size -> (CUDAGraph, static x, static y)
+        self.warm: dict[int, int] = {}  # batch size -> eager warm-up steps taken
+        self.replays = 0
+        self.setup_seconds = 0.0
         z = dict(device=device)
         self.t = torch.zeros((), dtype=torch.int64, **z)  # steps taken (device counter)
         self.first_bad = torch.zeros((), dtype=torch.int64, **z)  # first step with a non-finite loss (0: none)
         self.bad_value = torch.zeros((), dtype=torch.float32, **z)
         self.loss_sum = torch.zeros((), dtype=torch.float64, **z)
         self.correct = torch.zeros((), dtype=torch.int64, **z)
+        self.lr = torch.zeros((), dtype=torch.float32, **z)  # what a replayed update reads
         self.graph_note = "on" if graph else "off"
+
+    @property
+    def graph(self):
+        """The full-batch graph (None until captured)."""
+        return self.graphs.get(self.full_batch, (None,))[0]
 
     def _forward_loss(self, x, y, cache=True):
         with autocast(self.device, self.prec.amp, cache):
@@ -213,28 +228,45 @@ class Stepper:
         self._account(out, y, loss)
 
     def __call__(self, x, y):
-        if not self.use_graph or len(y) != self.full_batch:
+        n = len(y)
+        if not self.use_graph:
             return self.eager(x, y)
-        if self.graph is None:
-            if self.warm < WARMUP_STEPS:
-                self.warm += 1
-                side = torch.cuda.Stream(self.device)
-                side.wait_stream(torch.cuda.current_stream(self.device))
-                with torch.cuda.stream(side):
-                    self.eager(x, y)
-                torch.cuda.current_stream(self.device).wait_stream(side)
-                return None
+        if n not in self.graphs:
+            t0 = time.perf_counter()
             try:
-                self._capture(x, y)
-            except Exception as e:  # an op that cannot be captured: keep training eagerly, and say so
-                self.use_graph, self.graph = False, None
-                self.graph_note = f"off: capture failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+                if self._warm_up(x, y):
+                    return None
+                try:
+                    self._capture(x, y)
+                except Exception as e:  # an op that cannot be captured: keep training eagerly, and say so
+                    self.use_graph, self.graphs = False, {}
+                    self.graph_note = f"off: capture failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+                    torch.cuda.synchronize(self.device)
+                    return self.eager(x, y)
+            finally:
                 torch.cuda.synchronize(self.device)
-                return self.eager(x, y)
-        self.static_x.copy_(x)
-        self.static_y.copy_(y)
+                self.setup_seconds += time.perf_counter() - t0
+        graph, static_x, static_y = self.graphs[n]
+        static_x.copy_(x)
+        static_y.copy_(y)
         self.lr.fill_(self.opt.param_groups[0]["lr"])
-        self.graph.replay()
+        graph.replay()
+        self.replays += 1
+
+    def _warm_up(self, x, y) -> bool:
+        """An eager step on a side stream while this batch size still needs one (cuDNN, cuBLAS and the
+        optimizer state initialise outside the capture); the first size takes WARMUP_STEPS, a later one
+        only its own shapes."""
+        n = len(y)
+        if self.warm.get(n, 0) >= (WARMUP_STEPS if not self.graphs else 1):
+            return False
+        self.warm[n] = self.warm.get(n, 0) + 1
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            self.eager(x, y)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        return True
 
     @torch.no_grad()
     def _update(self):
@@ -256,16 +288,15 @@ class Stepper:
             torch._foreach_sub_(ps, torch._foreach_mul(gs, self.lr))
 
     def _capture(self, x, y):
-        self.static_x, self.static_y = x.clone(), y.clone()
-        self.lr = torch.full((), self.opt.param_groups[0]["lr"], dtype=torch.float32, device=self.device)
-        self.opt.zero_grad(set_to_none=True)
+        static_x, static_y = x.clone(), y.clone()
+        self.opt.zero_grad(set_to_none=True)  # the graph allocates its own gradients in its pool
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            out, loss = self._forward_loss(self.static_x, self.static_y, cache=False)
+            out, loss = self._forward_loss(static_x, static_y, cache=False)
             loss.backward()
             self._update()
-            self._account(out, self.static_y, loss)
-        self.graph = graph
+            self._account(out, static_y, loss)
+        self.graphs[len(y)] = (graph, static_x, static_y)
 
     def read(self) -> tuple[float, int, int, float]:
         """(loss sum, correct, first non-finite step or 0, that loss) since the last ``reset``: one host sync."""
@@ -312,15 +343,33 @@ def recalibrate_bn(model, feeder: Feeder, cfg, device: torch.device, prec: Preci
     while it was learning; docs/train.md has the numbers.  Its own generator keeps the
     training batches unchanged; the buffers are updated in place, so a captured CUDA graph
     keeps using them.
-    """
-    from torch.optim.swa_utils import update_bn
 
+    The arithmetic of ``torch.optim.swa_utils.update_bn`` (a cumulative average: batch k weighs
+    1/k), without its costs: it runs the passes with autograd on, and its ``momentum=None`` makes
+    every BatchNorm read its batch counter back from the device (``float(num_batches_tracked)``),
+    a host sync per layer per batch on CUDA.  Here the weight 1/k is set from the host."""
     if cfg.bn_batches == 0 or cfg.freeze == "backbone":  # a frozen backbone keeps its statistics too
         return
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+    was_training = model.training
+    model.train()
     gen = torch.Generator().manual_seed(cfg.seed)
-    batches = feeder.epoch(cfg.batch_size, gen, cfg.augment, max_batches=cfg.bn_batches)
-    with autocast(device, prec.amp):
-        update_bn((x.contiguous(memory_format=prec.memory_format) for x, _ in batches), model)
+    try:
+        with torch.no_grad(), autocast(device, prec.amp):
+            batches = feeder.epoch(cfg.batch_size, gen, cfg.augment, max_batches=cfg.bn_batches)
+            for k, (x, _) in enumerate(batches, start=1):
+                for m in bns:
+                    m.momentum = 1.0 / k
+                model(x.contiguous(memory_format=prec.memory_format))
+    finally:
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+        model.train(was_training)
 
 
 def fit(model, data: Dataset, cfg, device: torch.device, prec: Precision, callback, test: bool):
@@ -350,6 +399,7 @@ def fit(model, data: Dataset, cfg, device: torch.device, prec: Precision, callba
     bar = tqdm(total=total, desc="train", unit="step", disable=not show, leave=False)
     net.train()
     epochs = math.ceil(total / per_epoch)
+    eval_seconds = 0.0
     try:
         for epoch in range(1, epochs + 1):
             _sync(device)
@@ -375,8 +425,10 @@ def fit(model, data: Dataset, cfg, device: torch.device, prec: Precision, callba
                 res.history.append({**metrics, "seconds": time.perf_counter() - t0})
                 bar.set_postfix(epoch=epoch, loss=f"{metrics['train_loss']:.3f}")
                 continue
+            t_eval = time.perf_counter()
             recalibrate_bn(model, feeder, cfg, device, prec)
             val_loss, val_acc = evaluate(net, feeder, "val", cfg.eval_batch_size, prec)
+            eval_seconds += time.perf_counter() - t_eval
             metrics.update(val_loss=val_loss, val_accuracy=val_acc, seconds=time.perf_counter() - t0)
             res.history.append(metrics)
             res.val_loss, res.val_accuracy = val_loss, val_acc
@@ -406,6 +458,11 @@ def fit(model, data: Dataset, cfg, device: torch.device, prec: Precision, callba
     if stepper.use_graph and stepper.graph is None:
         stepper.graph_note = f"off: fewer than {WARMUP_STEPS + 1} full batches, nothing to capture"
     res.engine = {**prec.to_dict(), "compile": mode, "compile_reason": compile_why, "cuda_graph": stepper.graph_note}
+    if stepper.replays:
+        res.engine["graphed_steps"] = f"{stepper.replays}/{res.steps}"
+    # Where the wall time went: train_seconds holds the steps (graph set-up included), the rest is validation.
+    res.engine["seconds"] = {"steps": round(res.train_seconds - stepper.setup_seconds, 4),
+                             "graph_setup": round(stepper.setup_seconds, 4), "validation": round(eval_seconds, 4)}
     return res
 
 

@@ -94,7 +94,7 @@ def _measure(folder: Path, key: str, sized: Sized, ds, config, target: float) ->
     stored = _read_json(path)
     if stored and stored.get("fingerprint") == fp and stored.get("target_params") == target:
         return stored, graph
-    m = measure_arch(to_module(graph), ds, config, latency=False)
+    m = measure_arch(to_module(graph), ds, config, latency=False, cuda_peak=False)
     rec = {"pattern": key, "built_as": sized.pattern, "fingerprint": fp, "widths": list(sized.widths),
            "multiplier": sized.multiplier, "divisor": sized.divisor, "params": m["params"],
            "target_params": target, "params_vs_target": m["params"] / target - 1, "macs": m["macs"],
