@@ -177,18 +177,18 @@ def timm_row(dev_name: str, args) -> str:
 
 
 def trial_line(dev_name, name, px, batch, pname, prec, graph, ds, epochs, every, eager, comp, graphed,
-               notes) -> str:
+               notes, bn_batches: int = 16) -> str:
     """One whole trial, as a table row beside the raw step rates."""
     device = torch.device(dev_name)
     cfg = train.TrainConfig(device=dev_name, epochs=epochs, batch_size=batch, precision=prec.to_dict()["precision"],
                             channels_last=prec.channels_last, progress=False,
-                            warmup_epochs=min(1.0, epochs / 2), eval_every=every)
+                            warmup_epochs=min(1.0, epochs / 2), eval_every=every, bn_batches=bn_batches)
     wall, images, phases = trial(name, graph, ds, device, prec, cfg)
     eng = phases.pop("engine")
     best = graphed if graphed and "on" in eng["cuda_graph"] else eager
     share = images / best / wall
     inside = ", ".join(f"{k} {v:.2f}s" for k, v in eng["seconds"].items())
-    row_notes = notes + [f"eval_every {every}",
+    row_notes = notes + [f"eval_every {every}", *([f"bn_batches {bn_batches}"] if bn_batches != 16 else []),
                          "phases " + ", ".join(f"{k} {v:.2f}s" for k, v in phases.items()) + f" (train: {inside})",
                          *([f"graphed steps {eng['graphed_steps']}"] if "graphed_steps" in eng else [])]
     return (f"| {dev_name} | {name} | {px} | {batch} | {pname.split('+')[0]}{'+CL' if prec.channels_last else ''} | "
@@ -214,6 +214,8 @@ def main(argv=None) -> int:
                     help="one trial row per value of train eval_every (e.g. 1 5: every epoch vs only the last)")
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "fp32+CL", "bf16"],
                     help="fp32 (contiguous), fp32+CL (fp32 in channels_last), bf16 (autocast + channels_last)")
+    ap.add_argument("--bn-batches", type=int, nargs="+", default=[16],
+                    help="one trial row per value of train bn_batches (BatchNorm recalibration batches)")
     ap.add_argument("--trials", type=int, default=1,
                     help="trial rows per cell: the first trial of a model pays one-off costs (cuDNN autotuning "
                          "of new shapes, allocator growth) that later ones do not")
@@ -258,11 +260,12 @@ def main(argv=None) -> int:
                         graphed, n = raw_rate(make, px, device, prec, batch, "graphed", args.seconds)
                         notes.append(n)
                 for every in args.eval_every:
-                    for _ in range(args.trials):
-                        line = trial_line(dev_name, name, px, batch, pname, prec, graph, ds, epochs, every, eager,
-                                          comp, graphed, notes)
-                        lines.append(line)
-                        print(line, flush=True)
+                    for bn in args.bn_batches:
+                        for _ in range(args.trials):
+                            line = trial_line(dev_name, name, px, batch, pname, prec, graph, ds, epochs, every,
+                                              eager, comp, graphed, notes, bn)
+                            lines.append(line)
+                            print(line, flush=True)
     if args.timm != "no":
         lines.append(timm_row(devices[-1], args))
         print(lines[-1])
