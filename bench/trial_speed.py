@@ -177,7 +177,7 @@ def timm_row(dev_name: str, args) -> str:
 
 
 def trial_line(dev_name, name, px, batch, pname, prec, graph, ds, epochs, every, eager, comp, graphed,
-               notes, bn_batches: int = 16) -> str:
+               notes, bn_batches: int = train.TrainConfig.bn_batches) -> str:
     """One whole trial, as a table row beside the raw step rates."""
     device = torch.device(dev_name)
     cfg = train.TrainConfig(device=dev_name, epochs=epochs, batch_size=batch, precision=prec.to_dict()["precision"],
@@ -188,7 +188,7 @@ def trial_line(dev_name, name, px, batch, pname, prec, graph, ds, epochs, every,
     best = graphed if graphed and "on" in eng["cuda_graph"] else eager
     share = images / best / wall
     inside = ", ".join(f"{k} {v:.2f}s" for k, v in eng["seconds"].items())
-    row_notes = notes + [f"eval_every {every}", *([f"bn_batches {bn_batches}"] if bn_batches != 16 else []),
+    row_notes = notes + [f"eval_every {every}", f"bn_batches {bn_batches}",
                          "phases " + ", ".join(f"{k} {v:.2f}s" for k, v in phases.items()) + f" (train: {inside})",
                          *([f"graphed steps {eng['graphed_steps']}"] if "graphed_steps" in eng else [])]
     return (f"| {dev_name} | {name} | {px} | {batch} | {pname.split('+')[0]}{'+CL' if prec.channels_last else ''} | "
@@ -214,7 +214,7 @@ def main(argv=None) -> int:
                     help="one trial row per value of train eval_every (e.g. 1 5: every epoch vs only the last)")
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "fp32+CL", "bf16"],
                     help="fp32 (contiguous), fp32+CL (fp32 in channels_last), bf16 (autocast + channels_last)")
-    ap.add_argument("--bn-batches", type=int, nargs="+", default=[16],
+    ap.add_argument("--bn-batches", type=int, nargs="+", default=[train.TrainConfig.bn_batches],
                     help="one trial row per value of train bn_batches (BatchNorm recalibration batches)")
     ap.add_argument("--trials", type=int, default=1,
                     help="trial rows per cell: the first trial of a model pays one-off costs (cuDNN autotuning "

@@ -218,16 +218,46 @@ def test_a_worker_attaches_to_a_study_made_before_screening_existed(tmp_path):
     old["data"].pop("flip")
     old["train"].pop("seed")
     old["train"].pop("init")
+    old["train"].pop("bn_batches")
     study.set_user_attr("space", json.dumps(old))
     contract = json.loads(study.user_attrs["contract"])
     contract["train"].pop("init")
+    contract["train"].pop("bn_batches")
     study.set_user_attr("contract", json.dumps(contract))
     _, attached = search.attach(sp["study"]["name"] or "hda", str(tmp_path / "hda" / "journal.log"))
     assert attached["study"]["screen"] is None and attached["study"]["proxy"] == "params"
     assert attached["train"]["init"] == "original"  # a resumed old study keeps training as it began
+    assert attached["train"]["bn_batches"] == 16  # the default of the day: spaces never stored it
     assert search.open_study(tiny(tmp_path / "new", seed_published=False)) and \
         tiny(tmp_path / "new2", seed_published=False)["train"]["init"] == "zero-last"
     assert attached["name"] == sp["name"]
+
+
+def test_bn_batches_is_pinned_per_study_so_a_changed_default_neither_mixes_trials_nor_refuses(tmp_path):
+    """A new study stores today's default; a study from before stored none and ran with 16: resumed from
+    its space file without the option it keeps 16, resumed with another value it is refused."""
+    from tests.test_search import tiny
+
+    from dlasearch.train import TrainConfig
+
+    sp = tiny(tmp_path, seed_published=False)
+    assert "bn_batches" not in sp["train"]
+    study = search.open_study(sp)
+    assert sp["train"]["bn_batches"] == TrainConfig().bn_batches == 8
+    assert json.loads(study.user_attrs["contract"])["train"]["bn_batches"] == 8
+    assert json.loads(study.user_attrs["space"])["train"]["bn_batches"] == 8
+
+    for attr in ("space", "contract"):  # as a study made before this change stored it
+        old = json.loads(study.user_attrs[attr])
+        old["train"].pop("bn_batches")
+        study.set_user_attr(attr, json.dumps(old))
+    again = tiny(tmp_path, seed_published=False)
+    search.open_study(again)
+    assert again["train"]["bn_batches"] == 16
+    _, attached = search.attach("hda", str(tmp_path / "hda" / "journal.log"))
+    assert attached["train"]["bn_batches"] == 16
+    with pytest.raises(search.SearchError, match="bn_batches"):
+        search.open_study(tiny(tmp_path, seed_published=False, train={"bn_batches": 8}))
 
 
 def test_a_study_resumes_with_its_data_file_named_from_another_folder(tmp_path, monkeypatch):

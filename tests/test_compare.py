@@ -1,5 +1,6 @@
 """`dlasearch compare` on digits with tiny budgets: sizing, statistics, outputs, resume and bad input."""
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -212,13 +213,41 @@ def test_one_seed_at_chance_shows_dashes_marks_and_one_warning(tmp_path, capsys)
 
 
 def test_a_comparison_from_before_train_init_resumes_with_the_original_init(tmp_path):
-    """A stored comparison without train.init was trained with init=original: that resumes, zero-last is refused."""
+    """A stored comparison without train.init, bn_batches and freeze predates them: it was trained with
+    init=original, no BatchNorm recalibration and nothing frozen; that resumes, zero-last is refused."""
     import json
 
     folder = tmp_path / "old"
     folder.mkdir()
     old = {"version": 1, "train": {"epochs": 6, "lr": 0.1}}
     (folder / compare.SETTINGS).write_text(json.dumps(old))
-    compare.check_settings(folder, {"version": 1, "train": {"epochs": 6, "lr": 0.1, "init": "original"}})
+    then = {"epochs": 6, "lr": 0.1, "init": "original", "bn_batches": 0, "freeze": "none"}
+    compare.check_settings(folder, {"version": 1, "train": then})
     with pytest.raises(compare.CompareError, match="train.init: 'original' -> 'zero-last'"):
-        compare.check_settings(folder, {"version": 1, "train": {"epochs": 6, "lr": 0.1, "init": "zero-last"}})
+        compare.check_settings(folder, {"version": 1, "train": {**then, "init": "zero-last"}})
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.skipif(not (SHARED / "FashionMNIST").is_dir(), reason=f"no Fashion-MNIST under {SHARED}")
+def test_the_committed_comparison_resumes_with_its_documented_command(tmp_path, monkeypatch, capsys):
+    """results/compare/fashion_mnist-100k predates init, bn_batches, freeze and the channels_last default:
+    its README command keeps the stored values it does not set and reuses all 24 runs; setting one refuses."""
+    import shutil
+
+    folder = tmp_path / "fm"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "results" / "compare" / "fashion_mnist-100k", folder)
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(dlasearch.train, "train", no_training)
+    command = ["compare", "patterns=chain,skip,ida,tree,reentrant,hda,dla", "data=fashion_mnist",
+               f"data.root={SHARED}", "epochs=6", "seeds=3", "budget.params=100000", "threads=1", f"out={folder}"]
+    assert main(command) == 0
+    out = capsys.readouterr().out
+    assert "keeping its stored train.bn_batches=0, train.channels_last=False, train.init='original'" in out
+    assert "0 run(s) trained, 24 reused" in out
+    assert main([*command, "bn_batches=8"]) == 2
+    assert "train.bn_batches: 0 -> 8" in one_error_line(capsys)

@@ -67,7 +67,7 @@ SCHEMA: dict[str, Any] = {
     "train": {"epochs": int, "seed": (int, type(None)), "batch_size": int, "lr": float, "momentum": float, "weight_decay": float,
               "warmup_epochs": float, "label_smoothing": float, "steps": (int, type(None)), "device": str,
               "channels_last": (bool, type(None)), "nesterov": bool, "augment": bool, "precision": str,
-              "compile": str, "cuda_graph": (bool, type(None)), "init": str},
+              "compile": str, "cuda_graph": (bool, type(None)), "init": str, "bn_batches": int},
     "study": {"name": (str, type(None)), "storage": (str, type(None)), "trials": int, "workers": int,
               "seed": int, "sampler": str, "pruner": str, "timeout": (int, float, type(None)),
               "heartbeat": int, "grace": int, "results": str, "keep": str, "artifacts": (str, type(None)),

@@ -31,6 +31,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 CONTRACT = ("params", "backbone", "data", "train", "objectives")
+PINNED = ("bn_batches",)  # training options a space may leave unset: fixed per study when it is created
 
 
 
@@ -192,14 +193,14 @@ def _open_study(space: dict, create: bool, log) -> optuna.Study:
     storage = open_storage(url, log)
     name = study_name(space)
     directions = [spacemod.OBJECTIVES[o] for o in space["objectives"]]
-    contract = json.dumps({k: space[k] for k in CONTRACT}, sort_keys=True)
     existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     if name in existing:
         study = optuna.load_study(study_name=name, storage=storage, pruner=make_pruner(space))
         study.sampler = make_sampler(space, len(study.get_trials(deepcopy=False)) + space["study"].get("worker", 0))
         old = study.user_attrs.get("contract")
         stored = None if old is None else _comparable(_with_added_later(json.loads(old)))
-        given = _comparable(json.loads(contract))
+        _pin_unset(space, stored["train"] if stored else _with_added_later(json.loads(study.user_attrs["space"]))["train"])
+        given = _comparable(json.loads(_contract(space)))
         if stored is not None and stored != given:
             from dlasearch.search.resume import differences
 
@@ -210,9 +211,10 @@ def _open_study(space: dict, create: bool, log) -> optuna.Study:
         return study
     if not create:
         raise SearchError(f"study {name!r} not found in {url}; existing: {', '.join(sorted(existing)) or 'none'}")
+    _pin_unset(space, {})
     study = optuna.create_study(storage=storage, study_name=name, directions=directions,
                                 sampler=make_sampler(space), pruner=make_pruner(space))
-    study.set_user_attr("contract", contract)
+    study.set_user_attr("contract", _contract(space))
     study.set_user_attr("space", json.dumps({k: v for k, v in space.items() if k != "log"}))
     if space["seed_published"]:
         for pub in spacemod.published_params(space):
@@ -242,6 +244,22 @@ def find_study(name: str, storage: str | None = None) -> tuple[optuna.Study, str
         return optuna.load_study(study_name=name, storage=st), url
 
 
+def _contract(space: dict) -> str:
+    """What a study's trials must share to be comparable, as stored with it."""
+    return json.dumps({k: space[k] for k in CONTRACT}, sort_keys=True)
+
+
+def _pin_unset(space: dict, stored_train: dict) -> None:
+    """Training options that ``space`` leaves unset (``PINNED``) take the resumed study's value, or
+    today's default for a new one, into ``space`` and its contract: a default changed later never
+    mixes trials trained two ways, nor refuses the resume of a study that did not choose."""
+    from dlasearch.train import TrainConfig
+
+    for k in PINNED:
+        if k not in space["train"]:
+            space["train"][k] = stored_train.get(k, TrainConfig.__dataclass_fields__[k].default)
+
+
 def _comparable(contract: dict) -> dict:
     """``contract`` with ``data.path`` absolute: the same file named from another folder is the same data."""
     data = contract.get("data")
@@ -255,7 +273,7 @@ def _with_added_later(stored: dict) -> dict:
     from dlasearch.train.config import with_added_later
 
     if isinstance(stored.get("train"), dict):
-        stored["train"] = with_added_later(stored["train"])
+        stored["train"] = with_added_later(stored["train"], "search")
     return stored
 
 

@@ -17,7 +17,7 @@ from dlasearch.analysis.compare.statistics import REFERENCE, markdown_table, siz
 from dlasearch.deploy import checkpoint
 from dlasearch.errors import CompareError
 
-__all__ = ['check_writable', 'check_settings', 'run_path', 'compare', 'command']
+__all__ = ['check_writable', 'check_settings', 'keep_stored', 'run_path', 'compare', 'command']
 
 SETTINGS = "settings.json"
 
@@ -49,7 +49,7 @@ def check_settings(folder: Path, settings: dict) -> None:
     if isinstance(stored.get("train"), dict):
         from dlasearch.train.config import with_added_later
 
-        stored["train"] = with_added_later(stored["train"])  # as a comparison from before them trained
+        stored["train"] = with_added_later(stored["train"], "compare")  # as a comparison from before them trained
     diffs = []
     for section in sorted(settings):  # the stored file also records data_summary and torch, not compared
         old, new = stored.get(section), settings.get(section)
@@ -62,6 +62,25 @@ def check_settings(folder: Path, settings: dict) -> None:
         raise CompareError(f"{folder} holds a comparison with other settings ({'; '.join(diffs[:4])}"
                            f"{'; ...' if len(diffs) > 4 else ''}); rerun with the same settings, or give a new "
                            f"out= or name=")
+
+
+def keep_stored(o: CompareOptions, given, log=print) -> CompareOptions:
+    """Resuming: each training option the command does not set (not in ``given``) takes the stored
+    comparison's value, so a default changed since (bn_batches 16 -> 8) does not refuse the
+    documented command; an option it sets must still match (``check_settings``)."""
+    from dlasearch.train.config import with_added_later
+
+    stored = _read_json(o.folder / SETTINGS)
+    if not isinstance(stored, dict) or not isinstance(stored.get("train"), dict):
+        return o
+    names = {f.name for f in dataclasses.fields(o.config)}
+    kept = {k: v for k, v in with_added_later(stored["train"], "compare").items()
+            if k in names and k not in given and getattr(o.config, k) != v}
+    if not kept:
+        return o
+    log(f"resuming {o.folder}: keeping its stored {', '.join(f'train.{k}={v!r}' for k, v in sorted(kept.items()))} "
+        f"(not set on this command)")
+    return dataclasses.replace(o, config=dataclasses.replace(o.config, **kept))
 
 
 def run_path(folder: Path, pattern: str, seed: int) -> Path:
@@ -130,6 +149,7 @@ def compare(patterns=None, data="digits", seeds=3, budget=None, *, root=None, pa
     o = parse_options(patterns, data, seeds, budget, root=root, path=path, limit=limit, val_fraction=val_fraction,
                       image_size=image_size, blocks=blocks, baseline=baseline, out=out, name=name, train=train,
                       tracking_log=tracking_log, log=log)
+    o = keep_stored(o, set(train or ()), log)
     check_writable(o.folder)
     settings = _contract(o.data, o.image_size, o.config, o.budget, o.tolerance, o.blocks)
     if print_config:
