@@ -4,7 +4,8 @@
 #      meta-device memory count vs torch.cuda.max_memory_allocated within 5%);
 #   2. the GPU rows of bench/trial_speed.py (eager / compiled / graphed step vs whole trial), most
 #      telling first: the bf16 rows at 32 px (two trials each: the first pays one-off costs such as
-#      cuDNN autotuning), timm's compiled dla34 at 224 against ours, dla34 at 224, then the fp32 rows;
+#      cuDNN autotuning), with the default 8 and the former 16 BatchNorm recalibration batches,
+#      timm's compiled dla34 at 224 against ours, dla34 at 224, then the fp32 rows;
 #   3. bench/search_overhead.py: trials/hour with 1, 2 and 4 workers sharing the GPU.
 # Writes gpu.txt, cuda_tests.txt, trial_speed_cuda.md (the tables, appended as each part ends) and
 # search_overhead.txt under $OUT when set, else bench/out/.
@@ -30,7 +31,7 @@ part() {  # one bench invocation, its table appended to $md (also when it is cut
     echo "" >> "$md"
     [ "$rc" = 0 ] || { echo "bench part ($*) exit $rc" | tee -a "$md"; status=1; }
 }
-part 170 --rows dla46_c@32,hda1m@32,dla34@32 --precisions bf16 --trials 2 --timm no
+part 190 --rows dla46_c@32,hda1m@32,dla34@32 --precisions bf16 --trials 2 --bn-batches 8 16 --timm no
 part 100 --timm only
 part 80 --rows dla34@224 --precisions bf16 --timm no
 part 60 --rows dla46_c@32,hda1m@32,dla34@32 --precisions fp32 --timm no

@@ -228,14 +228,15 @@ def test_a_worker_attaches_to_a_study_made_before_screening_existed(tmp_path):
     assert attached["study"]["screen"] is None and attached["study"]["proxy"] == "params"
     assert attached["train"]["init"] == "original"  # a resumed old study keeps training as it began
     assert attached["train"]["bn_batches"] == 16  # the default of the day: spaces never stored it
-    assert search.open_study(tiny(tmp_path / "new", seed_published=False)) and \
-        tiny(tmp_path / "new2", seed_published=False)["train"]["init"] == "zero-last"
+    new = tiny(tmp_path / "new", seed_published=False)
+    assert search.open_study(new) and new["train"]["init"] == "zero-last"
     assert attached["name"] == sp["name"]
 
 
-def test_bn_batches_is_pinned_per_study_so_a_changed_default_neither_mixes_trials_nor_refuses(tmp_path):
-    """A new study stores today's default; a study from before stored none and ran with 16: resumed from
-    its space file without the option it keeps 16, resumed with another value it is refused."""
+def test_init_and_bn_batches_are_pinned_per_study_so_a_changed_default_neither_mixes_trials_nor_refuses(tmp_path):
+    """A new study stores today's defaults; a study from before stored neither and ran with init=original
+    and 16 batches: resumed from its space file without them (as `bench build` does) it keeps both,
+    resumed with another value it is refused."""
     from tests.test_search import tiny
 
     from dlasearch.train import TrainConfig
@@ -246,18 +247,22 @@ def test_bn_batches_is_pinned_per_study_so_a_changed_default_neither_mixes_trial
     assert sp["train"]["bn_batches"] == TrainConfig().bn_batches == 8
     assert json.loads(study.user_attrs["contract"])["train"]["bn_batches"] == 8
     assert json.loads(study.user_attrs["space"])["train"]["bn_batches"] == 8
+    assert sp["train"]["init"] == "zero-last"
 
-    for attr in ("space", "contract"):  # as a study made before this change stored it
+    for attr in ("space", "contract"):  # as a study made before these options stored it
         old = json.loads(study.user_attrs[attr])
         old["train"].pop("bn_batches")
+        old["train"].pop("init")
         study.set_user_attr(attr, json.dumps(old))
     again = tiny(tmp_path, seed_published=False)
     search.open_study(again)
-    assert again["train"]["bn_batches"] == 16
+    assert again["train"]["bn_batches"] == 16 and again["train"]["init"] == "original"
     _, attached = search.attach("hda", str(tmp_path / "hda" / "journal.log"))
-    assert attached["train"]["bn_batches"] == 16
+    assert attached["train"]["bn_batches"] == 16 and attached["train"]["init"] == "original"
     with pytest.raises(search.SearchError, match="bn_batches"):
         search.open_study(tiny(tmp_path, seed_published=False, train={"bn_batches": 8}))
+    with pytest.raises(search.SearchError, match="init"):
+        search.open_study(tiny(tmp_path, seed_published=False, train={"init": "zero-last"}))
 
 
 def test_a_study_resumes_with_its_data_file_named_from_another_folder(tmp_path, monkeypatch):

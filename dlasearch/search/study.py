@@ -31,7 +31,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 CONTRACT = ("params", "backbone", "data", "train", "objectives")
-PINNED = ("bn_batches",)  # training options a space may leave unset: fixed per study when it is created
+PINNED = ("init", "bn_batches")  # training options a space may leave unset: fixed per study when it is created
 
 
 
