@@ -55,6 +55,27 @@ def test_train_memory_is_repeatable_and_device_independent():
     assert measure.train_memory_bytes(big, (4, 3, 32, 32)) == measure.train_memory_bytes(big, (4, 3, 32, 32))
 
 
+@pytest.mark.parametrize("name, shape", [("dla46_c", (128, 3, 32, 32)), ("dla46x_c", (37, 3, 32, 32)),
+                                         ("dla34up", (6, 3, 64, 64)), ("reentrant", (128, 1, 28, 28))])
+def test_train_memory_of_a_cpu_model_equals_the_meta_count(name, shape):
+    """A CPU model is counted from batches 2 and 4 (affine in the batch): the same bytes as the meta
+    forward at the full batch, for plain, grouped-bottleneck, per-pixel and pattern networks."""
+    import copy
+
+    from dlasearch.analysis.compare import size
+    from dlasearch.patterns import build
+
+    from dlasearch.ir import to_module
+
+    torch.manual_seed(0)
+    m = zoo.create(name, 10) if name in zoo.names() else to_module(build(size(name, 1e5, in_channels=1).spec))
+    on_meta = measure.train_memory(copy.deepcopy(m).to("meta"), shape)
+    assert measure.train_memory(m, shape) == on_meta
+    bf16 = measure.train_memory(m, shape, autocast_dtype=torch.bfloat16)["activations"]
+    assert bf16 == measure._saved_bytes(copy.deepcopy(m).train(), shape, torch.bfloat16)  # the full-batch forward
+    assert bf16 != on_meta["activations"]  # autocast was on: bf16 activations and weight copies
+
+
 def test_train_memory_counts_only_trainable_state():
     m = tiny_model()
     m[0].weight.requires_grad_(False)
