@@ -81,9 +81,9 @@ def train_memory(model: torch.nn.Module, input_shape, optimizer_states: int = 1,
     every saved tensor either scales with the batch or does not depend on it, so the count is
     affine in the batch, and it equals the meta count (all 246 zoo and stored networks:
     ``bench/memory_count.py``) in a fifth of the time (meta kernels of BatchNorm run as Python
-    decompositions).  When the model
-    is on CUDA, ``cuda_peak`` is also measured: ``torch.cuda.max_memory_allocated`` during a
-    step after a warm-up step, minus what was allocated before.
+    decompositions).  When the model is on CUDA, ``cuda_peak`` is also measured:
+    ``torch.cuda.max_memory_allocated`` during a step after a warm-up step, minus what was
+    allocated before.
     """
     shape = tuple(input_shape)
     if _device(model).type == "cpu":

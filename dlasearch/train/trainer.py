@@ -97,8 +97,9 @@ def measure_arch(model: torch.nn.Module, data: Dataset, config: TrainConfig, lat
 
     The memory count depends on shapes only (``measure.train_memory``): in fp32 it runs on the CPU
     the model was built on, before the move, as two small forwards; with autocast, on the device.
-    On CUDA, ``cuda_peak`` also measures it with two real steps (``train_memory_cuda_peak_bytes``).  Searches and comparisons skip that: it costs a trial
-    0.2-0.4 s on an H100, and the count stays within 5% of it (tests/test_cuda.py)."""
+    On CUDA, ``cuda_peak`` also measures it with two real steps (``train_memory_cuda_peak_bytes``).
+    Searches and comparisons skip that: it costs a trial 0.2-0.4 s on an H100, and the count stays
+    within 5% of it (tests/test_cuda.py)."""
     from dlasearch.train import measure
 
     device = resolve_device(config.device)
