@@ -10,6 +10,7 @@ import dlasearch.train
 from dlasearch.analysis import compare
 from dlasearch.cli import main
 from dlasearch.patterns import PATTERNS
+from tests.test_data import SHARED
 
 BUDGET = 20000
 # one torch thread: on a busy 2-core machine two OpenMP threads can run ten times slower than one
@@ -225,9 +226,6 @@ def test_a_comparison_from_before_train_init_resumes_with_the_original_init(tmp_
     compare.check_settings(folder, {"version": 1, "train": then})
     with pytest.raises(compare.CompareError, match="train.init: 'original' -> 'zero-last'"):
         compare.check_settings(folder, {"version": 1, "train": {**then, "init": "zero-last"}})
-
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.mark.skipif(not (SHARED / "FashionMNIST").is_dir(), reason=f"no Fashion-MNIST under {SHARED}")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from dlasearch import arch, ir, patterns, train
 from dlasearch.cli import main
 from dlasearch.errors import DLASearchError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from tests.test_data import SHARED
 
 # A DLA with the full downsampling (stride 32) and tiny widths: trains in seconds on CPU.
 TINY = {"pattern": "dla", "stem": {"channels": 8, "kernel": 3},

@@ -199,7 +199,7 @@ def _open_study(space: dict, create: bool, log) -> optuna.Study:
         study.sampler = make_sampler(space, len(study.get_trials(deepcopy=False)) + space["study"].get("worker", 0))
         old = study.user_attrs.get("contract")
         stored = None if old is None else _comparable(_with_added_later(json.loads(old)))
-        _pin_unset(space, stored["train"] if stored else _with_added_later(json.loads(study.user_attrs["space"]))["train"])
+        _pin_unset(space, (stored or _with_added_later(json.loads(study.user_attrs["space"])))["train"])
         given = _comparable(json.loads(_contract(space)))
         if stored is not None and stored != given:
             from dlasearch.search.resume import differences
