@@ -67,11 +67,13 @@ class Lowering:
         return gm
 
 
-def to_module(ir: IR, name: str | None = None, init: str = "original") -> fx.GraphModule:
+def to_module(ir: IR, name: str | None = None, init: str = "original", seed: int | None = None) -> fx.GraphModule:
     """Build the torch module an IR describes; raises ``IRError`` if the IR is invalid.
 
     ``init`` (one of ``INITS``) sets the initial weights; ``zero-last`` is what training from
     scratch uses by default, ``original`` what loading weights and zero-cost proxies expect.
+    They are drawn from torch's global generator, or with ``seed`` from one seeded with it
+    (the global state is left as it was): the same seed gives the same network.
 
     The result is a ``torch.fx.GraphModule`` (``print(model.code)`` shows its forward) named
     ``name`` (default: the IR's name); ``model.ir`` keeps the IR it came from and
@@ -84,7 +86,12 @@ def to_module(ir: IR, name: str | None = None, init: str = "original") -> fx.Gra
         cls = "Net_" + cls
     if init not in INITS:
         raise IRError(f"init={init!r}; allowed: {', '.join(INITS)}")
-    gm = Lowering(ir).run(cls)
+    if seed is None:
+        gm = Lowering(ir).run(cls)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            gm = Lowering(ir).run(cls)
     gm.ir = ir
     if init == "zero-last":
         _zero_last(gm, ir)

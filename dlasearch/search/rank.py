@@ -58,9 +58,7 @@ def proxy_batch(data, batch: int = 64, seed: int = 0) -> tuple[torch.Tensor, tor
 
 def scores(ir, x: torch.Tensor, y: torch.Tensor, names, seed: int = 0) -> dict[str, float]:
     """Every proxy in ``names`` for one architecture, its weights initialised with ``seed`` (repeatable)."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = to_module(ir)
+    model = to_module(ir, seed=seed)
     return {name: proxymod.score(name, model, x, y) for name in names}
 
 
@@ -76,7 +74,7 @@ def rank(space: dict, n: int, names=None, batch: int = 64, seed: int = 0, log=pr
     archs = sample_archs(space, n, data.channels, data.num_classes, seed)
     rows = []
     for i, (fp, spec, ir) in enumerate(archs, 1):
-        model = to_module(ir)
+        model = to_module(ir, seed=seed)
         row = {"fingerprint": fp, "pattern": spec["pattern"], "arch": describe(spec)}
         for name in names:
             t = time.perf_counter()

@@ -129,8 +129,7 @@ def run(arch: str, data: dict | str | None, config: TrainConfig, *, image_size="
     check_fit(graph, ds)
     arch_name = str(graph.graph.get("name") or Path(str(arch)).stem)
     folder = run_folder(out, name, f"{arch_name}-{ds.name}")
-    torch.manual_seed(config.seed)  # the same seed gives the same initial weights
-    model = to_module(graph, init=config.init)  # weights= then replaces what it holds
+    model = to_module(graph, init=config.init, seed=config.seed)  # weights= then replaces what it holds
     if weights is not None:
         note = checkpoint.load_weights(model, weights, graph)
         if note:

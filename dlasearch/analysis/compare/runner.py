@@ -124,13 +124,10 @@ def _measure(folder: Path, key: str, sized: Sized, ds, config, target: float) ->
 
 
 def _train_one(graph, ds, config, seed: int, callback=None):
-    import torch
-
     from dlasearch import train as trainmod
     from dlasearch.ir import to_module
 
-    torch.manual_seed(seed)  # initial weights: the same seed gives the same network
-    model = to_module(graph, init=config.init)
+    model = to_module(graph, init=config.init, seed=seed)  # the same seed gives the same network
     return trainmod.train(model, ds, dataclasses.replace(config, seed=seed), test=True, callback=callback), model
 
 
