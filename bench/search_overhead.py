@@ -49,9 +49,9 @@ def overhead(study, sp, data) -> tuple[float, float]:
     """Median trial seconds and median non-training share over the study's trials."""
     train_s: dict[int, float] = {}
 
-    def timed_train(model, d, config, callback=None):
+    def timed_train(model, d, config, **kw):
         t = time.perf_counter()
-        res = trainmod.train(model, d, config, callback=callback)
+        res = trainmod.train(model, d, config, **kw)
         train_s[len(train_s)] = time.perf_counter() - t
         return res
     search.work(study, sp, data=data, log=lambda *a: None, train_fn=timed_train)

@@ -233,10 +233,12 @@ def test_a_worker_attaches_to_a_study_made_before_screening_existed(tmp_path):
     assert attached["name"] == sp["name"]
 
 
-def test_init_and_bn_batches_are_pinned_per_study_so_a_changed_default_neither_mixes_trials_nor_refuses(tmp_path):
+def test_init_and_bn_batches_are_pinned_per_study_so_a_changed_default_neither_mixes_trials_nor_refuses(
+        tmp_path, monkeypatch):
     """A new study stores today's defaults; a study from before stored neither and ran with init=original
     and 16 batches: resumed from its space file without them (as `bench build` does) it keeps both,
-    resumed with another value it is refused."""
+    resumed with another value it is refused.  So with every training option a space may leave unset:
+    a default changed later applies to new studies only."""
     from tests.test_search import tiny
 
     from dlasearch.train import TrainConfig
@@ -263,6 +265,23 @@ def test_init_and_bn_batches_are_pinned_per_study_so_a_changed_default_neither_m
         search.open_study(tiny(tmp_path, seed_published=False, train={"bn_batches": 8}))
     with pytest.raises(search.SearchError, match="init"):
         search.open_study(tiny(tmp_path, seed_published=False, train={"init": "zero-last"}))
+
+    from dlasearch.search.study import PINNED
+
+    assert set(PINNED) == {"init", "bn_batches", "nesterov", "augment", "precision", "compile", "cuda_graph"}
+    for attr in ("space", "contract"):  # a study from before these were pinned stored none of them
+        old = json.loads(study.user_attrs[attr])
+        for k in ("nesterov", "augment", "precision", "compile", "cuda_graph"):
+            old["train"].pop(k)
+        study.set_user_attr(attr, json.dumps(old))
+    monkeypatch.setattr(TrainConfig.__dataclass_fields__["augment"], "default", False)  # a default changes
+    again = tiny(tmp_path, seed_published=False)
+    search.open_study(again)
+    assert again["train"]["augment"] is True and again["train"]["nesterov"] is True  # as its trials ran
+    assert again["train"]["precision"] == "auto" and again["train"]["cuda_graph"] is None
+    new = tiny(tmp_path / "new", seed_published=False)
+    search.open_study(new)
+    assert new["train"]["augment"] is False  # a new study takes the new default
 
 
 def test_a_study_resumes_with_its_data_file_named_from_another_folder(tmp_path, monkeypatch):

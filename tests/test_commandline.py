@@ -101,11 +101,19 @@ def test_print_config_resolves_and_runs_nothing(tmp_path, monkeypatch, capsys):
     run = _cfg(capsys, "run", "hda", "trials=3", "data=my.npz", "data.limit=50", "--cfg")
     assert run["study"]["trials"] == 3 and run["data"]["name"] == "npz" and run["data"]["path"] == "my.npz"
     assert run["data"]["limit"] == 50
+    assert run["train"]["init"] == "zero-last" and run["train"]["bn_batches"] == 8  # what a new study fixes
     cmp = _cfg(capsys, "compare", "budget.params=20k", "data=digits", "data.limit=300", "data.image_size=32",
                "patterns=hda", "--cfg")
     assert cmp["patterns"] == ["chain", "hda"] and cmp["data"]["limit"] == 300 and cmp["budget"]["params"] == 2e4
     assert cmp["data"] == _cfg(capsys, "compare", "budget=20k", "limit=300", "patterns=hda", "--cfg")["data"]
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_print_config_shows_what_an_existing_study_fixed(tmp_path, capsys):
+    """`run --cfg` shows the training options the study fixed when it was created, not today's defaults."""
+    search.open_study(space.load("hda", {"study": {"results": str(tmp_path)}, "train": {"bn_batches": 3}}))
+    cfg = _cfg(capsys, "run", "hda", f"study.results={tmp_path}", "--cfg")
+    assert cfg["train"]["bn_batches"] == 3 and cfg["train"]["nesterov"] is True
 
 
 def test_train_writes_config_yaml_and_one_line_per_epoch(tmp_path, capsys):

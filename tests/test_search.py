@@ -266,3 +266,43 @@ def test_a_trial_counts_memory_on_the_meta_device_only(tmp_path, monkeypatch):
     sp = tiny(tmp_path, study={"trials": 1}, seed_published=False)
     search.run(sp, log=lambda *a: None)
     assert seen == [False] and trials(sp)[0].user_attrs["train_memory"] > 0
+
+
+def test_pruner_epochs_are_the_epochs_the_pruner_reads():
+    def epochs(**over):
+        return search.pruner_epochs(space.load("hda", over))
+    assert epochs(train={"epochs": 8}) == {1, 3}
+    assert epochs(train={"epochs": 30}) == {1, 3, 9, 27}
+    assert epochs(pruner="median") is None  # every epoch
+    assert epochs(pruner="none") == set() == epochs(objectives=["val_accuracy", "params"])
+
+
+def test_validating_only_at_hyperbands_rungs_changes_no_decision(tmp_path, monkeypatch):
+    """A hyperband trial validates after epochs 1 and 3 and its last, not every epoch, and the study
+    prunes and scores exactly as if it had validated every epoch.  (It also shows that a trial trains
+    the same way twice: its initial weights come from the training seed, not the process's RNG.)"""
+    from dlasearch.search import objective
+    from dlasearch import train as trainmod
+
+    def run(folder, every_epoch: bool):
+        validated = []
+
+        def spy(*a, **kw):
+            res = trainmod.train(*a, **kw)
+            validated.append([h["epoch"] for h in res.history if "val_accuracy" in h])
+            return res
+        if every_epoch:
+            monkeypatch.setattr(objective, "pruner_epochs", lambda sp: None)
+        sp = tiny(tmp_path / folder, train={"epochs": 5}, study={"trials": 6, "sampler": "random", "threads": 1},
+                  seed_published=False)
+        study = search.open_study(sp)
+        search.work(study, sp, log=lambda *a: None, train_fn=spy)
+        got = [(t.state, t.values, {k: v for k, v in t.intermediate_values.items() if k in (1, 3, 5)})
+               for t in study.get_trials(deepcopy=False)]
+        return got, validated
+    rungs, validated = run("rungs", False)
+    every, validated_every = run("every", True)
+    assert rungs == every
+    assert TrialState.PRUNED in [s for s, _, _ in rungs] and TrialState.COMPLETE in [s for s, _, _ in rungs]
+    assert all(v in ([1], [1, 3], [1, 3, 5]) for v in validated) and [1, 3, 5] in validated
+    assert [1, 2, 3, 4, 5] in validated_every

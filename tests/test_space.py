@@ -137,9 +137,9 @@ def test_space_sets_threads_flip_and_a_training_seed_apart_from_the_split():
     data = load_data(sp)
     assert data.flip is True  # digits would not flip by default
     assert Objective(sp, data, log=lambda *a: None)._config().seed == 7  # training seed 7, split seed 0
-    assert Objective(sp, data, log=lambda *a: None)._config().eval_every == 1  # the pruner reads every epoch
+    assert Objective(sp, data, log=lambda *a: None)._eval_epochs() == {1, 3}  # hyperband's rungs in 4 epochs
     unpruned = space.load("hda", {"pruner": "none", "train": {"epochs": 3}, "data": {"limit": 200}})
-    assert Objective(unpruned, data, log=lambda *a: None)._config().eval_every == 3  # only the last is read
+    assert Objective(unpruned, data, log=lambda *a: None)._eval_epochs() == set()  # only the last is read
     assert load_data(space.load("hda", {"data": {"limit": 200}})).y_val.tolist() == data.y_val.tolist()
     with pytest.raises(space.SpaceError, match="study.threads"):
         space.load("hda", {"threads": 0})

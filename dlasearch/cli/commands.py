@@ -82,8 +82,10 @@ def cmd_run(args: dict) -> int:
 
     show = args.pop("print_config", False)
     sp = resume.resolve(args)
-    if show:  # as results/<study>/config.yaml holds it
-        return print_config({k: v for k, v in sp.items() if k != "name"} | {"space": sp["name"]})
+    if show:  # as results/<study>/config.yaml holds it, with what the study fixes at creation
+        from dlasearch.search.study import with_pinned
+
+        return print_config({k: v for k, v in with_pinned(sp).items() if k != "name"} | {"space": sp["name"]})
     search.run(sp)
     return 0
 

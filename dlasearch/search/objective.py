@@ -11,7 +11,8 @@ from dlasearch import stats
 from dlasearch.ir import IRError, fingerprint, to_json
 from dlasearch.patterns import build
 from dlasearch.search import guard, journal, keep, precheck, space as spacemod
-from dlasearch.search.study import Heartbeat, fail_stale, fixed_params, storage_url, trial_id, worker_id
+from dlasearch.search.study import (Heartbeat, fail_stale, fixed_params, pruner_epochs, storage_url, trial_id,
+                                    worker_id)
 
 __all__ = ['describe', 'Objective', 'TrialFailed']
 
@@ -107,7 +108,7 @@ class Objective:
             trial.set_user_attr("rejected", over)
             raise optuna.TrialPruned(f"over budget: {over}")
         config = self._config()
-        model = to_module(ir, init=config.init)
+        model = to_module(ir, init=config.init, seed=config.seed)  # a trial can be trained again exactly
         m = self.trainmod.measure_arch(model, self.data, config, latency=False, cuda_peak=False)
         metrics = {"params": m["params"], "macs": m["macs"], "train_memory": m["train_memory_bytes"]}
         for k, v in metrics.items():
@@ -119,7 +120,8 @@ class Objective:
         if over:
             trial.set_user_attr("rejected", "; ".join(over))
             raise optuna.TrialPruned(f"over budget: {'; '.join(over)}")
-        result = self.train_fn(model, self.data, config, callback=self._reporter(trial))
+        result = self.train_fn(model, self.data, config, callback=self._reporter(trial),
+                               eval_epochs=self._eval_epochs())
         trial.set_user_attr("status", result.status)
         trial.set_user_attr("train_seconds", result.train_seconds)
         trial.set_user_attr("epochs_trained", result.epochs)
@@ -173,19 +175,21 @@ class Objective:
         values["progress"] = False  # the search prints one line per trial instead
         if self.space["study"].get("threads"):
             values["threads"] = self.space["study"]["threads"]
-        if (self.multi or self.space["study"]["pruner"] == "none") and self.tracker is None:
-            values["eval_every"] = values.get("epochs", 1)  # nothing reads per-epoch validation: only the last
         return self.trainmod.TrainConfig(**values)
 
+    def _eval_epochs(self) -> set[int] | None:
+        """Validate where the result is read: the pruner's epochs and the last, or every epoch when tracked."""
+        return None if self.tracker is not None else pruner_epochs(self.space)
+
     def _reporter(self, trial):
-        """Per epoch: progress, tracking, and (single objective) Optuna's pruning."""
+        """Per validation: progress, tracking, and (single objective) Optuna's pruning."""
         self.epochs_run = 0
 
         def report(epoch: int, metrics: dict):
-            self.epochs_run = epoch
+            done, self.epochs_run = epoch - self.epochs_run, epoch  # epochs since the last validation
             if self.progress is not None:
                 self.progress.update(f"trial {self.position} (#{trial.number}) epoch {epoch}/"
-                                     f"{self.space['train']['epochs']} val {metrics['val_accuracy']:.3f}")
+                                     f"{self.space['train']['epochs']} val {metrics['val_accuracy']:.3f}", n=done)
             if self.tracker is not None:
                 self.tracker.epoch(trial.number, epoch, metrics)
             if self.multi:

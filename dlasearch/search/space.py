@@ -85,7 +85,7 @@ DEFAULTS: dict[str, Any] = {
              "limit": None, "flip": None},
     "train": {"epochs": 4, "seed": None, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
               "warmup_epochs": 0.5, "label_smoothing": 0.0, "steps": None, "device": "auto",
-              "channels_last": None},  # init and bn_batches: fixed per study when it is created
+              "channels_last": None},  # the other train options: fixed per study (study.PINNED)
     "study": {"name": None, "storage": None, "trials": 20, "workers": 1, "seed": 0, "sampler": "tpe",
               "pruner": "hyperband", "timeout": None, "heartbeat": 10, "grace": 60, "results": files.RESULTS,
               "keep": "best", "artifacts": None, "threads": None,

@@ -24,14 +24,15 @@ from dlasearch.errors import SearchError, did_you_mean
 from dlasearch.search import guard, journal, space as spacemod
 
 __all__ = ['worker_id', 'trial_id', 'fixed_params', 'set_trial_attr', 'fail_trial', 'quiet_optuna', 'results_dir', 'study_name',
-           'storage_url', 'open_storage', 'make_sampler', 'grid_of', 'make_pruner', 'open_study', 'find_study', 'attach',
-           'fail_stale', 'Heartbeat', 'counted', 'stored_space']
+           'storage_url', 'open_storage', 'make_sampler', 'grid_of', 'make_pruner', 'pruner_epochs', 'open_study', 'find_study', 'attach',
+           'fail_stale', 'Heartbeat', 'counted', 'stored_space', 'with_pinned']
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 CONTRACT = ("params", "backbone", "data", "train", "objectives")
-PINNED = ("init", "bn_batches")  # training options a space may leave unset: fixed per study when it is created
+# training options a space may set but that have no space default: fixed per study when it is created
+PINNED = tuple(k for k in spacemod.SCHEMA["train"] if k not in spacemod.DEFAULTS["train"])
 
 
 
@@ -174,12 +175,36 @@ def grid_of(space: dict) -> dict[str, list]:
     return grid
 
 
+HYPERBAND_ETA = 3  # Hyperband's reduction factor (Optuna's default): rungs at epochs 1, 3, 9, 27, ...
+
+
 def make_pruner(space: dict):
     if len(space["objectives"]) > 1 or space["study"]["pruner"] == "none":
         return optuna.pruners.NopPruner()
     if space["study"]["pruner"] == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
-    return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=space["train"]["epochs"])
+    return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=space["train"]["epochs"],
+                                          reduction_factor=HYPERBAND_ETA)
+
+
+def pruner_epochs(space: dict) -> set[int] | None:
+    """The epochs whose validation accuracy the study's pruner reads (None: every epoch).
+
+    Why: a trial need validate only where its result is read (and after its last epoch); on
+    short trials the validation (BatchNorm recalibration and a pass over the split) is the
+    largest cost besides the steps.  Hyperband's successive halving judges a trial only once
+    its last reported epoch reaches a rung, 1 * eta**k in every bracket, and then reads that
+    epoch's value, so reporting at the rungs alone gives the same decisions as every epoch.
+    The median pruner reads every epoch; no pruner (or several objectives) reads none."""
+    if isinstance(make_pruner(space), optuna.pruners.NopPruner):
+        return set()
+    if space["study"]["pruner"] == "median":
+        return None
+    epochs, rungs, k = space["train"]["epochs"], set(), 1
+    while k <= epochs:
+        rungs.add(k)
+        k *= HYPERBAND_ETA
+    return rungs
 
 
 def open_study(space: dict, create: bool = True, log=print) -> optuna.Study:
@@ -258,6 +283,20 @@ def _pin_unset(space: dict, stored_train: dict) -> None:
     for k in PINNED:
         if k not in space["train"]:
             space["train"][k] = stored_train.get(k, TrainConfig.__dataclass_fields__[k].default)
+
+
+def with_pinned(space: dict) -> dict:
+    """``space`` with the ``PINNED`` options it leaves unset as a run fixes them: the existing study's,
+    else today's defaults.  Creates nothing (``dlasearch run --cfg``)."""
+    stored = {}
+    try:
+        study, _ = find_study(study_name(space), storage_url(space))
+    except SearchError:
+        pass  # no study to resume (or none readable): a run creates one with today's defaults
+    else:
+        stored = _with_added_later(json.loads(study.user_attrs.get("contract") or study.user_attrs["space"]))["train"]
+    _pin_unset(space, stored)
+    return space
 
 
 def _comparable(contract: dict) -> dict:

@@ -20,9 +20,13 @@ PRECISIONS = ("auto", "fp32", "bf16")
 # study or comparison that lacks one is read with this value, so resuming it keeps its behaviour.
 # Comparisons stored every training option from the start, so one without bn_batches or freeze
 # predates them (no recalibration, nothing frozen); a search space never held bn_batches, and its
-# studies ran with the default of the day, 16 (before 2026-11-26 08:14 UTC: none).
+# studies ran with the default of the day, 16 (before 2026-11-26 08:14 UTC: none).  A study stores
+# the options its space leaves unset since 2026-11-27 (search.study.PINNED); before, it ran with
+# the defaults below, unchanged since each option was added.
 ADDED_LATER = {"init": "original"}
-ADDED_LATER_BY = {"compare": {"bn_batches": 0, "freeze": "none"}, "search": {"bn_batches": 16}}
+ADDED_LATER_BY = {"compare": {"bn_batches": 0, "freeze": "none"},
+                  "search": {"bn_batches": 16, "nesterov": True, "augment": True, "precision": "auto",
+                             "compile": "auto", "cuda_graph": None}}
 
 
 def with_added_later(train: dict, made_by: str) -> dict:

@@ -372,7 +372,8 @@ def recalibrate_bn(model, feeder: Feeder, cfg, device: torch.device, prec: Preci
         model.train(was_training)
 
 
-def fit(model, data: Dataset, cfg, device: torch.device, prec: Precision, callback, test: bool):
+def fit(model, data: Dataset, cfg, device: torch.device, prec: Precision, callback, test: bool,
+        eval_epochs=None):
     """The training loop behind ``train.train`` (same arguments, same ``TrainResult``)."""
     from tqdm import tqdm
 
@@ -421,7 +422,8 @@ def fit(model, data: Dataset, cfg, device: torch.device, prec: Precision, callba
             res.epochs = epoch
             metrics = {"epoch": epoch, "steps": res.steps, "lr": lr, "train_loss": loss_sum / max(seen, 1),
                        "train_accuracy": correct / max(seen, 1)}
-            if epoch % cfg.eval_every and epoch < epochs:  # skipped validation changes no weight
+            skip = epoch not in eval_epochs if eval_epochs is not None else epoch % cfg.eval_every
+            if skip and epoch < epochs:  # skipped validation changes no weight
                 res.history.append({**metrics, "seconds": time.perf_counter() - t0})
                 bar.set_postfix(epoch=epoch, loss=f"{metrics['train_loss']:.3f}")
                 continue

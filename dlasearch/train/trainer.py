@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from typing import Callable
+from typing import Callable, Collection
 
 import torch
 
@@ -60,10 +60,11 @@ def evaluate(model: torch.nn.Module, data: Dataset, split: str = "val", batch_si
 
 def train(model: torch.nn.Module, data: Dataset, config: TrainConfig | None = None, *,
           callback: Callable[[int, dict], object] | None = None, test: bool = False,
-          **overrides) -> TrainResult:
+          eval_epochs: Collection[int] | None = None, **overrides) -> TrainResult:
     """Train ``model`` in place on ``data`` and return a ``TrainResult``.
 
-    After every validation (each epoch, or every ``eval_every`` epochs and the last)
+    After every validation (each epoch, or every ``eval_every`` epochs and the last, or with
+    ``eval_epochs`` after those epochs and the last: a search passes the epochs its pruner reads)
     ``callback(epoch, metrics)`` runs (``metrics`` is the history entry); returning a
     true value or raising ``StopTraining`` ends the run with status ``stopped`` (other
     exceptions propagate).  ``test=True`` also evaluates the test split at the end (only
@@ -87,7 +88,7 @@ def train(model: torch.nn.Module, data: Dataset, config: TrainConfig | None = No
             frozen(model, cfg.freeze):
         torch.manual_seed(cfg.seed)
         return engine.fit(model.to(device, memory_format=prec.memory_format), data.to(device), cfg, device, prec,
-                          callback, test)
+                          callback, test, eval_epochs)
 
 
 def measure_arch(model: torch.nn.Module, data: Dataset, config: TrainConfig, latency: bool = True,
