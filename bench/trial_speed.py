@@ -10,7 +10,7 @@ shared machine are only indicative.
     python bench/trial_speed.py                      # CPU rows (and CUDA rows when a GPU is present)
     python bench/trial_speed.py --device cuda --epochs 5 --out bench/out/trial_speed_cuda.md
     python bench/trial_speed.py --rows dla46_c@32 --compile   # add compiled rows on CPU too (slow to compile)
-    python bench/trial_speed.py --rows hda1m@32 --epochs 5 --limit 4000 --eval-every 1 5  # validation cost
+    python bench/trial_speed.py --rows hda1m@32 --epochs 5 --limit 4000 --eval-every 1 5 hyperband  # validation cost
 
 Rows: dla34@32, dla46_c@32, hda1m@32 (the 1M-parameter compare net), dla34@224.
 Data: the CIFAR-10 subset (``--data``), resized for 224; synthetic when absent.
@@ -35,6 +35,7 @@ from dlasearch import ir as irmod, train, zoo  # noqa: E402
 from dlasearch.train import trainer  # noqa: E402
 from dlasearch.ir import to_module  # noqa: E402
 from dlasearch.patterns import build  # noqa: E402
+from dlasearch.search.study import pruner_epochs  # noqa: E402
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-10-subset" / "cifar10_subset.npz"
 START = time.perf_counter()
@@ -128,7 +129,7 @@ def compile_note() -> str:
     return f"; {frames} graph(s), {seen['pow_by_natural']} pow_by_natural warnings"
 
 
-def trial(name, graph, ds, device, prec, cfg) -> tuple[float, float, dict]:
+def trial(name, graph, ds, device, prec, cfg, eval_epochs=None) -> tuple[float, float, dict]:
     """Wall seconds of a whole trial, the training images it saw, and its phase times."""
     phases = {}
     t = time.perf_counter()
@@ -142,7 +143,7 @@ def trial(name, graph, ds, device, prec, cfg) -> tuple[float, float, dict]:
     train.measure_arch(model, ds, cfg, latency=False, cuda_peak=False)
     phases["measure"] = time.perf_counter() - t
     t = time.perf_counter()
-    res = train.train(model, ds, cfg)
+    res = train.train(model, ds, cfg, eval_epochs=eval_epochs)
     phases["train"] = time.perf_counter() - t
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
@@ -180,15 +181,19 @@ def trial_line(dev_name, name, px, batch, pname, prec, graph, ds, epochs, every,
                notes, bn_batches: int = train.TrainConfig.bn_batches) -> str:
     """One whole trial, as a table row beside the raw step rates."""
     device = torch.device(dev_name)
+    rungs = every == "hyperband"  # as a search trial under Hyperband validates: at its rungs and the last epoch
     cfg = train.TrainConfig(device=dev_name, epochs=epochs, batch_size=batch, precision=prec.to_dict()["precision"],
                             channels_last=prec.channels_last, progress=False,
-                            warmup_epochs=min(1.0, epochs / 2), eval_every=every, bn_batches=bn_batches)
-    wall, images, phases = trial(name, graph, ds, device, prec, cfg)
+                            warmup_epochs=min(1.0, epochs / 2), eval_every=1 if rungs else int(every),
+                            bn_batches=bn_batches)
+    eval_epochs = pruner_epochs({"objectives": ["val_accuracy"], "study": {"pruner": "hyperband"},
+                                 "train": {"epochs": epochs}}) if rungs else None
+    wall, images, phases = trial(name, graph, ds, device, prec, cfg, eval_epochs)
     eng = phases.pop("engine")
     best = graphed if graphed and "on" in eng["cuda_graph"] else eager
     share = images / best / wall
     inside = ", ".join(f"{k} {v:.2f}s" for k, v in eng["seconds"].items())
-    row_notes = notes + [f"eval_every {every}", f"bn_batches {bn_batches}",
+    row_notes = notes + [f"validation {sorted(eval_epochs | {epochs})}" if rungs else f"eval_every {every}", f"bn_batches {bn_batches}",
                          "phases " + ", ".join(f"{k} {v:.2f}s" for k, v in phases.items()) + f" (train: {inside})",
                          *([f"graphed steps {eng['graphed_steps']}"] if "graphed_steps" in eng else [])]
     return (f"| {dev_name} | {name} | {px} | {batch} | {pname.split('+')[0]}{'+CL' if prec.channels_last else ''} | "
@@ -210,8 +215,9 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=None, help="skip the remaining cells after this many seconds")
     ap.add_argument("--data", default=str(CIFAR))
     ap.add_argument("--out", default=None, help="also write the table (markdown) here")
-    ap.add_argument("--eval-every", type=int, nargs="+", default=[1],
-                    help="one trial row per value of train eval_every (e.g. 1 5: every epoch vs only the last)")
+    ap.add_argument("--eval-every", nargs="+", default=["1"],
+                    help="one trial row per value of train eval_every (e.g. 1 5: every epoch vs only the last), "
+                         "or hyperband: after Hyperband's rungs and the last epoch, as a search trial")
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "fp32+CL", "bf16"],
                     help="fp32 (contiguous), fp32+CL (fp32 in channels_last), bf16 (autocast + channels_last)")
     ap.add_argument("--bn-batches", type=int, nargs="+", default=[train.TrainConfig.bn_batches],
@@ -222,6 +228,9 @@ def main(argv=None) -> int:
     ap.add_argument("--timm", default="yes", choices=["yes", "no", "only"],
                     help="the row against timm's compiled dla34 at 224: yes (last), no, only (no other rows)")
     args = ap.parse_args(argv)
+    bad = [e for e in args.eval_every if e != "hyperband" and not (e.isdigit() and int(e) >= 1)]
+    if bad:
+        ap.error(f"--eval-every {bad[0]}: expected an int >= 1 or hyperband")
     devices = {"auto": ["cpu"] + (["cuda"] if torch.cuda.is_available() else []), "cpu": ["cpu"],
                "cuda": ["cuda"]}[args.device]
     lines = ["| device | model | px | batch | precision | eager img/s | compiled img/s | graphed img/s | "
