@@ -5,7 +5,8 @@
 #   2. the GPU rows of bench/trial_speed.py (eager / compiled / graphed step vs whole trial), most
 #      telling first: the bf16 rows at 32 px (two trials each: the first pays one-off costs such as
 #      cuDNN autotuning), with the default 8 and the former 16 BatchNorm recalibration batches,
-#      timm's compiled dla34 at 224 against ours, dla34 at 224, then the fp32 rows;
+#      timm's compiled dla34 at 224 against ours, dla34 at 224, then the fp32 rows (validating every
+#      epoch, and as a Hyperband search trial does: after epochs 1, 3 and 5);
 #   3. bench/search_overhead.py: trials/hour with 1, 2 and 4 workers sharing the GPU.
 # Writes gpu.txt, cuda_tests.txt, trial_speed_cuda.md (the tables, appended as each part ends) and
 # search_overhead.txt under $OUT when set, else bench/out/.
@@ -34,7 +35,7 @@ part() {  # one bench invocation, its table appended to $md (also when it is cut
 part 190 --rows dla46_c@32,hda1m@32,dla34@32 --precisions bf16 --trials 2 --bn-batches 8 16 --timm no
 part 100 --timm only
 part 80 --rows dla34@224 --precisions bf16 --timm no
-part 60 --rows dla46_c@32,hda1m@32,dla34@32 --precisions fp32 --timm no
+part 70 --rows dla46_c@32,hda1m@32,dla34@32 --precisions fp32 --eval-every 1 hyperband --timm no
 timeout 120 $py bench/search_overhead.py --trials 6 --epochs 3 --workers 1 2 4 2>&1 | tee "$dest/search_overhead.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 echo "gpu_check exit $status"
