@@ -193,7 +193,8 @@ def trial_line(dev_name, name, px, batch, pname, prec, graph, ds, epochs, every,
     best = graphed if graphed and "on" in eng["cuda_graph"] else eager
     share = images / best / wall
     inside = ", ".join(f"{k} {v:.2f}s" for k, v in eng["seconds"].items())
-    row_notes = notes + [f"validation {sorted(eval_epochs | {epochs})}" if rungs else f"eval_every {every}", f"bn_batches {bn_batches}",
+    row_notes = notes + [f"validation {sorted(eval_epochs | {epochs})}" if rungs else f"eval_every {every}",
+                         f"bn_batches {bn_batches}",
                          "phases " + ", ".join(f"{k} {v:.2f}s" for k, v in phases.items()) + f" (train: {inside})",
                          *([f"graphed steps {eng['graphed_steps']}"] if "graphed_steps" in eng else [])]
     return (f"| {dev_name} | {name} | {px} | {batch} | {pname.split('+')[0]}{'+CL' if prec.channels_last else ''} | "

@@ -224,7 +224,7 @@ def _open_study(space: dict, create: bool, log) -> optuna.Study:
         study.sampler = make_sampler(space, len(study.get_trials(deepcopy=False)) + space["study"].get("worker", 0))
         old = study.user_attrs.get("contract")
         stored = None if old is None else _comparable(_with_added_later(json.loads(old)))
-        _pin_unset(space, (stored or _with_added_later(json.loads(study.user_attrs["space"])))["train"])
+        _pin_unset(space, _stored_train(study))
         given = _comparable(json.loads(_contract(space)))
         if stored is not None and stored != given:
             from dlasearch.search.resume import differences
@@ -288,15 +288,18 @@ def _pin_unset(space: dict, stored_train: dict) -> None:
 def with_pinned(space: dict) -> dict:
     """``space`` with the ``PINNED`` options it leaves unset as a run fixes them: the existing study's,
     else today's defaults.  Creates nothing (``dlasearch run --cfg``)."""
-    stored = {}
     try:
         study, _ = find_study(study_name(space), storage_url(space))
     except SearchError:
-        pass  # no study to resume (or none readable): a run creates one with today's defaults
+        _pin_unset(space, {})  # no study to resume (or none readable): a run creates one with today's defaults
     else:
-        stored = _with_added_later(json.loads(study.user_attrs.get("contract") or study.user_attrs["space"]))["train"]
-    _pin_unset(space, stored)
+        _pin_unset(space, _stored_train(study))
     return space
+
+
+def _stored_train(study: optuna.Study) -> dict:
+    """The training settings ``study`` was created with (its contract's, or an old study's space's)."""
+    return _with_added_later(json.loads(study.user_attrs.get("contract") or study.user_attrs["space"]))["train"]
 
 
 def _comparable(contract: dict) -> dict:
