@@ -5,10 +5,12 @@ that the switch costs no accuracy.  Both arms of a seed start from the same weig
 same batches; the Δ is bf16 minus fp32 test accuracy (full 10,000-image test split), with a 95%
 paired t-interval over seeds.  Resumable: every finished run is appended to ``--out`` (JSON
 lines) and a rerun trains only the missing (arm, seed) pairs, then prints the table from all
-of them; a file made with other settings is refused, not mixed.
+of them; a file made with other settings is refused, not mixed.  Runs on a CPU with native bf16
+(AMX, AVX512-BF16) go to a file of their own: other kernels, so other rounding, than the
+emulated path (a file from before the ``cpu_bf16`` setting counts as made without native bf16).
 
     python bench/precision_accuracy.py [--seeds 10] [--epochs 5] [--limit 6000] [--threads 2]
-        [--out results/precision/fashion_mnist-dla46_c.jsonl] [--root ../shared/data]
+        [--out results/precision/fashion_mnist-dla46_c[-amx_bf16].jsonl] [--root ../shared/data]
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from scipy import stats  # noqa: E402
 from dlasearch import train as trainmod  # noqa: E402
 from dlasearch.arch import resolve_arch, total_stride  # noqa: E402
 from dlasearch.ir import to_module  # noqa: E402
-from dlasearch.train import data as datamod  # noqa: E402
+from dlasearch.train import data as datamod, engine  # noqa: E402
 
 ARMS = {"fp32": {"precision": "fp32"}, "bf16": {"precision": "bf16", "channels_last": True}}
 
@@ -38,8 +40,8 @@ def stored(path: Path, settings: dict) -> dict[tuple[str, int], dict]:
     if path.is_file():
         for n, line in enumerate(path.read_text().splitlines(), 1):
             rec = json.loads(line)
-            if rec["settings"] != settings:
-                diff = {k: (rec["settings"].get(k), v) for k, v in settings.items() if rec["settings"].get(k) != v}
+            diff = {k: (rec["settings"].get(k), v) for k, v in settings.items() if rec["settings"].get(k) != v}
+            if diff:
                 sys.exit(f"{path}:{n} was made with other settings {diff} (stored, given); "
                          f"pass those, or --out NEW_FILE")
             runs[(rec["arm"], rec["seed"])] = rec
@@ -77,16 +79,19 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads per run (numerics do not depend on it "
                                                             "enough to matter; stored with the runs)")
     ap.add_argument("--root", default=str(ROOT.parent / "shared" / "data"))
-    ap.add_argument("--out", default=str(ROOT / "results" / "precision" / "fashion_mnist-dla46_c.jsonl"))
+    ap.add_argument("--out", default=None, help="default: results/precision/fashion_mnist-ARCH.jsonl, with a "
+                                                "-amx_bf16 (or -avx512_bf16) suffix on a CPU with native bf16")
     args = ap.parse_args(argv)
+    native = engine.cpu_bf16()
     ds = datamod.load("fashion_mnist", root=args.root, limit=args.limit, progress=False, download=False)
     graph = resolve_arch(args.arch, ds.channels, ds.num_classes)
     ds = ds.resized(total_stride(graph))
     base = trainmod.TrainConfig(epochs=args.epochs, threads=args.threads, device="cpu", progress=False)
     settings = {"arch": args.arch, "data": "fashion_mnist", "limit": args.limit, "epochs": args.epochs,
                 "threads": args.threads, "init": base.init, "batch_size": base.batch_size, "lr": base.lr,
-                "bn_batches": base.bn_batches, "torch": torch.__version__}
-    out = Path(args.out)
+                "bn_batches": base.bn_batches, "torch": torch.__version__, "cpu_bf16": native}
+    out = Path(args.out or ROOT / "results" / "precision" /
+               f"fashion_mnist-{args.arch}{f'-{native}' if native else ''}.jsonl")
     runs = stored(out, settings)
     todo = [(arm, s) for s in range(args.seeds) for arm in ARMS if (arm, s) not in runs]
     print(f"{len(runs)} run(s) stored in {out}, {len(todo)} to train", file=sys.stderr, flush=True)
@@ -104,7 +109,8 @@ def main(argv=None) -> int:
         print(f"[{i}/{len(todo)}] {arm} seed {seed}: test {res.test_accuracy:.4f} ({res.train_seconds:.0f} s)",
               file=sys.stderr, flush=True)
     print(f"{args.arch}, Fashion-MNIST (limit {args.limit}, resized to {ds.image_size[0]} px), {args.epochs} epochs, "
-          f"init {base.init}, {args.threads} thread(s); fp32 vs bf16 autocast + channels_last\n")
+          f"init {base.init}, {args.threads} thread(s); fp32 vs bf16 autocast + channels_last; CPU bf16: "
+          f"{native or 'none (emulated)'}\n")
     print(table(runs, args.seeds))
     return 0
 

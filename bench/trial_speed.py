@@ -257,7 +257,8 @@ def main(argv=None) -> int:
                 if args.budget and time.perf_counter() - START > args.budget:
                     print(f"| {dev_name} | {name} | {px} | {batch} | {pname} | skipped: past --budget |", flush=True)
                     continue
-                prec = engine.choose_precision(pname.split("+")[0], True if pname.endswith("+CL") else None, device)
+                cl = True if pname.endswith("+CL") else False if pname == "fp32" else None  # fp32: contiguous
+                prec = engine.choose_precision(pname.split("+")[0], cl, device)
                 with trainer._threads(None):
                     make = lambda: to_module(graph)  # noqa: E731
                     eager, _ = raw_rate(make, px, device, prec, batch, "eager", args.seconds)

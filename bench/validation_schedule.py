@@ -28,11 +28,13 @@ from dlasearch.search import objective, space as spacemod  # noqa: E402
 PRUNER_EPOCHS = objective.pruner_epochs
 
 
-def run_once(space_name: str, trials: int, every_epoch: bool, data) -> dict:
-    """One study from scratch; ``every_epoch`` restores the former schedule (validate after every epoch)."""
+def run_once(space_name: str, trials: int, every_epoch: bool, data, overrides: dict | None = None) -> dict:
+    """One study from scratch; ``every_epoch`` restores the former schedule (validate after every epoch);
+    ``overrides`` (e.g. ``{"train": {"precision": "fp32"}}``) go over the space's settings."""
     objective.pruner_epochs = (lambda sp: None) if every_epoch else PRUNER_EPOCHS
     seconds = {"steps": 0.0, "validation": 0.0}
     counts = {"validations": 0, "epochs": 0}
+    precisions = set()
 
     def spy(*a, **kw):
         res = trainmod.train(*a, **kw)
@@ -40,10 +42,11 @@ def run_once(space_name: str, trials: int, every_epoch: bool, data) -> dict:
             seconds[k] += res.engine["seconds"][k]
         counts["validations"] += sum("val_accuracy" in h for h in res.history)
         counts["epochs"] += res.epochs
+        precisions.add(res.engine["precision"])
         return res
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            sp = spacemod.load(space_name, {"study": {"results": tmp, "trials": trials}})
+            sp = spacemod.load(space_name, {**(overrides or {}), "study": {"results": tmp, "trials": trials}})
             t = time.perf_counter()
             study = search.open_study(sp, log=lambda *a: None)
             search.work(study, sp, data=data, log=lambda *a: None, train_fn=spy)
@@ -51,8 +54,9 @@ def run_once(space_name: str, trials: int, every_epoch: bool, data) -> dict:
             outcome = [(t.number, t.state.name, t.values) for t in study.get_trials(deepcopy=False)]
     finally:
         objective.pruner_epochs = PRUNER_EPOCHS
-    return {"wall": wall, **seconds, **counts, "outcome": outcome,
-            "pruned": sum(s == "PRUNED" for _, s, _ in outcome)}
+    return {"wall": wall, **seconds, **counts, "outcome": outcome, "precisions": sorted(precisions),
+            "pruned": sum(s == "PRUNED" for _, s, _ in outcome),
+            "best": max((v[0] for _, s, v in outcome if s == "COMPLETE" and v), default=None)}
 
 
 def main() -> int:
