@@ -3,9 +3,11 @@
 Why: a search is worth as many trials as it can afford.  For each model and
 precision this prints one row: the step alone (synthetic batch, the trainer's
 SGD), and a whole trial as a search runs it (build the IR, lower it, count
-memory on the meta device, train, evaluate), with the share of the trial's
-wall time that went into training steps.  Not a timed test: numbers taken on a
-shared machine are only indicative.
+memory, train, evaluate), with the share of the trial's wall time that went into
+training steps ("step share": the engine's own step time, warm-ups and graph
+captures excluded; "trial / best raw" compares the trial's img/s with the
+fastest raw step).  Not a timed test: numbers taken on a shared machine are
+only indicative.
 
     python bench/trial_speed.py                      # CPU rows (and CUDA rows when a GPU is present)
     python bench/trial_speed.py --device cuda --epochs 5 --out bench/out/trial_speed_cuda.md
@@ -190,8 +192,7 @@ def trial_line(dev_name, name, px, batch, pname, prec, graph, ds, epochs, every,
                                  "train": {"epochs": epochs}}) if rungs else None
     wall, images, phases = trial(name, graph, ds, device, prec, cfg, eval_epochs)
     eng = phases.pop("engine")
-    best = graphed if graphed and "on" in eng["cuda_graph"] else eager
-    share = images / best / wall
+    share = eng["seconds"]["steps"] / wall  # the engine's own step time: steadier than a raw-step cell
     inside = ", ".join(f"{k} {v:.2f}s" for k, v in eng["seconds"].items())
     row_notes = notes + [f"validation {sorted(eval_epochs | {epochs})}" if rungs else f"eval_every {every}",
                          f"bn_batches {bn_batches}",
