@@ -25,31 +25,23 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dlasearch import train, zoo  # noqa: E402
-from dlasearch.analysis import compare  # noqa: E402
+from trial_speed import graph_of, raw_rate  # noqa: E402
+
 from dlasearch.ir import to_module  # noqa: E402
-from dlasearch.patterns import build  # noqa: E402
-from dlasearch.train import engine, trainer  # noqa: E402
+from dlasearch.train import engine  # noqa: E402
 
 CPU = torch.device("cpu")
 PRECISIONS = ("fp32", "bf16")
 
 
-def model_of(name: str) -> torch.nn.Module:
-    if name == "hda1m":
-        return to_module(build(compare.size("hda", 1e6).spec, name="hda1m"))
-    return zoo.create(name, num_classes=10)
-
-
 def conv_shapes(model, x) -> collections.Counter:
     """(conv config, input shape, needs input grad) -> how many convolutions of the model have it."""
     seen = collections.Counter()
-    first = []
 
     def hook(mod, args):
-        first.append(mod)
+        grad_in = sum(seen.values()) > 0  # every convolution but the stem's passes a gradient back
         key = (mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, mod.padding, mod.dilation,
-               mod.groups, mod.bias is not None, tuple(args[0].shape), len(first) > 1)
+               mod.groups, mod.bias is not None, tuple(args[0].shape), grad_in)
         seen[key] += 1
     hooks = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     with torch.no_grad():
@@ -83,29 +75,20 @@ def per_call_ms(fn, seconds: float) -> float:
     return (time.perf_counter() - t) / n * 1e3
 
 
-def step_ms(model_fn, batch, px, prec, seconds) -> float:
-    cfg = train.TrainConfig(device="cpu", batch_size=batch, compile="none")
-    torch.manual_seed(0)
-    model = model_fn().to(memory_format=prec.memory_format)
-    opt = torch.optim.SGD(trainer._param_groups(model, cfg.weight_decay), lr=0.01, momentum=0.9, nesterov=True)
-    step = engine.Stepper(model, opt, cfg, CPU, prec, False, batch)
-    x = torch.randn(batch, 3, px, px).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (batch,))
-    return per_call_ms(lambda: step(x, y), seconds)
-
-
 def row_table(name: str, px: int, batch: int, repeats: int, seconds: float) -> list[str]:
     precs = {p: engine.choose_precision(p, True, CPU) for p in PRECISIONS}
     steps = {**precs, "fp32 contiguous": engine.choose_precision("fp32", False, CPU)}  # the goal's baseline
+    graph = graph_of(name)
     x = torch.randn(batch, 3, px, px).contiguous(memory_format=torch.channels_last)
-    shapes = conv_shapes(model_of(name).to(memory_format=torch.channels_last), x)
+    shapes = conv_shapes(to_module(graph).to(memory_format=torch.channels_last), x)
     timers = {(key, p): conv_timer(key, prec) for key in shapes for p, prec in precs.items()}
     ms = collections.defaultdict(list)
     for _ in range(repeats):  # alternate the precisions, so drift of a shared machine hits both
         for (key, p), fn in timers.items():
             ms[(key, p)].append(per_call_ms(fn, seconds / 10))
         for p, prec in steps.items():
-            ms[("step", p)].append(step_ms(lambda: model_of(name), batch, px, prec, seconds))
+            rate, _ = raw_rate(lambda: to_module(graph), px, CPU, prec, batch, "eager", seconds)
+            ms[("step", p)].append(batch / rate * 1e3)
     groups = collections.defaultdict(lambda: {p: 0.0 for p in PRECISIONS})
     count = collections.Counter()
     for key, n in shapes.items():
