@@ -268,10 +268,11 @@ def test_init_and_bn_batches_are_pinned_per_study_so_a_changed_default_neither_m
 
     from dlasearch.search.study import PINNED
 
-    assert set(PINNED) == {"init", "bn_batches", "nesterov", "augment", "precision", "compile", "cuda_graph"}
+    assert set(PINNED) == {"init", "bn_batches", "nesterov", "augment", "precision", "compile", "cuda_graph",
+                           "small_maps"}
     for attr in ("space", "contract"):  # a study from before these were pinned stored none of them
         old = json.loads(study.user_attrs[attr])
-        for k in ("nesterov", "augment", "precision", "compile", "cuda_graph"):
+        for k in ("nesterov", "augment", "precision", "compile", "cuda_graph", "small_maps"):
             old["train"].pop(k)
         study.set_user_attr(attr, json.dumps(old))
     monkeypatch.setattr(TrainConfig.__dataclass_fields__["augment"], "default", False)  # a default changes
@@ -279,6 +280,7 @@ def test_init_and_bn_batches_are_pinned_per_study_so_a_changed_default_neither_m
     search.open_study(again)
     assert again["train"]["augment"] is True and again["train"]["nesterov"] is True  # as its trials ran
     assert again["train"]["precision"] == "auto" and again["train"]["cuda_graph"] is None
+    assert again["train"]["small_maps"] is False  # its trials ran every convolution as one
     new = tiny(tmp_path / "new", seed_published=False)
     search.open_study(new)
     assert new["train"]["augment"] is False  # a new study takes the new default

@@ -26,7 +26,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 ADDED_LATER = {"init": "original"}
 ADDED_LATER_BY = {"compare": {"bn_batches": 0, "freeze": "none"},
                   "search": {"bn_batches": 16, "nesterov": True, "augment": True, "precision": "auto",
-                             "compile": "auto", "cuda_graph": None}}
+                             "compile": "auto", "cuda_graph": None, "small_maps": False}}
 
 
 def with_added_later(train: dict, made_by: str) -> dict:
@@ -67,6 +67,8 @@ class TrainConfig:
     channels_last: bool | None = _opt(None, "NHWC memory format (null: on with bf16 and on CPU)")
     compile: str = _opt("auto", "auto, none, default or reduce-overhead (auto: torch.compile only where it pays, docs/engine.md)")
     cuda_graph: bool | None = _opt(None, "capture the training step in a CUDA graph (null: on CUDA unless compiled)")
+    small_maps: bool = _opt(True, "on CPU: convolutions on maps of <= 4 positions run as dense GEMMs, the same "
+                            "arithmetic 2-10x faster there (docs/engine.md)")
     threads: int | None = _opt(None, "torch intra-op threads (null: torch's setting)")
     eval_batch_size: int = _opt(512, "batch size of evaluation")
     deterministic: bool = _opt(True, "on CUDA: deterministic cuDNN kernels, no autotuning")
@@ -105,7 +107,7 @@ class TrainConfig:
         number("weight_decay", 0)
         number("warmup_epochs", 0)
         number("label_smoothing", 0, 1, hi_open=True)
-        for name in ("nesterov", "augment", "deterministic"):
+        for name in ("nesterov", "augment", "deterministic", "small_maps"):
             if not isinstance(getattr(self, name), bool):
                 raise TrainError(f"{name}={getattr(self, name)!r}: expected true or false")
         for name in ("channels_last", "cuda_graph"):

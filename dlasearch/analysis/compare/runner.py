@@ -90,7 +90,7 @@ def run_path(folder: Path, pattern: str, seed: int) -> Path:
 def _contract(data_opts: dict, image_size, config, budget, tolerance, blocks) -> dict:
     train = {k: v for k, v in dataclasses.asdict(config).items()
              if k not in ("seed", "progress", "threads", "device", "eval_batch_size", "compile", "cuda_graph",
-                          "eval_every")}
+                          "small_maps", "eval_every")}
     data = {k: v for k, v in data_opts.items() if k not in ("root", "download")}
     if data.get("path") is not None:
         data["path"] = files.absolute(data["path"])
