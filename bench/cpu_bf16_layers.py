@@ -1,4 +1,4 @@
-"""Where bf16 pays on this CPU: every convolution of a model timed alone, fp32 against bf16 autocast.
+"""Where bf16 and the small-map rewrite pay on this CPU: every convolution of a model timed alone.
 
 Why: ``precision=auto`` picks bf16 autocast + channels_last on CPUs with native bf16 (AMX,
 AVX512-BF16), yet how much a whole step gains depends on where the model spends its
@@ -6,8 +6,10 @@ convolutions.  oneDNN's bf16 kernels win on large feature maps and can lose on t
 2x2), where a 32-px dla34 does most of its arithmetic.  This records each Conv2d's input shape in
 one forward, then times forward + backward (input and weight gradients) of each distinct
 convolution alone in both precisions, alternating, and prints one table grouped by the side of
-the input map, next to the whole training step of the model (bf16 against fp32 in channels_last,
-the CPU default, and in the contiguous format).  Not a timed test.
+the input map; on maps of <= 4 positions also as the engine runs them by default on CPU
+(``small_maps``: one dense GEMM, "dense").  A second table times the whole training step of the
+model in each setting, against fp32 in the contiguous format with every convolution a
+convolution (the issue's baseline).  Not a timed test.
 
     .venv/bin/python bench/cpu_bf16_layers.py [--rows dla34@32,dla46_c@32,hda1m@32] [--batch 128]
 """
@@ -29,6 +31,7 @@ from trial_speed import graph_of, raw_rate  # noqa: E402
 
 from dlasearch.ir import to_module  # noqa: E402
 from dlasearch.train import engine  # noqa: E402
+from dlasearch.train.small_maps import MAX_POSITIONS, selector, small_map_conv  # noqa: E402
 
 CPU = torch.device("cpu")
 PRECISIONS = ("fp32", "bf16")
@@ -51,17 +54,29 @@ def conv_shapes(model, x) -> collections.Counter:
     return seen
 
 
-def conv_timer(key, prec: engine.Precision):
-    """A closure running forward + backward of one convolution with ``key``'s shapes in ``prec``."""
+def small(key) -> bool:
+    """Whether the engine's small-map rewrite takes this convolution."""
+    _, _, _, _, _, d, g, _, shape, _ = key
+    return shape[2] * shape[3] <= MAX_POSITIONS and g == 1 and d == (1, 1)
+
+
+def conv_timer(key, prec: engine.Precision, dense: bool = False):
+    """A closure running forward + backward of one convolution with ``key``'s shapes in ``prec``
+    (``dense``: as ``small_map_conv``)."""
     cin, cout, k, s, p, d, g, bias, shape, grad_in = key
     conv = torch.nn.Conv2d(cin, cout, k, s, p, d, g, bias).to(memory_format=torch.channels_last)
     x = torch.randn(shape).contiguous(memory_format=torch.channels_last).requires_grad_(grad_in)
+    fn = conv
+    if dense:
+        sel, out_hw = selector(tuple(shape[2:]), k, s, p) if (k, s, p) != ((1, 1), (1, 1), (0, 0)) \
+            else (None, tuple(shape[2:]))
+        fn = lambda x: small_map_conv(x, conv.weight, conv.bias, sel, out_hw)  # noqa: E731
     with engine.autocast(CPU, prec.amp):
-        gout = torch.randn_like(conv(x), dtype=torch.float32)
+        gout = torch.randn_like(fn(x), dtype=torch.float32)
 
     def run():
         with engine.autocast(CPU, prec.amp):
-            out = conv(x)
+            out = fn(x)
         out.float().backward(gout)
     return run
 
@@ -75,39 +90,49 @@ def per_call_ms(fn, seconds: float) -> float:
     return (time.perf_counter() - t) / n * 1e3
 
 
-def row_table(name: str, px: int, batch: int, repeats: int, seconds: float) -> list[str]:
+STEPS = {  # whole-step settings: (precision, channels_last, small_maps)
+    "fp32 contiguous": ("fp32", False, False), "fp32": ("fp32", True, False), "fp32 dense": ("fp32", True, True),
+    "bf16": ("bf16", True, False), "bf16 dense": ("bf16", True, True)}
+
+
+def row_tables(name: str, px: int, batch: int, repeats: int, seconds: float) -> tuple[list[str], str]:
+    """The per-map-size lines of the layer table and the model's line of the step table."""
     precs = {p: engine.choose_precision(p, True, CPU) for p in PRECISIONS}
-    steps = {**precs, "fp32 contiguous": engine.choose_precision("fp32", False, CPU)}  # the goal's baseline
     graph = graph_of(name)
     x = torch.randn(batch, 3, px, px).contiguous(memory_format=torch.channels_last)
     shapes = conv_shapes(to_module(graph).to(memory_format=torch.channels_last), x)
-    timers = {(key, p): conv_timer(key, prec) for key in shapes for p, prec in precs.items()}
+    timers = {(key, p, dense): conv_timer(key, prec, dense) for key in shapes for p, prec in precs.items()
+              for dense in ((False, True) if small(key) else (False,))}
     ms = collections.defaultdict(list)
-    for _ in range(repeats):  # alternate the precisions, so drift of a shared machine hits both
-        for (key, p), fn in timers.items():
-            ms[(key, p)].append(per_call_ms(fn, seconds / 10))
-        for p, prec in steps.items():
-            rate, _ = raw_rate(lambda: to_module(graph), px, CPU, prec, batch, "eager", seconds)
-            ms[("step", p)].append(batch / rate * 1e3)
-    groups = collections.defaultdict(lambda: {p: 0.0 for p in PRECISIONS})
+    for _ in range(repeats):  # alternate the settings, so drift of a shared machine hits all of them
+        for cell, fn in timers.items():
+            ms[cell].append(per_call_ms(fn, seconds / 10))
+        for label, (p, cl, dense) in STEPS.items():
+            rate, _ = raw_rate(lambda: to_module(graph), px, CPU, engine.choose_precision(p, cl, CPU), batch,
+                               "eager", seconds, small_maps=dense)
+            ms[("step", label)].append(batch / rate * 1e3)
+    cols = [(p, False) for p in PRECISIONS] + [(p, True) for p in PRECISIONS]
+    groups = collections.defaultdict(lambda: collections.defaultdict(float))
     count = collections.Counter()
     for key, n in shapes.items():
-        side = key[8][2]
+        side = f"{key[8][2]}x{key[8][3]}"
         count[side] += n
-        for p in PRECISIONS:
-            groups[side][p] += n * statistics.median(ms[(key, p)])
+        for p, dense in cols:  # a convolution the rewrite leaves alone costs the same in the dense columns
+            groups[side][(p, dense)] += n * statistics.median(ms[(key, p, dense and small(key))])
+    total = {c: sum(g[c] for g in groups.values()) for c in cols}
     lines = []
-    total = {p: sum(g[p] for g in groups.values()) for p in PRECISIONS}
-    for side in sorted(groups, reverse=True):
-        f, b = groups[side]["fp32"], groups[side]["bf16"]
-        lines.append(f"| {name}@{px} | {side}x{side} | {count[side]} | {f:.1f} | {b:.1f} | {f / b:.2f}x | "
-                     f"{f / total['fp32']:.0%} |")
-    lines.append(f"| {name}@{px} | all convolutions | {sum(count.values())} | {total['fp32']:.1f} | "
-                 f"{total['bf16']:.1f} | {total['fp32'] / total['bf16']:.2f}x | 100% |")
-    f, c, b = (statistics.median(ms[("step", p)]) for p in ("fp32", "fp32 contiguous", "bf16"))
-    lines.append(f"| {name}@{px} | whole training step | | {f:.1f} | {b:.1f} | {f / b:.2f}x | |")
-    lines.append(f"| {name}@{px} | whole step, fp32 contiguous | | {c:.1f} | {b:.1f} | {c / b:.2f}x | |")
-    return lines
+    for side in sorted(groups, key=lambda s: -int(s.split("x")[0])) + ["all"]:
+        g, n = (total, sum(count.values())) if side == "all" else (groups[side], count[side])
+        lines.append(f"| {name}@{px} | {'all convolutions' if side == 'all' else side} | {n} | "
+                     + " | ".join(f"{g[c]:.1f}" for c in cols)
+                     + f" | {g[('fp32', False)] / g[('bf16', False)]:.2f}x | {g[('fp32', False)] / g[('bf16', True)]:.2f}x"
+                     f" | {g[('fp32', False)] / total[('fp32', False)]:.0%} |")
+    step = {label: statistics.median(ms[("step", label)]) for label in STEPS}
+    base = step["fp32 contiguous"]
+    line = (f"| {name}@{px} | " + " | ".join(f"{step[label]:.1f}" for label in STEPS)
+            + f" | {base / step['bf16']:.2f}x | {base / step['bf16 dense']:.2f}x | "
+            f"{step['fp32 dense'] / step['bf16 dense']:.2f}x |")
+    return lines, line
 
 
 def main(argv=None) -> int:
@@ -120,14 +145,22 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), batch {args.batch}, CPU bf16: "
-          f"{engine.cpu_bf16() or 'none (emulated: expect bf16 to lose everywhere)'}; fp32 and bf16 both "
-          f"channels_last; ms per training step (forward + backward)\n")
-    print("| model | input map | convolutions | fp32 ms | bf16 ms | fp32 / bf16 | share of fp32 conv time |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+          f"{engine.cpu_bf16() or 'none (emulated: expect bf16 to lose everywhere)'}; channels_last; ms per "
+          f"training step (forward + backward); dense: maps of <= {MAX_POSITIONS} positions as one GEMM\n")
+    print("| model | input map | convolutions | fp32 ms | bf16 ms | fp32 dense ms | bf16 dense ms | fp32 / bf16 | "
+          "fp32 / bf16 dense | share of fp32 conv time |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    steps = []
     for row in args.rows.split(","):
         name, px = row.split("@")
-        for line in row_table(name, int(px), args.batch, args.repeats, args.seconds):
-            print(line, flush=True)
+        lines, step = row_tables(name, int(px), args.batch, args.repeats, args.seconds)
+        print("\n".join(lines), flush=True)
+        steps.append(step)
+    print("\nWhole training step, ms (fp32 contiguous with convolutions only is the baseline):\n")
+    print("| model | " + " | ".join(STEPS) + " | fp32 contiguous / bf16 | fp32 contiguous / bf16 dense "
+          "(the default) | fp32 dense / bf16 dense |")
+    print("|---|" + "---:|" * (len(STEPS) + 3))
+    print("\n".join(steps))
     return 0
 
 

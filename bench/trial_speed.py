@@ -13,6 +13,7 @@ only indicative.
     python bench/trial_speed.py --device cuda --epochs 5 --out bench/out/trial_speed_cuda.md
     python bench/trial_speed.py --rows dla46_c@32 --compile   # add compiled rows on CPU too (slow to compile)
     python bench/trial_speed.py --rows hda1m@32 --epochs 5 --limit 4000 --eval-every 1 5 hyperband  # validation cost
+    python bench/trial_speed.py --device cpu --rows dla34@32 --small-maps off on   # the small-map rewrite's gain
 
 Rows: dla34@32, dla46_c@32, hda1m@32 (the 1M-parameter compare net), dla34@224.
 Data: the CIFAR-10 subset (``--data``), resized for 224; synthetic when absent.
@@ -68,11 +69,13 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def raw_rate(make, px, device, prec, batch, mode: str, seconds: float) -> tuple[float, str]:
-    """img/s of the bare step on one synthetic batch: mode eager | compiled | graphed."""
+def raw_rate(make, px, device, prec, batch, mode: str, seconds: float, small_maps: bool = True) -> tuple[float, str]:
+    """img/s of the bare step on one synthetic batch: mode eager | compiled | graphed; with the engine's
+    small-map rewrite on CPU unless ``small_maps`` is false."""
     cfg = train.TrainConfig(device=str(device), batch_size=batch, compile="none", cuda_graph=mode == "graphed")
     torch.manual_seed(0)
     model = make().to(device, memory_format=prec.memory_format)
+    model, _ = engine.cpu_small_maps(model, (3, px, px), device, small_maps)
     note = ""
     if mode == "compiled":
         model, note = compiled(model)
@@ -180,25 +183,27 @@ def timm_row(dev_name: str, args) -> str:
 
 
 def trial_line(dev_name, name, px, batch, pname, prec, graph, ds, epochs, every, eager, comp, graphed,
-               notes, bn_batches: int = train.TrainConfig.bn_batches) -> str:
+               notes, bn_batches: int = train.TrainConfig.bn_batches, small_maps: bool = True) -> str:
     """One whole trial, as a table row beside the raw step rates."""
     device = torch.device(dev_name)
     rungs = every == "hyperband"  # as a search trial under Hyperband validates: at its rungs and the last epoch
     cfg = train.TrainConfig(device=dev_name, epochs=epochs, batch_size=batch, precision=prec.to_dict()["precision"],
                             channels_last=prec.channels_last, progress=False,
                             warmup_epochs=min(1.0, epochs / 2), eval_every=1 if rungs else int(every),
-                            bn_batches=bn_batches)
+                            bn_batches=bn_batches, small_maps=small_maps)
     eval_epochs = pruner_epochs({"objectives": ["val_accuracy"], "study": {"pruner": "hyperband"},
                                  "train": {"epochs": epochs}}) if rungs else None
     wall, images, phases = trial(name, graph, ds, device, prec, cfg, eval_epochs)
     eng = phases.pop("engine")
     share = eng["seconds"]["steps"] / wall  # the engine's own step time: steadier than a raw-step cell
     inside = ", ".join(f"{k} {v:.2f}s" for k, v in eng["seconds"].items())
-    row_notes = notes + [f"validation {sorted(eval_epochs | {epochs})}" if rungs else f"eval_every {every}",
+    row_notes = notes + [f"small_maps {eng['small_maps']}",
+                         f"validation {sorted(eval_epochs | {epochs})}" if rungs else f"eval_every {every}",
                          f"bn_batches {bn_batches}",
                          "phases " + ", ".join(f"{k} {v:.2f}s" for k, v in phases.items()) + f" (train: {inside})",
                          *([f"graphed steps {eng['graphed_steps']}"] if "graphed_steps" in eng else [])]
-    return (f"| {dev_name} | {name} | {px} | {batch} | {pname.split('+')[0]}{'+CL' if prec.channels_last else ''} | "
+    return (f"| {dev_name} | {name} | {px} | {batch} | {pname.split('+')[0]}{'+CL' if prec.channels_last else ''}"
+            f"{' dense' if small_maps and not eng['small_maps'].startswith('off') else ''} | "
             f"{eager:,.0f} | {f'{comp:,.0f}' if comp else '-'} | {f'{graphed:,.0f}' if graphed else '-'} | "
             f"{images / wall:,.0f} | {images / wall / max(eager, comp or 0, graphed or 0):.2f} | "
             f"{share:.0%} | {wall:.1f} | {'; '.join(n for n in row_notes if n)} |")
@@ -222,6 +227,9 @@ def main(argv=None) -> int:
                          "or hyperband: after Hyperband's rungs and the last epoch, as a search trial")
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "fp32+CL", "bf16"],
                     help="fp32 (contiguous), fp32+CL (fp32 in channels_last), bf16 (autocast + channels_last)")
+    ap.add_argument("--small-maps", nargs="+", default=["on"], choices=["on", "off"],
+                    help="one row per setting of train small_maps (on CPU: convolutions on maps of <= 4 positions "
+                         "as dense GEMMs, in the raw steps too); 'dense' in the precision column where it ran")
     ap.add_argument("--bn-batches", type=int, nargs="+", default=[train.TrainConfig.bn_batches],
                     help="one trial row per value of train bn_batches (BatchNorm recalibration batches)")
     ap.add_argument("--trials", type=int, default=1,
@@ -254,7 +262,7 @@ def main(argv=None) -> int:
             limit = args.limit or (None if cuda and px == 32 else 2048 if px == 224 else 1024)
             ds = load(Path(args.data), px, limit).to(device)  # a search worker moves its data once
             epochs = args.epochs or (5 if cuda else 1)
-            for pname in args.precisions:
+            for pname, dense in ((p, d == "on") for p in args.precisions for d in args.small_maps):
                 if args.budget and time.perf_counter() - START > args.budget:
                     print(f"| {dev_name} | {name} | {px} | {batch} | {pname} | skipped: past --budget |", flush=True)
                     continue
@@ -262,20 +270,20 @@ def main(argv=None) -> int:
                 prec = engine.choose_precision(pname.split("+")[0], cl, device)
                 with trainer._threads(None):
                     make = lambda: to_module(graph)  # noqa: E731
-                    eager, _ = raw_rate(make, px, device, prec, batch, "eager", args.seconds)
+                    eager, _ = raw_rate(make, px, device, prec, batch, "eager", args.seconds, dense)
                     comp = graphed = None
                     notes = []
                     if (cuda and pname == "bf16") or args.compile:
-                        comp, n = raw_rate(make, px, device, prec, batch, "compiled", args.seconds)
+                        comp, n = raw_rate(make, px, device, prec, batch, "compiled", args.seconds, dense)
                         notes.append(n.lstrip("; ") + compile_note())
                     if cuda:
-                        graphed, n = raw_rate(make, px, device, prec, batch, "graphed", args.seconds)
+                        graphed, n = raw_rate(make, px, device, prec, batch, "graphed", args.seconds, dense)
                         notes.append(n)
                 for every in args.eval_every:
                     for bn in args.bn_batches:
                         for _ in range(args.trials):
                             line = trial_line(dev_name, name, px, batch, pname, prec, graph, ds, epochs, every,
-                                              eager, comp, graphed, notes, bn)
+                                              eager, comp, graphed, notes, bn, dense)
                             lines.append(line)
                             print(line, flush=True)
     if args.timm != "no":
