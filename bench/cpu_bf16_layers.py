@@ -95,14 +95,16 @@ STEPS = {  # whole-step settings: (precision, channels_last, small_maps)
     "bf16": ("bf16", True, False), "bf16 dense": ("bf16", True, True)}
 
 
-def row_tables(name: str, px: int, batch: int, repeats: int, seconds: float) -> tuple[list[str], str]:
-    """The per-map-size lines of the layer table and the model's line of the step table."""
+def row_tables(name: str, px: int, batch: int, repeats: int, seconds: float,
+               layers: bool = True) -> tuple[list[str], str]:
+    """The per-map-size lines of the layer table (none without ``layers``) and the model's line of the
+    step table."""
     precs = {p: engine.choose_precision(p, True, CPU) for p in PRECISIONS}
     graph = graph_of(name)
     x = torch.randn(batch, 3, px, px).contiguous(memory_format=torch.channels_last)
     shapes = conv_shapes(to_module(graph).to(memory_format=torch.channels_last), x)
     timers = {(key, p, dense): conv_timer(key, prec, dense) for key in shapes for p, prec in precs.items()
-              for dense in ((False, True) if small(key) else (False,))}
+              for dense in ((False, True) if small(key) else (False,))} if layers else {}
     ms = collections.defaultdict(list)
     for _ in range(repeats):  # alternate the settings, so drift of a shared machine hits all of them
         for cell, fn in timers.items():
@@ -111,6 +113,13 @@ def row_tables(name: str, px: int, batch: int, repeats: int, seconds: float) -> 
             rate, _ = raw_rate(lambda: to_module(graph), px, CPU, engine.choose_precision(p, cl, CPU), batch,
                                "eager", seconds, small_maps=dense)
             ms[("step", label)].append(batch / rate * 1e3)
+    step = {label: statistics.median(ms[("step", label)]) for label in STEPS}
+    base = step["fp32 contiguous"]
+    line = (f"| {name}@{px} | " + " | ".join(f"{step[label]:.1f}" for label in STEPS)
+            + f" | {base / step['bf16']:.2f}x | {base / step['bf16 dense']:.2f}x | "
+            f"{step['fp32 dense'] / step['bf16 dense']:.2f}x | {step['bf16'] / step['bf16 dense']:.2f}x |")
+    if not layers:
+        return [], line
     cols = [(p, False) for p in PRECISIONS] + [(p, True) for p in PRECISIONS]
     groups = collections.defaultdict(lambda: collections.defaultdict(float))
     count = collections.Counter()
@@ -127,11 +136,6 @@ def row_tables(name: str, px: int, batch: int, repeats: int, seconds: float) -> 
                      + " | ".join(f"{g[c]:.1f}" for c in cols)
                      + f" | {g[('fp32', False)] / g[('bf16', False)]:.2f}x | {g[('fp32', False)] / g[('bf16', True)]:.2f}x"
                      f" | {g[('fp32', False)] / total[('fp32', False)]:.0%} |")
-    step = {label: statistics.median(ms[("step", label)]) for label in STEPS}
-    base = step["fp32 contiguous"]
-    line = (f"| {name}@{px} | " + " | ".join(f"{step[label]:.1f}" for label in STEPS)
-            + f" | {base / step['bf16']:.2f}x | {base / step['bf16 dense']:.2f}x | "
-            f"{step['fp32 dense'] / step['bf16 dense']:.2f}x |")
     return lines, line
 
 
@@ -142,24 +146,27 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3, help="alternating rounds; each cell is their median")
     ap.add_argument("--seconds", type=float, default=2.0, help="timing window of a whole step (a layer: a tenth)")
+    ap.add_argument("--steps-only", action="store_true", help="only the whole-step table (more rounds, same time)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), batch {args.batch}, CPU bf16: "
           f"{engine.cpu_bf16() or 'none (emulated: expect bf16 to lose everywhere)'}; channels_last; ms per "
           f"training step (forward + backward); dense: maps of <= {MAX_POSITIONS} positions as one GEMM\n")
-    print("| model | input map | convolutions | fp32 ms | bf16 ms | fp32 dense ms | bf16 dense ms | fp32 / bf16 | "
-          "fp32 / bf16 dense | share of fp32 conv time |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    if not args.steps_only:
+        print("| model | input map | convolutions | fp32 ms | bf16 ms | fp32 dense ms | bf16 dense ms | fp32 / bf16 | "
+              "fp32 / bf16 dense | share of fp32 conv time |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     steps = []
     for row in args.rows.split(","):
         name, px = row.split("@")
-        lines, step = row_tables(name, int(px), args.batch, args.repeats, args.seconds)
-        print("\n".join(lines), flush=True)
+        lines, step = row_tables(name, int(px), args.batch, args.repeats, args.seconds, not args.steps_only)
+        if lines:
+            print("\n".join(lines), flush=True)
         steps.append(step)
     print("\nWhole training step, ms (fp32 contiguous with convolutions only is the baseline):\n")
     print("| model | " + " | ".join(STEPS) + " | fp32 contiguous / bf16 | fp32 contiguous / bf16 dense "
-          "(the default) | fp32 dense / bf16 dense |")
-    print("|---|" + "---:|" * (len(STEPS) + 3))
+          "(the default) | fp32 dense / bf16 dense | bf16 / bf16 dense |")
+    print("|---|" + "---:|" * (len(STEPS) + 4))
     print("\n".join(steps))
     return 0
 

@@ -35,6 +35,7 @@ def run_once(space_name: str, trials: int, every_epoch: bool, data, overrides: d
     seconds = {"steps": 0.0, "validation": 0.0}
     counts = {"validations": 0, "epochs": 0}
     precisions = set()
+    dense = [0, 0]  # trials whose engine ran the small-map rewrite, trials
 
     def spy(*a, **kw):
         res = trainmod.train(*a, **kw)
@@ -43,6 +44,8 @@ def run_once(space_name: str, trials: int, every_epoch: bool, data, overrides: d
         counts["validations"] += sum("val_accuracy" in h for h in res.history)
         counts["epochs"] += res.epochs
         precisions.add(res.engine["precision"])
+        dense[0] += not res.engine["small_maps"].startswith("off")
+        dense[1] += 1
         return res
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -55,6 +58,7 @@ def run_once(space_name: str, trials: int, every_epoch: bool, data, overrides: d
     finally:
         objective.pruner_epochs = PRUNER_EPOCHS
     return {"wall": wall, **seconds, **counts, "outcome": outcome, "precisions": sorted(precisions),
+            "dense_trials": f"{dense[0]}/{dense[1]}",
             "pruned": sum(s == "PRUNED" for _, s, _ in outcome),
             "best": max((v[0] for _, s, v in outcome if s == "COMPLETE" and v), default=None)}
 
