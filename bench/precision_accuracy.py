@@ -8,9 +8,14 @@ lines) and a rerun trains only the missing (arm, seed) pairs, then prints the ta
 of them; a file made with other settings is refused, not mixed.  Runs on a CPU with native bf16
 (AMX, AVX512-BF16) go to a file of their own: other kernels, so other rounding, than the
 emulated path (a file from before the ``cpu_bf16`` setting counts as made without native bf16).
+Runs with the engine's small-map rewrite (``train.small_maps``, on by default since 2026-11-27) go
+to a ``-small_maps`` file; a file from before the setting counts as made without it.  ``--against
+FILE`` pairs this file's runs with another's by arm and seed (same initial weights, same batches)
+and prints the Δ per arm: e.g. the rewrite against the stored runs made without it.
 
     python bench/precision_accuracy.py [--seeds 10] [--epochs 5] [--limit 6000] [--threads 2]
-        [--out results/precision/fashion_mnist-dla46_c[-amx_bf16].jsonl] [--root ../shared/data]
+        [--small-maps on|off] [--against FILE]
+        [--out results/precision/fashion_mnist-dla46_c[-amx_bf16][-small_maps].jsonl] [--root ../shared/data]
 """
 from __future__ import annotations
 
@@ -32,6 +37,11 @@ from dlasearch.ir import to_module  # noqa: E402
 from dlasearch.train import data as datamod, engine  # noqa: E402
 
 ARMS = {"fp32": {"precision": "fp32"}, "bf16": {"precision": "bf16", "channels_last": True}}
+BEFORE = {"cpu_bf16": None, "small_maps": False}  # settings added later: what a file without them ran with
+
+
+def setting(rec: dict, key: str):
+    return rec["settings"].get(key, BEFORE.get(key))
 
 
 def stored(path: Path, settings: dict) -> dict[tuple[str, int], dict]:
@@ -40,7 +50,7 @@ def stored(path: Path, settings: dict) -> dict[tuple[str, int], dict]:
     if path.is_file():
         for n, line in enumerate(path.read_text().splitlines(), 1):
             rec = json.loads(line)
-            diff = {k: (rec["settings"].get(k), v) for k, v in settings.items() if rec["settings"].get(k) != v}
+            diff = {k: (setting(rec, k), v) for k, v in settings.items() if setting(rec, k) != v}
             if diff:
                 sys.exit(f"{path}:{n} was made with other settings {diff} (stored, given); "
                          f"pass those, or --out NEW_FILE")
@@ -70,6 +80,27 @@ def table(runs: dict, seeds: int) -> str:
     return "\n".join(lines)
 
 
+def against(runs: dict, other: dict, seeds: int, label: str) -> str:
+    """Per arm, this file's test accuracy minus ``other``'s, paired by seed, with a 95% t-interval."""
+    lines = [f"| arm | seeds | mean, this file | mean, {label} | Δ this − that | 95% CI | p | seeds equal |",
+             "|---|---:|---:|---:|---:|---|---:|---:|"]
+    for arm in ARMS:
+        paired = [s for s in range(seeds) if (arm, s) in runs and (arm, s) in other]
+        a = [runs[(arm, s)]["test_accuracy"] for s in paired]
+        b = [other[(arm, s)]["test_accuracy"] for s in paired]
+        n = len(paired)
+        if n < 2:
+            lines.append(f"| {arm} | {n} | too few paired seeds |")
+            continue
+        d = [x - y for x, y in zip(a, b)]
+        mean = sum(d) / n
+        half = stats.t.ppf(0.975, n - 1) * stats.tstd(d) / n ** 0.5 if any(d) else 0.0
+        p = stats.ttest_rel(a, b).pvalue if any(d) else 1.0
+        lines.append(f"| {arm} | {n} | {sum(a) / n:.4f} | {sum(b) / n:.4f} | {mean:+.4f} | "
+                     f"[{mean - half:+.4f}, {mean + half:+.4f}] | {p:.2f} | {sum(x == 0 for x in d)} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="dla46_c")
@@ -79,19 +110,24 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads per run (numerics do not depend on it "
                                                             "enough to matter; stored with the runs)")
     ap.add_argument("--root", default=str(ROOT.parent / "shared" / "data"))
+    ap.add_argument("--small-maps", default="on", choices=["on", "off"], help="train.small_maps of the runs")
+    ap.add_argument("--against", default=None, help="another file of runs to pair with by arm and seed")
     ap.add_argument("--out", default=None, help="default: results/precision/fashion_mnist-ARCH.jsonl, with a "
-                                                "-amx_bf16 (or -avx512_bf16) suffix on a CPU with native bf16")
+                                                "-amx_bf16 (or -avx512_bf16) suffix on a CPU with native bf16 "
+                                                "and -small_maps with the rewrite on")
     args = ap.parse_args(argv)
     native = engine.cpu_bf16()
     ds = datamod.load("fashion_mnist", root=args.root, limit=args.limit, progress=False, download=False)
     graph = resolve_arch(args.arch, ds.channels, ds.num_classes)
     ds = ds.resized(total_stride(graph))
-    base = trainmod.TrainConfig(epochs=args.epochs, threads=args.threads, device="cpu", progress=False)
+    base = trainmod.TrainConfig(epochs=args.epochs, threads=args.threads, device="cpu", progress=False,
+                                small_maps=args.small_maps == "on")
     settings = {"arch": args.arch, "data": "fashion_mnist", "limit": args.limit, "epochs": args.epochs,
                 "threads": args.threads, "init": base.init, "batch_size": base.batch_size, "lr": base.lr,
-                "bn_batches": base.bn_batches, "torch": torch.__version__, "cpu_bf16": native}
-    out = Path(args.out or ROOT / "results" / "precision" /
-               f"fashion_mnist-{args.arch}{f'-{native}' if native else ''}.jsonl")
+                "bn_batches": base.bn_batches, "torch": torch.__version__, "cpu_bf16": native,
+                "small_maps": base.small_maps}
+    out = Path(args.out or ROOT / "results" / "precision" / (f"fashion_mnist-{args.arch}{f'-{native}' if native else ''}"
+                                                             f"{'-small_maps' if base.small_maps else ''}.jsonl"))
     runs = stored(out, settings)
     todo = [(arm, s) for s in range(args.seeds) for arm in ARMS if (arm, s) not in runs]
     print(f"{len(runs)} run(s) stored in {out}, {len(todo)} to train", file=sys.stderr, flush=True)
@@ -102,6 +138,7 @@ def main(argv=None) -> int:
         res = trainmod.train(model, ds, cfg, test=True)
         rec = {"arm": arm, "seed": seed, "test_accuracy": res.test_accuracy, "val_accuracy": res.val_accuracy,
                "status": res.status, "train_seconds": round(res.train_seconds, 1), "engine": res.engine["reason"],
+               "small_maps_note": res.engine["small_maps"],
                "settings": settings}
         with out.open("a") as f:
             f.write(json.dumps(rec) + "\n")
@@ -112,6 +149,12 @@ def main(argv=None) -> int:
           f"init {base.init}, {args.threads} thread(s); fp32 vs bf16 autocast + channels_last; CPU bf16: "
           f"{native or 'none (emulated)'}\n")
     print(table(runs, args.seeds))
+    if args.against:
+        other = Path(args.against)
+        theirs = stored(other, {k: v for k, v in settings.items() if k != "small_maps"})
+        print(f"\nAgainst {other} (small_maps {'on' if any(setting(r, 'small_maps') for r in theirs.values()) else 'off'}), "
+              f"paired by arm and seed:\n")
+        print(against(runs, theirs, args.seeds, other.stem))
     return 0
 
 
