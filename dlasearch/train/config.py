@@ -68,7 +68,7 @@ class TrainConfig:
     compile: str = _opt("auto", "auto, none, default or reduce-overhead (auto: torch.compile only where it pays, docs/engine.md)")
     cuda_graph: bool | None = _opt(None, "capture the training step in a CUDA graph (null: on CUDA unless compiled)")
     small_maps: bool = _opt(True, "on CPU: convolutions on maps of <= 4 positions run as dense GEMMs, the same "
-                            "arithmetic 2-10x faster there (docs/engine.md)")
+                            "arithmetic 1.9-7.4x faster there (docs/engine.md)")
     threads: int | None = _opt(None, "torch intra-op threads (null: torch's setting)")
     eval_batch_size: int = _opt(512, "batch size of evaluation")
     deterministic: bool = _opt(True, "on CUDA: deterministic cuDNN kernels, no autotuning")
