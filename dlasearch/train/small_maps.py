@@ -6,8 +6,9 @@ on such maps, bf16 slower than fp32 (docs/engine.md).  On a map of P <= 4 positi
 is a linear map from P*Cin to P'*Cout numbers; its (P'*Cout, P*Cin) matrix is the kernel's taps
 placed by a constant 0/1 selector, so the forward is one GEMM, the backward two, and the selector
 GEMM that places the taps is a small fraction of their arithmetic (5% of a training step's for a
-256-channel 3x3 convolution on 2x2 maps at batch 128).  The arithmetic is the convolution's (taps that see only padding are
-skipped), so outputs and gradients equal the convolution's up to rounding.
+256-channel 3x3 convolution on 2x2 maps at batch 128).  The arithmetic is the convolution's (taps
+that see only padding are skipped), so outputs and gradients equal the convolution's up to
+rounding.
 
 ``lower_small_maps`` is an fx pass over the compiled IR: it finds, at a given input size, the
 convolutions whose input map has at most ``MAX_POSITIONS`` positions and calls ``small_map_conv``
