@@ -117,10 +117,13 @@ def measure_arch(model: torch.nn.Module, data: Dataset, config: TrainConfig, lat
            "train_memory_bytes": mem["total"]}
     if "cuda_peak" in mem:
         out["train_memory_cuda_peak_bytes"] = mem["cuda_peak"]
-    if latency:
+    if latency:  # inference as the model is deployed; the training step as the engine runs it (small_maps)
+        fast, _ = engine.cpu_small_maps(model, shape[1:], device, config.small_maps)
         with _threads(config.threads):
             lat = measure.latency(model, shape, repeats=5, warmup=1, channels_last=prec.channels_last,
-                                  autocast_dtype=amp)
+                                  autocast_dtype=amp, train=False)
+            lat.update(measure.latency(fast, shape, repeats=5, warmup=1, channels_last=prec.channels_last,
+                                       autocast_dtype=amp, inference=False))
         out.update({"latency_ms_batch1": lat["infer_ms_1"], f"latency_ms_batch{config.batch_size}": lat["infer_ms_B"],
                     "train_images_per_s": lat["train_images_per_s"]})
     return out
