@@ -31,7 +31,7 @@ from trial_speed import graph_of, raw_rate  # noqa: E402
 
 from dlasearch.ir import to_module  # noqa: E402
 from dlasearch.train import engine  # noqa: E402
-from dlasearch.train.small_maps import MAX_POSITIONS, selector, small_map_conv  # noqa: E402
+from dlasearch.train.small_maps import MAX_POSITIONS, plan, small_map_conv, takes  # noqa: E402
 
 CPU = torch.device("cpu")
 PRECISIONS = ("fp32", "bf16")
@@ -54,22 +54,25 @@ def conv_shapes(model, x) -> collections.Counter:
     return seen
 
 
+def conv_of(key, device=None) -> torch.nn.Conv2d:
+    cin, cout, k, s, p, d, g, bias, _, _ = key
+    return torch.nn.Conv2d(cin, cout, k, s, p, d, g, bias, device=device)
+
+
 def small(key) -> bool:
     """Whether the engine's small-map rewrite takes this convolution."""
-    _, _, _, _, _, d, g, _, shape, _ = key
-    return shape[2] * shape[3] <= MAX_POSITIONS and g == 1 and d == (1, 1)
+    return takes(conv_of(key, "meta"), key[8][2:])
 
 
 def conv_timer(key, prec: engine.Precision, dense: bool = False):
     """A closure running forward + backward of one convolution with ``key``'s shapes in ``prec``
     (``dense``: as ``small_map_conv``)."""
-    cin, cout, k, s, p, d, g, bias, shape, grad_in = key
-    conv = torch.nn.Conv2d(cin, cout, k, s, p, d, g, bias).to(memory_format=torch.channels_last)
+    shape, grad_in = key[8], key[9]
+    conv = conv_of(key).to(memory_format=torch.channels_last)
     x = torch.randn(shape).contiguous(memory_format=torch.channels_last).requires_grad_(grad_in)
     fn = conv
     if dense:
-        sel, out_hw = selector(tuple(shape[2:]), k, s, p) if (k, s, p) != ((1, 1), (1, 1), (0, 0)) \
-            else (None, tuple(shape[2:]))
+        sel, out_hw = plan(tuple(shape[2:]), conv.kernel_size, conv.stride, conv.padding)
         fn = lambda x: small_map_conv(x, conv.weight, conv.bias, sel, out_hw)  # noqa: E731
     with engine.autocast(CPU, prec.amp):
         gout = torch.randn_like(fn(x), dtype=torch.float32)
@@ -132,10 +135,11 @@ def row_tables(name: str, px: int, batch: int, repeats: int, seconds: float,
     lines = []
     for side in sorted(groups, key=lambda s: -int(s.split("x")[0])) + ["all"]:
         g, n = (total, sum(count.values())) if side == "all" else (groups[side], count[side])
+        f32 = g[("fp32", False)]
         lines.append(f"| {name}@{px} | {'all convolutions' if side == 'all' else side} | {n} | "
                      + " | ".join(f"{g[c]:.1f}" for c in cols)
-                     + f" | {g[('fp32', False)] / g[('bf16', False)]:.2f}x | {g[('fp32', False)] / g[('bf16', True)]:.2f}x"
-                     f" | {g[('fp32', False)] / total[('fp32', False)]:.0%} |")
+                     + f" | {f32 / g[('bf16', False)]:.2f}x | {f32 / g[('bf16', True)]:.2f}x"
+                     f" | {f32 / total[('fp32', False)]:.0%} |")
     return lines, line
 
 

@@ -51,13 +51,14 @@ def main() -> int:
     print(f"`dlasearch run space={args.space}` ({sp['data']['name']}, {sp['train']['epochs']} epochs, "
           f"{sp['study']['pruner']}), {args.trials} trials, torch threads {torch.get_num_threads()}, "
           f"CPU bf16: {engine.cpu_bf16() or 'none (emulated)'}\n")
-    print("| precision | ran as | small_maps (trials it ran in) | wall s | epochs trained | steps s | steps s per epoch | validation s "
-          "| pruned | best value |")
+    print("| precision | ran as | small_maps (trials it ran in) | wall s | epochs trained | steps s "
+          "| steps s per epoch | validation s | pruned | best value |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for p, dense, r in rows:
         best = f"{r['best']:.4f}" if r["best"] is not None else "-"
-        print(f"| {p} | {'/'.join(r['precisions'])} | {dense} ({r['dense_trials']}) | {r['wall']:.1f} | {r['epochs']} | {r['steps']:.1f} | "
-              f"{r['steps'] / max(r['epochs'], 1):.2f} | {r['validation']:.1f} | {r['pruned']} | {best} |")
+        print(f"| {p} | {'/'.join(r['precisions'])} | {dense} ({r['dense_trials']}) | {r['wall']:.1f} | "
+              f"{r['epochs']} | {r['steps']:.1f} | {r['steps'] / max(r['epochs'], 1):.2f} | {r['validation']:.1f} | "
+              f"{r['pruned']} | {best} |")
     return 0
 
 

@@ -32,6 +32,7 @@ import torch  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from dlasearch import train as trainmod  # noqa: E402
+from dlasearch.analysis.compare.statistics import mean_ci  # noqa: E402
 from dlasearch.arch import resolve_arch, total_stride  # noqa: E402
 from dlasearch.ir import to_module  # noqa: E402
 from dlasearch.train import data as datamod, engine  # noqa: E402
@@ -58,23 +59,27 @@ def stored(path: Path, settings: dict) -> dict[tuple[str, int], dict]:
     return runs
 
 
+def paired_t(a: list, b: list) -> tuple[float, float, float, float]:
+    """mean(a - b) over paired seeds, its 95% t-interval and the paired t-test's p (1.0 if every pair is equal)."""
+    d = [x - y for x, y in zip(a, b)]
+    mean, _, lo, hi = mean_ci(d)
+    return mean, lo, hi, stats.ttest_rel(a, b).pvalue if any(d) else 1.0
+
+
 def table(runs: dict, seeds: int) -> str:
     paired = [s for s in range(seeds) if ("fp32", s) in runs and ("bf16", s) in runs]
     acc = {arm: [runs[(arm, s)]["test_accuracy"] for s in paired] for arm in ARMS}
-    d = [b - a for a, b in zip(acc["fp32"], acc["bf16"])]
-    n = len(d)
+    n = len(paired)
     if n < 2:
         return f"{n} paired seed(s): too few for an interval"
-    mean = sum(d) / n
-    sd = (sum((x - mean) ** 2 for x in d) / (n - 1)) ** 0.5
-    half = stats.t.ppf(0.975, n - 1) * sd / n ** 0.5
-    p = stats.ttest_rel(acc["bf16"], acc["fp32"]).pvalue
+    d = [b - a for a, b in zip(acc["fp32"], acc["bf16"])]
+    mean, lo, hi, p = paired_t(acc["bf16"], acc["fp32"])
     lines = ["| seed | " + " | ".join(str(s) for s in paired) + " | mean |", "|---|" + "---|" * (n + 1)]
     for arm in ARMS:
         lines.append(f"| {arm} | " + " | ".join(f"{a:.4f}" for a in acc[arm]) + f" | {sum(acc[arm]) / n:.4f} |")
     lines.append("| Δ bf16 − fp32 | " + " | ".join(f"{x:+.4f}" for x in d) + f" | **{mean:+.4f}** |")
     secs = {arm: sum(runs[(arm, s)]["train_seconds"] for s in paired) / n for arm in ARMS}
-    lines += ["", f"Δ = {mean:+.4f}, 95% CI [{mean - half:+.4f}, {mean + half:+.4f}] (paired t, n={n} seeds, "
+    lines += ["", f"Δ = {mean:+.4f}, 95% CI [{lo:+.4f}, {hi:+.4f}] (paired t, n={n} seeds, "
                   f"p={p:.2f}); seed-to-seed sd of fp32: {stats.tstd(acc['fp32']):.4f}; mean train s: "
                   + ", ".join(f"{arm} {s:.0f}" for arm, s in secs.items())]
     return "\n".join(lines)
@@ -92,12 +97,9 @@ def against(runs: dict, other: dict, seeds: int, label: str) -> str:
         if n < 2:
             lines.append(f"| {arm} | {n} | too few paired seeds |")
             continue
-        d = [x - y for x, y in zip(a, b)]
-        mean = sum(d) / n
-        half = stats.t.ppf(0.975, n - 1) * stats.tstd(d) / n ** 0.5 if any(d) else 0.0
-        p = stats.ttest_rel(a, b).pvalue if any(d) else 1.0
+        mean, lo, hi, p = paired_t(a, b)
         lines.append(f"| {arm} | {n} | {sum(a) / n:.4f} | {sum(b) / n:.4f} | {mean:+.4f} | "
-                     f"[{mean - half:+.4f}, {mean + half:+.4f}] | {p:.2f} | {sum(x == 0 for x in d)} |")
+                     f"[{lo:+.4f}, {hi:+.4f}] | {p:.2f} | {sum(x == y for x, y in zip(a, b))} |")
     return "\n".join(lines)
 
 
@@ -126,8 +128,8 @@ def main(argv=None) -> int:
                 "threads": args.threads, "init": base.init, "batch_size": base.batch_size, "lr": base.lr,
                 "bn_batches": base.bn_batches, "torch": torch.__version__, "cpu_bf16": native,
                 "small_maps": base.small_maps}
-    out = Path(args.out or ROOT / "results" / "precision" / (f"fashion_mnist-{args.arch}{f'-{native}' if native else ''}"
-                                                             f"{'-small_maps' if base.small_maps else ''}.jsonl"))
+    name = f"fashion_mnist-{args.arch}{f'-{native}' if native else ''}{'-small_maps' if base.small_maps else ''}"
+    out = Path(args.out or ROOT / "results" / "precision" / f"{name}.jsonl")
     runs = stored(out, settings)
     todo = [(arm, s) for s in range(args.seeds) for arm in ARMS if (arm, s) not in runs]
     print(f"{len(runs)} run(s) stored in {out}, {len(todo)} to train", file=sys.stderr, flush=True)
@@ -152,8 +154,8 @@ def main(argv=None) -> int:
     if args.against:
         other = Path(args.against)
         theirs = stored(other, {k: v for k, v in settings.items() if k != "small_maps"})
-        print(f"\nAgainst {other} (small_maps {'on' if any(setting(r, 'small_maps') for r in theirs.values()) else 'off'}), "
-              f"paired by arm and seed:\n")
+        dense = any(setting(r, "small_maps") for r in theirs.values())
+        print(f"\nAgainst {other} (small_maps {'on' if dense else 'off'}), paired by arm and seed:\n")
         print(against(runs, theirs, args.seeds, other.stem))
     return 0
 

@@ -17,11 +17,13 @@ training it trains the model, and the model (what is saved, exported and counted
 """
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-__all__ = ["MAX_POSITIONS", "selector", "small_map_conv", "lower_small_maps"]
+__all__ = ["MAX_POSITIONS", "selector", "plan", "takes", "small_map_conv", "lower_small_maps"]
 
 # Measured on the AMX CPU (docs/engine.md): dense wins 1.9-7.4x on 1x1 and 2x2 maps, loses 2-5x on 4x4 maps.
 MAX_POSITIONS = 4
@@ -44,11 +46,26 @@ def selector(in_hw: tuple[int, int], kernel: tuple[int, int], stride: tuple[int,
     return sel.reshape(ho * wo * h * w, kh * kw), (ho, wo)
 
 
+def plan(in_hw: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int],
+         padding: tuple[int, int]) -> tuple[torch.Tensor | None, tuple[int, int]]:
+    """``small_map_conv``'s ``sel`` and ``out_hw`` for a convolution: no selector for a 1x1 stride-1
+    unpadded kernel (already a GEMM over the positions), else ``selector``'s."""
+    if tuple(kernel) == (1, 1) and tuple(stride) == (1, 1) and tuple(padding) == (0, 0):
+        return None, tuple(in_hw)
+    return selector(in_hw, kernel, stride, padding)
+
+
+def takes(m: nn.Module, in_hw: tuple[int, int], max_positions: int = MAX_POSITIONS) -> bool:
+    """Whether the rewrite takes module ``m`` called on maps of ``in_hw``: a plain zero-padded Conv2d
+    (groups 1, dilation 1) on at most ``max_positions`` positions."""
+    return (type(m) is nn.Conv2d and m.groups == 1 and m.dilation == (1, 1) and m.padding_mode == "zeros"
+            and not isinstance(m.padding, str) and in_hw[0] * in_hw[1] <= max_positions)
+
+
 def small_map_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, sel: torch.Tensor | None,
                    out_hw: tuple[int, int]) -> torch.Tensor:
-    """``F.conv2d`` of ``x`` (N, Cin, H, W) as a dense GEMM; ``sel`` from ``selector`` (None: a 1x1
-    stride-1 unpadded kernel, a GEMM over the positions as they are).  The output keeps the input's
-    memory format."""
+    """``F.conv2d`` of ``x`` (N, Cin, H, W) as a dense GEMM, with ``sel`` and ``out_hw`` from ``plan``.
+    The output keeps the input's memory format."""
     n, ci, h, w = x.shape
     co = weight.shape[0]
     ho, wo = out_hw
@@ -67,11 +84,6 @@ def small_map_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return y
 
 
-def _eligible(m: nn.Module) -> bool:
-    return (type(m) is nn.Conv2d and m.groups == 1 and m.dilation == (1, 1) and m.padding_mode == "zeros"
-            and not isinstance(m.padding, str))
-
-
 def lower_small_maps(gm: fx.GraphModule, input_shape: tuple[int, ...],
                      max_positions: int = MAX_POSITIONS) -> tuple[fx.GraphModule, list[str]]:
     """A copy of ``gm`` whose convolutions on maps of at most ``max_positions`` positions (at
@@ -85,16 +97,14 @@ def lower_small_maps(gm: fx.GraphModule, input_shape: tuple[int, ...],
     lowered: list[str] = []
     for node in gm.graph.nodes:
         mod = gm.get_submodule(node.target) if node.op == "call_module" else None
-        seen = maps.get(node.target, set()) if mod is not None and _eligible(mod) else set()
+        seen = maps.get(node.target, set()) if mod is not None else set()
         hw = next(iter(seen)) if len(seen) == 1 else None  # called once, or always on one map size
-        if hw is None or hw[0] * hw[1] > max_positions:
+        if hw is None or not takes(mod, hw, max_positions):
             env[node] = graph.node_copy(node, lambda a: env[a])
             continue
-        k, s, pad = mod.kernel_size, mod.stride, mod.padding
-        if k == (1, 1) and s == (1, 1) and pad == (0, 0):
-            sel_node, out_hw = None, hw
-        else:
-            sel, out_hw = selector(hw, k, s, pad)
+        sel, out_hw = plan(hw, mod.kernel_size, mod.stride, mod.padding)
+        sel_node = None
+        if sel is not None:
             name = f"_sel_{len(consts)}"
             consts[name] = sel.to(mod.weight.device)
             sel_node = graph.get_attr(name)
@@ -106,7 +116,7 @@ def lower_small_maps(gm: fx.GraphModule, input_shape: tuple[int, ...],
     if not lowered:
         return gm, []
     graph.lint()
-    root = {n.target: consts[n.target] if n.target in consts else _attr(gm, n.target)
+    root = {n.target: consts[n.target] if n.target in consts else operator.attrgetter(n.target)(gm)
             for n in graph.nodes if n.op in ("call_module", "get_attr")}
     out = fx.GraphModule(root, graph, class_name=type(gm).__name__)
     for name, t in consts.items():  # buffers, so that .to(device) moves them
@@ -132,9 +142,3 @@ def _input_maps(gm: nn.Module, input_shape) -> dict[str, set[tuple[int, int]]]:
         for h in hooks:
             h.remove()
     return seen
-
-
-def _attr(mod: nn.Module, target: str):
-    for part in target.split("."):
-        mod = getattr(mod, part)
-    return mod
