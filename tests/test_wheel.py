@@ -32,7 +32,8 @@ def test_wheel_ships_the_search_spaces_and_runs(tmp_path):
     (wheel,) = wheels.glob("dlasearch-*.whl")
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", str(venv)])
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    # --no-compile as run.sh installs: Python compiles what it imports on first use
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-compile", "--disable-pip-version-check"]
     _run([*pip, "torch==2.13.0"])  # the CPU build from local disk; never a plain `torch`
     _run([*pip, str(wheel)])
     work = tmp_path / "elsewhere"  # no checkout here: the spaces must come from the wheel
