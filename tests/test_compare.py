@@ -100,6 +100,16 @@ def test_all_seven_patterns_through_the_cli(tmp_path, capsys):
     assert all((out / f"{stem}.{ext}").exists() for stem in PLOTS for ext in ("png", "svg"))
 
 
+def test_progress_counts_every_epoch_when_validating_less_often(tmp_path, capsys):
+    """With eval_every=2 a progress line comes after epochs 2 and 3 and counts both epochs of the first
+    (an ETA from validations instead of epochs read 2x too long)."""
+    args = [a for a in CLI if not a.startswith("epochs=")]
+    assert main(["compare", "patterns=chain", "seeds=1", "baseline=false", "epochs=3", "eval_every=2",
+                 f"out={tmp_path / 'c'}", *args]) == 0
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("[1/1] chain seed 0 epoch")]
+    assert [x.split(" | ")[1] for x in lines] == ["2/3 epochs", "3/3 epochs"], lines
+
+
 def test_identical_networks_are_trained_once(tmp_path):
     """With 2 blocks per stage, tree and hda are one graph: hda reuses tree's runs."""
     res = compare.compare("tree,hda", seeds=1, out=tmp_path / "twins", blocks="2,2,2", baseline=False,

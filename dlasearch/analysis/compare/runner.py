@@ -271,9 +271,11 @@ def _runs(rows, seed_list, archs, graphs, folder, ds, config, chance, progress, 
             how = f"same network as {a['same_as']}"
         else:
             t0 = time.perf_counter()
+            last = [0]  # the epoch of the previous validation: with eval_every > 1 one call covers several
 
-            def on_epoch(epoch, metrics, tracker=None, key=key, seed=seed, i=i):
-                progress.update(f"[{i}/{total}] {key} seed {seed} epoch {epoch}/{config.epochs}")
+            def on_epoch(epoch, metrics, tracker=None, key=key, seed=seed, i=i, last=last):
+                progress.update(f"[{i}/{total}] {key} seed {seed} epoch {epoch}/{config.epochs}", n=epoch - last[0])
+                last[0] = epoch
                 if tracker is not None:
                     tracker.epoch(epoch, metrics)
 
