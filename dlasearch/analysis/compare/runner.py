@@ -263,6 +263,7 @@ def _runs(rows, seed_list, archs, graphs, folder, ds, config, chance, progress, 
             raise CompareError(f"{path_} holds a run of another architecture than {key!r} at these settings; "
                                f"move it away, or give a new out=")
         trained = False
+        counted = [0]  # epochs the progress line has counted for this run (up to its last validation)
         if rec is not None:
             how = "done earlier"
         elif twin:
@@ -271,11 +272,12 @@ def _runs(rows, seed_list, archs, graphs, folder, ds, config, chance, progress, 
             how = f"same network as {a['same_as']}"
         else:
             t0 = time.perf_counter()
-            last = [0]  # the epoch of the previous validation: with eval_every > 1 one call covers several
 
-            def on_epoch(epoch, metrics, tracker=None, key=key, seed=seed, i=i, last=last):
-                progress.update(f"[{i}/{total}] {key} seed {seed} epoch {epoch}/{config.epochs}", n=epoch - last[0])
-                last[0] = epoch
+            def on_epoch(epoch, metrics, tracker=None, key=key, seed=seed, i=i, counted=counted):
+                # with eval_every > 1 one call covers the epochs since the previous validation
+                progress.update(f"[{i}/{total}] {key} seed {seed} epoch {epoch}/{config.epochs}",
+                                n=epoch - counted[0])
+                counted[0] = epoch
                 if tracker is not None:
                     tracker.epoch(epoch, metrics)
 
@@ -295,7 +297,7 @@ def _runs(rows, seed_list, archs, graphs, folder, ds, config, chance, progress, 
                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             _write_json(path_, rec)
             how = f"{rec['wall_seconds']:.1f}s"
-        progress.drop(config.epochs - (rec.get("epochs") or 0 if trained else 0))
+        progress.drop(config.epochs - counted[0])  # stopped early, reused, or trained past the last validation
         acc = rec.get("test_accuracy")
         low = dstats.at_chance(acc, *chance)
         log(f"[{i}/{total}] {key} seed {seed}: "
