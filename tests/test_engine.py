@@ -89,6 +89,16 @@ def test_result_says_what_ran(digits32, monkeypatch):
     assert res.engine["cuda_graph"].startswith("off: CUDA graphs need")
 
 
+def test_result_says_where_the_time_went(digits32):
+    """engine.seconds splits a run's time into steps, graph set-up, BatchNorm recalibration and scoring,
+    the split that tells which fixed cost of a short trial to cut."""
+    took = train.train(tiny(), digits32, epochs=2, batch_size=64, bn_batches=2, progress=False).engine["seconds"]
+    assert set(took) == {"steps", "graph_setup", "recalibration", "scoring"}, took
+    assert took["steps"] > 0 and took["recalibration"] > 0 and took["scoring"] > 0 and took["graph_setup"] == 0
+    took = train.train(tiny(), digits32, epochs=1, batch_size=64, bn_batches=0, progress=False).engine["seconds"]
+    assert took["recalibration"] == 0 and took["scoring"] > 0
+
+
 def test_compile_auto_pays_only_for_long_large_image_cuda_runs():
     cuda = torch.device("cuda")
     assert engine.resolve_compile("auto", CPU, 224, 10**9)[0] == "none"
