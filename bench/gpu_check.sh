@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# GPU checks of the trial engine, in about 6 minutes on an H100 (most of it torch.compile):
+# GPU checks of the trial engine, in about 7 minutes on an H100 (most of it torch.compile), most
+# telling first, so that a run cut off by its time limit loses the least:
 #   1. the CUDA tests (pytest -m cuda: bf16 training, the graphed step against eager, NaN detection,
 #      meta-device memory count vs torch.cuda.max_memory_allocated within 5%);
-#   2. the GPU rows of bench/trial_speed.py (eager / compiled / graphed step vs whole trial), most
-#      telling first: the bf16 rows at 32 px (two trials each: the first pays one-off costs such as
-#      cuDNN autotuning), with the default 8 and the former 16 BatchNorm recalibration batches,
-#      timm's compiled dla34 at 224 against ours, dla34 at 224, then the fp32 rows (validating every
-#      epoch, and as a Hyperband search trial does: after epochs 1, 3 and 5);
-#   3. bench/search_overhead.py: trials/hour with 1, 2 and 4 workers sharing the GPU.
+#   2. the GPU rows of bench/trial_speed.py (eager / compiled / graphed step vs whole trial): the bf16
+#      rows at 32 px (two trials each: the first pays one-off costs such as cuDNN autotuning), with
+#      the default 8 and the former 16 BatchNorm recalibration batches; 100-epoch bf16 trials
+#      validated at Hyperband's rungs (the step share of a trial long enough to be mostly steps);
+#      the fp32 rows (validating every epoch, and as a Hyperband search trial does: after epochs 1,
+#      3 and 5);
+#   3. bench/search_overhead.py: trials/hour with 1 and 2 workers sharing the GPU on trials of
+#      several seconds (six figure-1 nets, width 48, 20 epochs on the CIFAR subset when --data is
+#      given); on 0.3-s trials the answer is known (docs/engine.md: a worker's start costs more);
+#   4. measured before (2026-11-26), so last: timm's compiled dla34 at 224 against ours, dla34 at 224.
 # Writes gpu.txt, cuda_tests.txt, trial_speed_cuda.md (the tables, appended as each part ends) and
 # search_overhead.txt under $OUT when set, else bench/out/.
 #   bash bench/gpu_check.sh [--data PATH_TO_cifar10_subset.npz]
@@ -33,10 +38,14 @@ part() {  # one bench invocation, its table appended to $md (also when it is cut
     [ "$rc" = 0 ] || { echo "bench part ($*) exit $rc" | tee -a "$md"; status=1; }
 }
 part 190 --rows dla46_c@32,hda1m@32,dla34@32 --precisions bf16 --trials 2 --bn-batches 8 16 --timm no
+part 80 --rows dla46_c@32,hda1m@32 --precisions bf16 --epochs 100 --eval-every hyperband --no-compile --timm no
+part 70 --rows dla46_c@32,hda1m@32,dla34@32 --precisions fp32 --eval-every 1 hyperband --timm no
+long=(--limit 0 --width 48 --epochs 20)
+[ ${#data[@]} -gt 0 ] || long=(--limit 0 --width 48 --epochs 40)
+timeout 150 $py bench/search_overhead.py "${data[@]}" "${long[@]}" --trials 6 --workers 1 2 --workers-only 2>&1 \
+    | tee "$dest/search_overhead.txt"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
 part 100 --timm only
 part 80 --rows dla34@224 --precisions bf16 --timm no
-part 70 --rows dla46_c@32,hda1m@32,dla34@32 --precisions fp32 --eval-every 1 hyperband --timm no
-timeout 120 $py bench/search_overhead.py --trials 6 --epochs 3 --workers 1 2 4 2>&1 | tee "$dest/search_overhead.txt"
-[ "${PIPESTATUS[0]}" = 0 ] || status=1
 echo "gpu_check exit $status"
 exit "$status"

@@ -218,7 +218,9 @@ def main(argv=None) -> int:
                                                             "1,024 on CPU, 2,048 at 224)")
     ap.add_argument("--batch", type=int, default=None, help="batch size (default 512 at 32 px on CUDA, 128 else)")
     ap.add_argument("--seconds", type=float, default=2.0, help="timing window per raw-step cell")
-    ap.add_argument("--compile", action="store_true", help="also compiled rows on CPU (always on CUDA)")
+    ap.add_argument("--compile", action="store_true", help="also compiled rows on CPU (on CUDA: bf16 rows)")
+    ap.add_argument("--no-compile", action="store_true",
+                    help="no compiled cell on CUDA either (it costs 25-60 s of compilation a row)")
     ap.add_argument("--budget", type=float, default=None, help="skip the remaining cells after this many seconds")
     ap.add_argument("--data", default=str(CIFAR))
     ap.add_argument("--out", default=None, help="also write the table (markdown) here")
@@ -273,7 +275,7 @@ def main(argv=None) -> int:
                     eager, _ = raw_rate(make, px, device, prec, batch, "eager", args.seconds, dense)
                     comp = graphed = None
                     notes = []
-                    if (cuda and pname == "bf16") or args.compile:
+                    if ((cuda and pname == "bf16") or args.compile) and not args.no_compile:
                         comp, n = raw_rate(make, px, device, prec, batch, "compiled", args.seconds, dense)
                         notes.append(n.lstrip("; ") + compile_note())
                     if cuda:
