@@ -110,6 +110,19 @@ def test_progress_counts_every_epoch_when_validating_less_often(tmp_path, capsys
     assert [x.split(" | ")[1] for x in lines] == ["2/3 epochs", "3/3 epochs"], lines
 
 
+def test_progress_total_leaves_out_the_runs_it_will_reuse(tmp_path, capsys):
+    """A pattern added to a finished comparison trains alone: the progress total holds its epochs only,
+    also while the reused runs that come after it in the order are still ahead."""
+    out = f"out={tmp_path / 'c'}"
+    assert main(["compare", "patterns=chain,ida", "seeds=1", "baseline=false", out, *CLI]) == 0
+    capsys.readouterr()
+    assert main(["compare", "patterns=chain,skip,ida", "seeds=1", "baseline=false", out, *CLI]) == 0
+    printed = capsys.readouterr()
+    lines = (printed.out + printed.err).splitlines()
+    assert [x.split(" | ")[1] for x in lines if " epoch 1/1 " in x] == ["1/1 epochs"], lines
+    assert any(x.startswith("[3/3] ida seed 0: ") and "done earlier" in x for x in lines), lines
+
+
 def test_identical_networks_are_trained_once(tmp_path):
     """With 2 blocks per stage, tree and hda are one graph: hda reuses tree's runs."""
     res = compare.compare("tree,hda", seeds=1, out=tmp_path / "twins", blocks="2,2,2", baseline=False,

@@ -212,7 +212,8 @@ def _start_folder(o: CompareOptions, settings: dict, ds) -> None:
 def _run_all(o: CompareOptions, rows, archs, graphs, ds, chance, show_progress: bool, log) -> list[dict]:
     from dlasearch.train.progress import Progress
 
-    progress = Progress(len(rows) * len(o.seeds) * o.config.epochs, "compare", show=show_progress)
+    todo = sum(1 for s in o.seeds for k in rows if _to_train(o.folder, k, s, archs[k]))
+    progress = Progress(todo * o.config.epochs, "compare", show=show_progress)
     try:
         return _runs(rows, o.seeds, archs, graphs, o.folder, ds, o.config, chance, progress, o.tracking_log, log)
     finally:
@@ -242,6 +243,13 @@ def _report(o: CompareOptions, rows, archs, records, ds, chance, t_start: float,
         f"wrote {', '.join(p.name for p in written)} to {folder}")
     return {"dir": folder, "summary": summary, "runs": runs, "trained": trained, "reused": reused,
             "files": written, "spearman": (rho, rho_p, rho_n)}
+
+
+def _to_train(folder: Path, key: str, seed: int, arch: dict) -> bool:
+    """Whether ``_runs`` will train this run: not when its record exists, nor for a network that is
+    another row's (it copies that row's run).  Counted before the first run, so reused runs that come
+    late (another pattern added to a finished comparison) never stand in the ETA."""
+    return not arch["same_as"] and _read_json(run_path(folder, key, seed)) is None
 
 
 def _runs(rows, seed_list, archs, graphs, folder, ds, config, chance, progress, tracking_log, log) -> list[dict]:
@@ -297,7 +305,8 @@ def _runs(rows, seed_list, archs, graphs, folder, ds, config, chance, progress, 
                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             _write_json(path_, rec)
             how = f"{rec['wall_seconds']:.1f}s"
-        progress.drop(config.epochs - counted[0])  # stopped early, reused, or trained past the last validation
+        if trained:  # stopped early, or trained past its last validation
+            progress.drop(config.epochs - counted[0])
         acc = rec.get("test_accuracy")
         low = dstats.at_chance(acc, *chance)
         log(f"[{i}/{total}] {key} seed {seed}: "
