@@ -181,7 +181,9 @@ def test_ctrl_c_stops_cleanly(tmp_path):
     assert _wait_running(tmp_path / "hda" / "journal.log")
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 130, out
+    # 130, or killed by SIGINT (which a shell also reports as 130): once in a CI run the interpreter
+    # re-raised the signal at exit although main() had caught it and returned 130
+    assert proc.returncode in (130, -signal.SIGINT) and "dlasearch run: interrupted" in out, out
     st = search.open_storage(str(tmp_path / "hda" / "journal.log"))
     t = optuna.load_study(study_name="hda", storage=st).get_trials()
     assert t and not [x for x in t if x.state == TrialState.RUNNING]
