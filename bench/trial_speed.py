@@ -199,7 +199,7 @@ def trial_line(dev_name, name, px, batch, pname, prec, graph, ds, epochs, every,
     inside = ", ".join(f"{k} {v:.2f}s" for k, v in eng["seconds"].items())
     row_notes = notes + [f"small_maps {eng['small_maps']}",
                          f"validation {sorted(eval_epochs | {epochs})}" if rungs else f"eval_every {every}",
-                         f"bn_batches {bn_batches}",
+                         f"bn_batches {bn_batches} ({eng.get('bn_recalibration', 'eager')})",
                          "phases " + ", ".join(f"{k} {v:.2f}s" for k, v in phases.items()) + f" (train: {inside})",
                          *([f"graphed steps {eng['graphed_steps']}"] if "graphed_steps" in eng else [])]
     return (f"| {dev_name} | {name} | {px} | {batch} | {pname.split('+')[0]}{'+CL' if prec.channels_last else ''}"

@@ -24,6 +24,7 @@ def test_trains_on_cuda_in_bf16_with_a_graph(digits32):
     assert res.status == "ok" and res.engine["precision"] == "bf16", res.engine
     assert res.engine["memory_format"] == "channels_last" and res.engine["cuda_graph"] == "on", res.engine
     assert res.val_accuracy > 0.5 and 0 <= res.test_accuracy <= 1, res.history
+    assert res.engine["bn_recalibration"] == "graphed", res.engine
     replayed, steps = map(int, res.engine["graphed_steps"].split("/"))
     assert steps == res.steps and replayed >= steps - engine.WARMUP_STEPS - 1, res.engine  # partial batches too
 
@@ -67,6 +68,34 @@ def test_graph_replay_matches_eager(digits32):
     assert step.graph_note == "on" and sorted(step.graphs) == [24, 64] and step.replays == 4
     assert [n for n, _ in checked] == [64, 24, 64, 24]
     assert all(m > 1e-4 for _, m in checked), checked  # the steps moved the weights far beyond the tolerance
+
+
+def test_graphed_recalibration_matches_eager(digits32):
+    """The graphed BatchNorm recalibration (a sum of per-batch statistics, replayed) stores what the eager
+    cumulative average stores, on its first pass (warm-up, capture, replays, the partial batch eager) and
+    on later ones (replays only), and leaves the momenta and the mode as they were."""
+    import copy
+
+    dev = torch.device("cuda")
+    model = tiny().cuda()
+    train.train(model, digits32, epochs=1, batch_size=64, progress=False)  # statistics from training
+    cfg = train.TrainConfig(device="cuda", batch_size=256, bn_batches=100)  # the whole split: a partial batch
+    prec = engine.choose_precision("fp32", None, dev)
+    feeder = engine.Feeder(digits32.to(dev), dev)
+    ours, theirs = copy.deepcopy(model).eval(), copy.deepcopy(model).eval()
+    recal = engine.Recalibrator(ours, cfg, dev, prec, graph=True)
+    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True):
+        for _ in range(3):
+            recal(feeder)
+            engine.recalibrate_bn(theirs, feeder, cfg, dev, prec)
+            for (name, a), b, c in zip(ours.state_dict().items(), theirs.state_dict().values(),
+                                       model.state_dict().values()):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+                if name.endswith("running_var"):
+                    assert not torch.equal(a, c), name
+    assert recal.note == "graphed" and recal.graph is not None, recal.note
+    bns = [m for m in ours.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and not ours.training and all(m.momentum == 0.1 for m in bns)
 
 
 def test_nan_found_with_a_graph(digits32):

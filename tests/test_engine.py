@@ -84,7 +84,7 @@ def test_result_says_what_ran(digits32, monkeypatch):
     res = train.train(tiny(), digits32, steps=2, batch_size=64, progress=False)
     assert res.engine["precision"] == "fp32" and res.engine["memory_format"] == "channels_last"
     assert res.engine["compile"] == "none" and "on CPU" in res.engine["compile_reason"]
-    assert res.engine["cuda_graph"] == "off"
+    assert res.engine["cuda_graph"] == "off" and res.engine["bn_recalibration"] == "eager"
     res = train.train(tiny(), digits32, steps=2, batch_size=64, progress=False, cuda_graph=True)
     assert res.engine["cuda_graph"].startswith("off: CUDA graphs need")
 

@@ -32,7 +32,7 @@ from torch import fx
 from dlasearch.train.data import Dataset, crop_at
 
 __all__ = ['cpu_bf16', 'Precision', 'choose_precision', 'autocast', 'Feeder', 'evaluate', 'Stepper', 'resolve_compile',
-           'compile_model', 'cpu_small_maps', 'recalibrate_bn', 'fit']
+           'compile_model', 'cpu_small_maps', 'recalibrate_bn', 'Recalibrator', 'fit']
 
 COMPILE_MODES = ("auto", "none", "default", "reduce-overhead")
 WARMUP_STEPS = 3  # eager steps before a CUDA graph is captured (lazy initialisation happens outside capture)
@@ -394,6 +394,87 @@ def recalibrate_bn(model, feeder: Feeder, cfg, device: torch.device, prec: Preci
         model.train(was_training)
 
 
+
+class Recalibrator:
+    """``recalibrate_bn`` before each validation; on CUDA with graphs, its forwards replayed from a graph.
+
+    Why: at 32 px the eager train-mode forwards are launch-bound; on an H100 the 8 of each validation
+    took 0.3-0.55 s of a 100-epoch trial's 5 s (docs/engine.md).  A graph cannot follow the weight
+    1/k of batch k (a BatchNorm's momentum is baked in at capture), so the graphed pass keeps each
+    batch's statistics (momentum 1) and adds them to a sum, and the mean of the k batches is stored
+    at the end: the same average, equal up to rounding.  The first full batch runs eagerly on a side
+    stream (the warm-up a capture needs), the second is captured; other batch sizes run eagerly.  A
+    capture that fails leaves the eager ``recalibrate_bn``, and ``note`` says why."""
+
+    def __init__(self, model, cfg, device: torch.device, prec: Precision, graph: bool):
+        self.model, self.cfg, self.device, self.prec = model, cfg, device, prec
+        self.bns = [m for m in model.modules()
+                    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        self.use_graph = graph and device.type == "cuda" and bool(self.bns) and cfg.bn_batches > 0
+        self.note = "graphed" if self.use_graph else "eager"
+        self.stats = [t for m in self.bns for t in (m.running_mean, m.running_var)]
+        self.sums = [torch.zeros_like(t) for t in self.stats] if self.use_graph else []
+        self.graph, self.static_x, self.warm = None, None, False
+
+    def __call__(self, feeder: Feeder) -> None:
+        if not self.use_graph or self.cfg.freeze == "backbone":
+            return recalibrate_bn(self.model, feeder, self.cfg, self.device, self.prec)
+        momenta = [m.momentum for m in self.bns]
+        was_training = self.model.training
+        self.model.train()
+        for m in self.bns:
+            m.reset_running_stats()
+            m.momentum = 1.0
+        torch._foreach_zero_(self.sums)
+        gen = torch.Generator().manual_seed(self.cfg.seed)
+        k = 0
+        try:
+            with torch.no_grad():
+                for x, _ in feeder.epoch(self.cfg.batch_size, gen, self.cfg.augment, max_batches=self.cfg.bn_batches):
+                    self._batch(x)
+                    k += 1
+        finally:
+            for m, momentum in zip(self.bns, momenta):
+                m.momentum = momentum
+            self.model.train(was_training)
+        if not self.use_graph:  # the capture failed on this pass: redo it eagerly
+            return recalibrate_bn(self.model, feeder, self.cfg, self.device, self.prec)
+        if k:
+            torch._foreach_mul_(self.sums, 1.0 / k)
+            for t, s in zip(self.stats, self.sums):
+                t.copy_(s)
+
+    def _add(self, x, cache=True):
+        with autocast(self.device, self.prec.amp, cache):
+            self.model(x.contiguous(memory_format=self.prec.memory_format))
+        torch._foreach_add_(self.sums, self.stats)
+
+    def _batch(self, x) -> None:
+        if self.graph is not None and len(x) == len(self.static_x):
+            self.static_x.copy_(x)
+            self.graph.replay()
+        elif len(x) != self.cfg.batch_size or not self.use_graph:
+            self._add(x)
+        elif not self.warm:
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                self._add(x)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            self.warm = True
+        else:
+            static_x, graph = x.clone(), torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph):
+                    self._add(static_x, cache=False)
+            except Exception as e:  # an op that cannot be captured
+                self.use_graph = False
+                self.note = f"eager: capture failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+                torch.cuda.synchronize(self.device)
+                return
+            self.graph, self.static_x = graph, static_x
+            graph.replay()
+
 def fit(model, data: Dataset, cfg, device: torch.device, prec: Precision, callback, test: bool,
         eval_epochs=None):
     """The training loop behind ``train.train`` (same arguments, same ``TrainResult``)."""
@@ -416,6 +497,7 @@ def fit(model, data: Dataset, cfg, device: torch.device, prec: Precision, callba
     fast, small_note = cpu_small_maps(model, (data.channels, *data.image_size), device, cfg.small_maps)
     net = compile_model(fast, mode)
     stepper = Stepper(net, opt, cfg, device, prec, graph, cfg.batch_size)
+    recalibrate = Recalibrator(fast, cfg, device, prec, graph)
     if cfg.cuda_graph and device.type != "cuda":
         stepper.graph_note = "off: CUDA graphs need a CUDA device"
     res = TrainResult(status="ok")
@@ -451,7 +533,7 @@ def fit(model, data: Dataset, cfg, device: torch.device, prec: Precision, callba
                 bar.set_postfix(epoch=epoch, loss=f"{metrics['train_loss']:.3f}")
                 continue
             t_recal = time.perf_counter()
-            recalibrate_bn(fast, feeder, cfg, device, prec)
+            recalibrate(feeder)
             _sync(device)  # scoring syncs anyway; this one splits the time between the two
             t_eval = time.perf_counter()
             recal_seconds += t_eval - t_recal
@@ -486,7 +568,7 @@ def fit(model, data: Dataset, cfg, device: torch.device, prec: Precision, callba
     if stepper.use_graph and stepper.graph is None:
         stepper.graph_note = f"off: fewer than {WARMUP_STEPS + 1} full batches, nothing to capture"
     res.engine = {**prec.to_dict(), "compile": mode, "compile_reason": compile_why, "cuda_graph": stepper.graph_note,
-                  "small_maps": small_note}
+                  "bn_recalibration": recalibrate.note, "small_maps": small_note}
     if stepper.replays:
         res.engine["graphed_steps"] = f"{stepper.replays}/{res.steps}"
     # Where the wall time went: train_seconds holds the steps (graph set-up included), the rest is
