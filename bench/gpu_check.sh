@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU checks of the trial engine, in about 6 minutes on an H100 (torch.compile most of the last part), most
+# GPU checks of the trial engine, in about 5 minutes on an H100 (305 s on 2026-11-27), most
 # telling first, so that a run cut off by its time limit loses the least:
 #   1. the CUDA tests (pytest -m cuda: bf16 training, the graphed step against eager, NaN detection,
 #      meta-device memory count vs torch.cuda.max_memory_allocated within 5%);

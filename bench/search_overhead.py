@@ -86,6 +86,9 @@ def main():
     ap.add_argument("--width", type=int, default=16, help="the backbone's width parameter (default 16)")
     ap.add_argument("--workers-only", action="store_true", help="skip the storage table")
     args = ap.parse_args()
+    if not 1 <= args.trials <= 6:
+        ap.error(f"--trials {args.trials}: the figure1 grid holds six architectures, and a trial beyond them is "
+                 f"answered from the study without training, so 1 to 6")
     print(describe(args) + "\n")
     if not args.workers_only:
         rows = []
