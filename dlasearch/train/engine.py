@@ -416,6 +416,11 @@ class Recalibrator:
         self.sums = [torch.zeros_like(t) for t in self.stats] if self.use_graph else []
         self.graph, self.static_x, self.warm = None, None, False
 
+    @property
+    def active(self) -> bool:
+        """False where there is nothing to recalibrate (``bn_batches=0``, a frozen backbone, no BatchNorm)."""
+        return bool(self.bns) and self.cfg.bn_batches > 0 and self.cfg.freeze != "backbone"
+
     def __call__(self, feeder: Feeder) -> None:
         if not self.use_graph or self.cfg.freeze == "backbone":
             return recalibrate_bn(self.model, feeder, self.cfg, self.device, self.prec)
@@ -532,11 +537,12 @@ def fit(model, data: Dataset, cfg, device: torch.device, prec: Precision, callba
                 res.history.append({**metrics, "seconds": time.perf_counter() - t0})
                 bar.set_postfix(epoch=epoch, loss=f"{metrics['train_loss']:.3f}")
                 continue
-            t_recal = time.perf_counter()
-            recalibrate(feeder)
-            _sync(device)  # scoring syncs anyway; this one splits the time between the two
+            if recalibrate.active:
+                t_recal = time.perf_counter()
+                recalibrate(feeder)
+                _sync(device)  # scoring syncs anyway; this one splits the time between the two
+                recal_seconds += time.perf_counter() - t_recal
             t_eval = time.perf_counter()
-            recal_seconds += t_eval - t_recal
             val_loss, val_acc = evaluate(net, feeder, "val", cfg.eval_batch_size, prec)
             eval_seconds += time.perf_counter() - t_eval
             metrics.update(val_loss=val_loss, val_accuracy=val_acc, seconds=time.perf_counter() - t0)
