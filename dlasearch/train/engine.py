@@ -394,7 +394,6 @@ def recalibrate_bn(model, feeder: Feeder, cfg, device: torch.device, prec: Preci
         model.train(was_training)
 
 
-
 class Recalibrator:
     """``recalibrate_bn`` before each validation; on CUDA with graphs, its forwards replayed from a graph.
 
@@ -479,6 +478,7 @@ class Recalibrator:
                 return
             self.graph, self.static_x = graph, static_x
             graph.replay()
+
 
 def fit(model, data: Dataset, cfg, device: torch.device, prec: Precision, callback, test: bool,
         eval_epochs=None):
