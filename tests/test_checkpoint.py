@@ -43,6 +43,23 @@ def test_train_then_load_gives_the_predictions_of_training(run_folder):
         torch.testing.assert_close(again(x), model(x), rtol=0, atol=0)
 
 
+def test_a_bf16_trained_run_stores_the_accuracy_that_load_reproduces(tmp_path):
+    """Training in bf16 (forced here: what precision=auto picks on AMX/AVX512-BF16 CPUs and CUDA) still
+    scores in fp32, so the stored accuracy is what the loaded model gives on any machine."""
+    spec = tmp_path / "tiny.json"
+    spec.write_text(json.dumps(tiny_spec("chain")))
+    out = tmp_path / "run"
+    assert main(["train", f"arch={spec}", "data.name=digits", "data.limit=300", "epochs=2", "batch_size=32",
+                 "image_size=16", "precision=bf16", f"out={out}", "latency=false"]) == 0
+    rec = json.loads((out / "metrics.json").read_text())
+    assert rec["engine"]["precision"] == "bf16" and rec["engine"]["eval_precision"] == "fp32"
+    model = dlasearch.load(out)
+    ds = datamod.load("digits", limit=300).resized(16)
+    with torch.no_grad():
+        pred = model(model.preprocess(ds.x_val)).argmax(1)
+    assert int((pred == ds.y_val).sum()) / len(ds.y_val) == rec["metrics"]["val_accuracy"]
+
+
 def _npz(tmp_path, classes=4, n=48):
     rng = np.random.default_rng(0)
     path = tmp_path / "rgb.npz"

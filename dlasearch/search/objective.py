@@ -113,6 +113,7 @@ class Objective:
         metrics = {"params": m["params"], "macs": m["macs"], "train_memory": m["train_memory_bytes"]}
         for k, v in metrics.items():
             trial.set_user_attr(k, v)
+        trial.set_user_attr("precision", m["precision"])  # what the memory count and the training ran in
         self.log(f"  trial #{trial.number}: {describe(spec)} | {metrics['params'] / 1e3:.1f}k params, "
                  f"{metrics['macs'] / 1e6:.1f}M MACs, {metrics['train_memory'] / 2**20:.1f} MiB train memory")
         over = [f"{k}={metrics[k]:.4g} > budget {b:.4g}" for k, b in self.space["budget"].items()
@@ -158,7 +159,7 @@ class Objective:
         for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
             if t.user_attrs.get("fingerprint") == fp and t.number != trial.number:
                 trial.set_user_attr("duplicate_of", t.number)
-                for k in ("params", "macs", "train_memory", "val_accuracy", "train_seconds", "status",
+                for k in ("params", "macs", "train_memory", "precision", "val_accuracy", "train_seconds", "status",
                           "rejected", "at_chance"):
                     if k in t.user_attrs:
                         trial.set_user_attr(k, t.user_attrs[k])

@@ -66,7 +66,7 @@ def trials_frame(study: optuna.Study):
         row = {"number": t.number, "state": t.state.name,
                "value": t.values[0] if t.values else None,
                "duration_s": t.duration.total_seconds() if t.duration else None}
-        for k in ("pattern", "arch", "fingerprint", "params", "macs", "train_memory", "val_accuracy",
+        for k in ("pattern", "arch", "fingerprint", "params", "macs", "train_memory", "precision", "val_accuracy",
                   "train_seconds", "at_chance", "epochs_trained", "duplicate_of", "seeded_from", "retry_of", "rejected",
                   "screened", "fail_reason"):
             row[k] = u.get(k)

@@ -8,8 +8,10 @@ time goes to everything around the arithmetic.  Here
 * an epoch's shuffle and augmentation offsets are drawn on the CPU generator
   in one go (runs stay seeded the same on any device) and moved once, so crops,
   flips and normalisation run on the device with no per-batch transfer;
-* ``precision=auto`` picks bf16 autocast + channels_last where the hardware
+* ``precision=auto`` picks bf16 autocast + channels_last for training where the hardware
   has native bf16 (CUDA, CPUs with AMX or AVX512-BF16), fp32 elsewhere (channels_last on CPUs);
+  validation and test scoring always run in fp32, the numerics ``load`` and every export give, so
+  a stored accuracy is what the saved model reproduces on any machine;
 * on CUDA the whole step (forward, backward, SGD) is captured in a CUDA graph
   and replayed, one graph for the full batches and one for an epoch's last partial batch;
 * on CPU, convolutions on maps of at most 4 positions run as dense GEMMs (``small_maps``), an exact
@@ -503,6 +505,7 @@ def fit(model, data: Dataset, cfg, device: torch.device, prec: Precision, callba
     net = compile_model(fast, mode)
     stepper = Stepper(net, opt, cfg, device, prec, graph, cfg.batch_size)
     recalibrate = Recalibrator(fast, cfg, device, prec, graph)
+    scoring = Precision(None, prec.channels_last, "fp32: what load and export run")
     if cfg.cuda_graph and device.type != "cuda":
         stepper.graph_note = "off: CUDA graphs need a CUDA device"
     res = TrainResult(status="ok")
@@ -543,7 +546,7 @@ def fit(model, data: Dataset, cfg, device: torch.device, prec: Precision, callba
                 _sync(device)  # scoring syncs anyway; this one splits the time between the two
                 recal_seconds += time.perf_counter() - t_recal
             t_eval = time.perf_counter()
-            val_loss, val_acc = evaluate(net, feeder, "val", cfg.eval_batch_size, prec)
+            val_loss, val_acc = evaluate(net, feeder, "val", cfg.eval_batch_size, scoring)
             eval_seconds += time.perf_counter() - t_eval
             metrics.update(val_loss=val_loss, val_accuracy=val_acc, seconds=time.perf_counter() - t0)
             res.history.append(metrics)
@@ -570,10 +573,10 @@ def fit(model, data: Dataset, cfg, device: torch.device, prec: Precision, callba
     if res.status == "nan":
         res.val_accuracy = res.val_loss = None
     elif test:
-        res.test_accuracy = evaluate(net, feeder, "test", cfg.eval_batch_size, prec)[1]
+        res.test_accuracy = evaluate(net, feeder, "test", cfg.eval_batch_size, scoring)[1]
     if stepper.use_graph and stepper.graph is None:
         stepper.graph_note = f"off: fewer than {WARMUP_STEPS + 1} full batches, nothing to capture"
-    res.engine = {**prec.to_dict(), "compile": mode, "compile_reason": compile_why, "cuda_graph": stepper.graph_note,
+    res.engine = {**prec.to_dict(), "eval_precision": "fp32", "compile": mode, "compile_reason": compile_why, "cuda_graph": stepper.graph_note,
                   "bn_recalibration": recalibrate.note, "small_maps": small_note}
     if stepper.replays:
         res.engine["graphed_steps"] = f"{stepper.replays}/{res.steps}"

@@ -94,7 +94,8 @@ def train(model: torch.nn.Module, data: Dataset, config: TrainConfig | None = No
 def measure_arch(model: torch.nn.Module, data: Dataset, config: TrainConfig, latency: bool = True,
                  cuda_peak: bool = True) -> dict:
     """The metrics known before training, on the device and precision ``config`` trains with:
-    params, MACs per image, training memory at the batch size, and speed.
+    params, MACs per image, training memory at the batch size (in the ``precision`` that training runs,
+    which the result names: bf16 autocast keeps about half the activations fp32 does), and speed.
 
     The memory count depends on shapes only (``measure.train_memory``): in fp32 it runs on the CPU
     the model was built on, before the move, as two small forwards; with autocast, on the device.
@@ -114,7 +115,7 @@ def measure_arch(model: torch.nn.Module, data: Dataset, config: TrainConfig, lat
         model = model.to(device)
         mem = measure.train_memory(model, shape, autocast_dtype=amp, cuda_peak=cuda_peak)
     out = {"params": measure.params(model), "macs": measure.macs(model, (1, *shape[1:])),
-           "train_memory_bytes": mem["total"]}
+           "train_memory_bytes": mem["total"], "precision": prec.to_dict()["precision"]}
     if "cuda_peak" in mem:
         out["train_memory_cuda_peak_bytes"] = mem["cuda_peak"]
     if latency:  # inference as the model is deployed; the training step as the engine runs it (small_maps)

@@ -117,7 +117,8 @@ def _measure(folder: Path, key: str, sized: Sized, ds, config, target: float) ->
     rec = {"pattern": key, "built_as": sized.pattern, "fingerprint": fp, "widths": list(sized.widths),
            "multiplier": sized.multiplier, "divisor": sized.divisor, "params": m["params"],
            "target_params": target, "params_vs_target": m["params"] / target - 1, "macs": m["macs"],
-           "train_memory_bytes": m["train_memory_bytes"], "batch_size": config.batch_size, "spec": sized.spec}
+           "train_memory_bytes": m["train_memory_bytes"], "precision": m["precision"], "batch_size": config.batch_size,
+           "spec": sized.spec}
     files.write_text(folder / "archs" / f"{key}.ir.json", irmod.to_json(graph, indent=1) + "\n", CompareError)
     _write_json(path, rec)
     return rec, graph
@@ -317,7 +318,8 @@ def _runs(rows, seed_list, archs, graphs, folder, ds, config, chance, progress, 
                         "test_accuracy": acc, "val_accuracy": rec.get("val_accuracy"),
                         "train_seconds": rec.get("train_seconds"), "epochs": rec.get("epochs"),
                         "steps": rec.get("steps"), "params": a["params"], "macs": a["macs"],
-                        "train_memory_bytes": a["train_memory_bytes"], "widths": "-".join(map(str, a["widths"])),
+                        "train_memory_bytes": a["train_memory_bytes"], "precision": a.get("precision") or "",
+                        "widths": "-".join(map(str, a["widths"])),
                         "fingerprint": a["fingerprint"], "same_as": rec.get("same_as") or "", "at_chance": low,
                         "trained": trained})
     return records

@@ -85,7 +85,8 @@ def summarize(runs, archs: dict, order: list[str], chance: tuple[float, int] | N
             "pattern": p, "figure": PATTERNS.get(p, "baseline"), "widths": "-".join(map(str, a["widths"])),
             "multiplier": a["multiplier"], "divisor": a["divisor"], "params": a["params"],
             "target_params": a["target_params"], "params_vs_target": a["params_vs_target"], "macs": a["macs"],
-            "train_memory_bytes": a["train_memory_bytes"], "runs": len(mine), "ok_runs": len(acc[p]),
+            "train_memory_bytes": a["train_memory_bytes"], "precision": a.get("precision") or "",
+            "runs": len(mine), "ok_runs": len(acc[p]),
             "test_acc_mean": m, "test_acc_std": s, "test_acc_ci_low": lo, "test_acc_ci_high": hi,
             "val_acc_mean": mean_ci(ok[ok.pattern == p].val_accuracy.dropna().tolist())[0],
             "diff_vs_chain": diff, "diff_ci_low": dlo, "diff_ci_high": dhi, "p_welch": pv,
@@ -131,13 +132,20 @@ def markdown_table(summary) -> str:
         tpm = "" if not math.isfinite(r.train_seconds_std) else f" ± {r.train_seconds_std:.1f}"
         label = r.pattern + (f" (= {r.same_as})" if r.same_as else "")
         rows.append([label, r.figure, r.widths, f"{r.params:,} ({100 * r.params_vs_target:+.1f}%)",
-                     f"{r.macs / 1e6:.2f}M", f"{r.train_memory_bytes / 2 ** 20:.1f}",
+                     f"{r.macs / 1e6:.2f}M", f"{r.train_memory_bytes / 2 ** 20:.1f}" + _precision(r),
                      f"{_num(100 * r.test_acc_mean, '.2f')}{pm}" + _chance_mark(r), ci, diff, _num(r.p_welch, '.3g', '–'),
                      _num(r.p_holm, '.3g', '–'), f"{_num(r.train_seconds_mean, '.1f')}{tpm}",
                      f"{r.ok_runs}/{r.runs}"])
     headers = ["pattern", "fig.", "widths", "params (vs target)", "MACs", "train MiB", "test acc % (mean ± std)",
                "95% CI", "Δ vs chain, pp [95% CI]", "p Welch", "p Holm", "train s", "runs ok"]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def _precision(row) -> str:
+    """The precision the memory was counted in (bf16 autocast keeps about half of fp32's activations);
+    blank for a comparison measured before it was recorded."""
+    p = getattr(row, "precision", "")
+    return f" ({p})" if isinstance(p, str) and p else ""
 
 
 def _chance_mark(row) -> str:
