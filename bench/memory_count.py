@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from dlasearch import ir as irmod, zoo  # noqa: E402
 from dlasearch.ir import to_module  # noqa: E402
-from dlasearch.train import measure  # noqa: E402
+from dlasearch import measure  # noqa: E402
 
 
 def networks(limit: int | None):

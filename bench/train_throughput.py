@@ -18,7 +18,7 @@ import time
 import torch
 from tabulate import tabulate
 
-from dlasearch.train import measure
+from dlasearch import measure
 from dlasearch import zoo
 
 

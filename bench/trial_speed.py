@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dlasearch.analysis import compare
-from dlasearch.train import data as datamod, engine
+from dlasearch.train import data as datamod, engine, sgd
 from dlasearch import ir as irmod, train, zoo  # noqa: E402
 from dlasearch.train import trainer  # noqa: E402
 from dlasearch.ir import to_module  # noqa: E402
@@ -79,7 +79,7 @@ def raw_rate(make, px, device, prec, batch, mode: str, seconds: float, small_map
     note = ""
     if mode == "compiled":
         model, note = compiled(model)
-    opt = torch.optim.SGD(trainer._param_groups(model, cfg.weight_decay), lr=0.01, momentum=0.9, nesterov=True)
+    opt = torch.optim.SGD(sgd.param_groups(model, cfg.weight_decay), lr=0.01, momentum=0.9, nesterov=True)
     step = engine.Stepper(model, opt, cfg, device, prec, mode == "graphed", batch)
     x = torch.randn(batch, 3, px, px, device=device)
     y = torch.randint(0, 10, (batch,), device=device)

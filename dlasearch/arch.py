@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dlasearch import ir as irmod
+from dlasearch import ir as irmod, patterns, zoo
 from dlasearch.errors import TrainError, did_you_mean
-from dlasearch.train.data import Dataset
 
 __all__ = ['total_stride', 'check_fit', 'read_arch', 'resolve_arch']
 
@@ -20,28 +19,43 @@ def total_stride(graph: irmod.IR) -> int:
     return max(1, probe // min(sides)) if sides else 1
 
 
-def check_fit(graph: irmod.IR, data: Dataset) -> None:
-    """Raise ``TrainError`` unless ``graph`` classifies ``data``: channels, classes, image size."""
+def check_fit(graph: irmod.IR, data) -> None:
+    """Raise ``TrainError`` unless ``graph`` fits ``data`` (a ``train.data.Dataset``, or anything with its
+    ``name``, ``channels``, ``num_classes``, ``image_size`` and, for dense data, ``task``): channels, the
+    kind of output (one logit vector per image for classification, per-pixel logits at the input size for
+    segment/boundary data), classes, image size."""
     irmod.validate(graph)
     (inp,) = graph.of_kind("input")
     c = graph.nodes[inp]["channels"]
     if c != data.channels:
         raise TrainError(f"the architecture takes {c}-channel input but {data.name} images have "
                          f"{data.channels}; build it with in_channels={data.channels}")
-    outs = graph.of_kind("output")
-    heads = [graph.inputs(o)[0] for o in outs]
-    if len(outs) != 1 or graph.nodes[heads[0]]["kind"] != "head" or not graph.nodes[heads[0]]["pool"]:
-        raise TrainError("only classifiers (one output from a pooled head) can be trained on image "
-                         "classification data; this architecture has per-pixel or several outputs")
-    k = graph.nodes[heads[0]]["classes"]
-    if k != data.num_classes:
-        raise TrainError(f"the architecture predicts {k} classes but {data.name} has {data.num_classes}; "
-                         f"build it with num_classes={data.num_classes}")
-    s = total_stride(graph)
     h, w = data.image_size
+    s = total_stride(graph)
     if min(h, w) < s:
         raise TrainError(f"{h}x{w} images are too small for this architecture: it downsamples by {s}, "
                          f"so its deepest stage would see less than one pixel; set image_size={s} or larger")
+    outs = graph.of_kind("output")
+    shapes = irmod.infer_shapes(graph, (h, w))
+    shape = shapes[outs[0]] if len(outs) == 1 else None
+    name = graph.graph.get("name") or "the architecture"
+    task = getattr(data, "task", "classify")
+    if task == "classify":
+        if shape is None or len(shape) != 1:
+            raise TrainError(f"{name} predicts per pixel (or has several outputs), but {data.name} has one label "
+                             f"per image: train a classifier on it (a zoo classifier such as dla34, or a spec with "
+                             f"task: classify), or use dense data (mnist_seg, fashion_seg, folder, a mask .npz)")
+    elif shape is None or len(shape) != 3 or tuple(shape[1:]) != (h, w):
+        up = f"{name}up" if f"{name}up" in zoo.UP_MODELS else "a dense zoo model (" + ", ".join(zoo.UP_MODELS) + ")"
+        what = "is a classifier" if shape is not None and len(shape) == 1 else \
+            "does not give one per-pixel output at the input size"
+        raise TrainError(f"{name} {what}; {data.name} is {task} data with a label per pixel: use {up} or a spec "
+                         f"with task: segment")
+    k = shape[0]
+    if k != data.num_classes:
+        raise TrainError(f"the architecture predicts {k} classes but {data.name} has {data.num_classes}"
+                         f"{' (' + task + ')' if task != 'classify' else ''}; build it with "
+                         f"num_classes={data.num_classes}")
 
 
 def read_arch(arch: str) -> tuple[str, object]:
@@ -49,17 +63,13 @@ def read_arch(arch: str) -> tuple[str, object]:
 
     Cheap, so a typo is reported before a dataset is downloaded.
     """
-    from dlasearch import patterns, zoo
-
-    if arch in zoo.MODELS:
+    if arch in zoo.MODELS or arch in zoo.UP_MODELS:
         return "zoo", arch
-    if arch in zoo.UP_MODELS:
-        raise TrainError(f"arch={arch!r} is a segmentation model; train classifiers: {', '.join(zoo.MODELS)}")
     path = Path(str(arch)).expanduser()
     if not path.is_file():
         hint = did_you_mean(arch, zoo.names())
         raise TrainError(f"arch={arch!r}: not a zoo model and not a file{hint}; use one of "
-                         f"{', '.join(zoo.MODELS)} or a path to a spec/IR .json (or spec .yaml)")
+                         f"{', '.join(zoo.names())} or a path to a spec/IR .json (or spec .yaml)")
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
@@ -89,17 +99,17 @@ def read_arch(arch: str) -> tuple[str, object]:
 def resolve_arch(arch: str, channels: int, num_classes: int) -> irmod.IR:
     """A zoo name, a builder spec (.json/.yaml) or an IR (.json) -> an IR for this data.
 
-    Zoo models and specs are built with the data's channels and classes; an IR
-    is taken as it is, and ``check_fit`` reports a mismatch.
+    Zoo models (classifiers and the dense ``*up`` models) and specs are built with the data's channels
+    and classes; an IR is taken as it is, and ``check_fit`` reports a mismatch.
     """
-    from dlasearch import patterns, zoo
-
     kind, obj = read_arch(arch)
     if kind == "ir":
         return obj
     if kind == "zoo":
-        c = zoo.MODELS[obj]
-        spec = zoo.spec(c.levels, c.channels, c.block, c.cardinality, c.residual_root, num_classes)
+        dense = obj in zoo.UP_MODELS
+        c = zoo.MODELS[zoo.UP_MODELS[obj] if dense else obj]
+        spec = zoo.spec(c.levels, c.channels, c.block, c.cardinality, c.residual_root, num_classes,
+                        "segment" if dense else "classify")
         name = obj
     else:
         spec, name = {k: v for k, v in obj.items() if k != "name"}, obj["name"]

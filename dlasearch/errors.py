@@ -6,7 +6,8 @@ else is a bug and keeps its traceback.  Every error class lives here (as
 """
 
 __all__ = ['DLASearchError', 'IRError', 'ExportError', 'CheckpointError', 'SearchError', 'PrecheckError', 'SpaceError',
-           'JournalError', 'FilesError', 'TrainError', 'DataError', 'ReportError', 'CompareError', 'did_you_mean']
+           'JournalError', 'FilesError', 'TrainError', 'DataError', 'ReportError', 'CompareError', 'PredictError',
+           'did_you_mean']
 
 
 class DLASearchError(ValueError):
@@ -59,6 +60,10 @@ class ReportError(DLASearchError):
 
 class CompareError(DLASearchError):
     """A comparison that cannot run as asked: pattern, budget, seeds, output folder."""
+
+
+class PredictError(DLASearchError):
+    """Images that cannot be predicted as asked: missing or unreadable, wrong format or channels, a bad out=."""
 
 
 def did_you_mean(value, allowed) -> str:

@@ -19,8 +19,12 @@ Spec (a dict, e.g. from JSON/YAML, checked into the typed ``Spec`` by ``Spec.par
     cardinality: 32                # bottleneckx groups
     root_kernel: 1                 # aggregation conv kernel
     residual_root: false           # aggregation adds its first input
-    task: classify                 # classify | segment (IDA-up head, per-pixel logits)
-    first_level: 1                 # segment: shallowest conv/block stage fed to IDA-up
+    task: classify                 # classify | segment (a decoder, per-pixel logits)
+    first_level: 1                 # segment: shallowest conv/block stage the decoder reads
+    decoder: ida_up                # segment: none | fcn | fpn | unet | ida_up | bifpn | nasfpn | hrnet_fuse
+    decoder_channels: null         # segment: decoder width; null = ida_up's and hrnet_fuse's stage widths, else 32
+    neck_repeats: null             # bifpn | nasfpn | hrnet_fuse: repeated layers/stacks/units (null: 2 | 1 | 1)
+    cells: null                    # nasfpn: [[input, input, level, op], ...]; null = the NAS-FPN paper's cells
 
 Tree patterns (tree, reentrant, hda, dla) need ``blocks`` a power of two >= 2.
 """
@@ -30,6 +34,7 @@ import contextlib
 import dataclasses
 from dataclasses import dataclass
 
+from dlasearch import decoders
 from dlasearch.errors import did_you_mean
 from dlasearch.ir import BLOCK_TYPES, IR, IRError, validate
 
@@ -77,6 +82,10 @@ class Spec:
     residual_root: bool = False
     task: str = "classify"
     first_level: int = 1
+    decoder: str = "ida_up"
+    decoder_channels: int | None = None
+    neck_repeats: int | None = None
+    cells: tuple | None = None
 
     @classmethod
     def parse(cls, spec: "dict | Spec") -> "Spec":
@@ -89,6 +98,8 @@ class Spec:
         """Plain dicts and lists, as stored in trial attributes and spec JSON files."""
         d = dataclasses.asdict(self)
         d["conv_stages"], d["stages"] = list(d["conv_stages"]), list(d["stages"])
+        if d["cells"] is not None:
+            d["cells"] = [list(c) for c in d["cells"]]
         return d
 
 
@@ -201,6 +212,7 @@ def _parse(spec: dict) -> Spec:
     if s["task"] == "segment" and not (0 <= s["first_level"] < n_levels - 2):
         raise IRError(f"spec.first_level={s['first_level']}: expected 0..{n_levels - 3} "
                       f"(a stage index with at least two deeper stages)")
+    s.update(decoders.check(s, n_levels - 1 - s["first_level"]))  # the stem is not a level the decoder reads
     return Spec(**s)
 
 
@@ -304,41 +316,9 @@ class Builder:
 
     # ------------------------------------------------------------ heads
 
-    def ida_up(self, layers: list, scales: list, path: str = "dla_up") -> str:
-        """The original DLAUp: IDA over stages back to the resolution of ``layers[0]``.
-
-        ``layers`` shallow -> deep, ``scales`` their strides relative to ``layers[0]``.
-        Each IDA step projects to a common width (conv+BN+ReLU), upsamples with a
-        learnable bilinear-initialised depthwise transposed conv, and aggregates
-        pairwise with a 3x3 node, iteratively from the deepest pair outwards.
-        """
-        layers = list(layers)
-        chans = [self.ch[x] for x in layers]
-        scales = list(scales)
-        for i in range(len(layers) - 1):
-            j = len(layers) - i - 2
-            out = chans[j]
-            ida = f"{path}.ida_{i}"
-            ups = []
-            for k, x in enumerate(layers[j:]):
-                if self.ch[x] != out:
-                    x = self.node(f"{ida}.proj_{k}", "conv", [x], out, kernel=1,
-                                  modules={"conv": f"{self.prefix}{ida}.proj_{k}.0",
-                                           "bn": f"{self.prefix}{ida}.proj_{k}.1"})
-                f = scales[j + k] // scales[j]
-                if f > 1:
-                    x = self.node(f"{ida}.up_{k}", "upsample", [x, layers[j]], factor=f)
-                ups.append(x)
-            y, ys = ups[0], []
-            for k in range(1, len(ups)):
-                y = self.node(f"{ida}.node_{k}", "aggregate", [y, ups[k]], out, kernel=3,
-                              modules={"conv": f"{self.prefix}{ida}.node_{k}.0",
-                                       "bn": f"{self.prefix}{ida}.node_{k}.1"})
-                ys.append(y)
-            layers[j + 1:] = ys
-            scales[j + 1:] = [scales[j]] * len(ys)
-            chans[j + 1:] = [out] * len(ys)
-        return y
+    def ida_up(self, layers: list, scales: list, path: str = "dla_up", width: int | None = None) -> str:
+        """The original DLAUp (``decoders.ida_up``)."""
+        return decoders.ida_up(self, layers, scales, path, width)
 
     def classify(self, x, classes, path="fc"):
         y = self.node(path, "head", [x], classes=classes, pool=True)
@@ -347,12 +327,7 @@ class Builder:
 
     def segment(self, x, classes, factor, path="fc"):
         """Per-pixel 1x1 classifier, then the original's frozen bilinear upsampling to input size."""
-        y = self.node(path, "head", [x], classes=classes, pool=False,
-                      modules={"fc": f"{self.prefix}{path}.0"})
-        self.ch[y] = classes
-        if factor > 1:
-            y = self.node("up", "upsample", [y, self.x], factor=factor, learnable=False)
-        return self.node("output", "output", [y])
+        return decoders.logits(self, x, classes, factor, path)
 
 
 def _backbone(b: Builder, s: Spec) -> tuple[str, list, list]:
@@ -416,8 +391,6 @@ def build(spec: "dict | Spec", name: str | None = None) -> IR:
     chosen = levels[fl:]
     if pat in ("skip", "ida"):
         chosen[-1] = x
-    lvl_strides = strides[1:]
-    base = lvl_strides[fl]
-    y = b.ida_up(chosen, [st // base for st in lvl_strides[fl:]])
-    b.segment(y, s.num_classes, base)
+    decoders.decode(b, s.decoder, chosen, strides[1 + fl:], fl, s.num_classes, s.decoder_channels, s.neck_repeats,
+                    s.cells)
     return validate(b.ir)

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 
-__all__ = ['chance', 'standard_error', 'chance_limit', 'at_chance', 'chance_line', 'chance_record', 'fmt']
+__all__ = ['chance', 'standard_error', 'chance_limit', 'at_chance', 'chance_line', 'chance_record', 'guesser_line',
+           'chance_warning', 'fmt']
 
 DASH = "–"  # the cell of a statistic that needs more samples than there are
 MIN_SPREAD = 2  # std, confidence interval: two values at least
@@ -65,8 +66,32 @@ def chance_record(dataset, val_accuracy, test_accuracy=None) -> dict:
     for split, acc in (("val", val_accuracy), ("test", test_accuracy)):
         y = dataset.split(split)[1]
         level = chance(y)
-        out[split] = {"chance": level, "n": len(y), "at_chance": at_chance(acc, level, len(y))}
+        out[split] = {"chance": level, "n": len(y), "at_chance": at_chance(acc, level, len(y)),
+                      "metric": "accuracy", "score": acc}
     return out
+
+
+# What a dense score is called in a warning, and the guesser its chance level is the score of
+# (``train.seg_metrics.seg_chance`` / ``boundary_chance``).
+METRIC_NAMES = {"accuracy": "accuracy", "miou_fg": "foreground mIoU", "boundary_ods": "boundary ODS"}
+GUESSERS = {"miou_fg": "a guesser that knows only the class frequencies scores",
+            "boundary_ods": "marking every pixel an edge scores"}
+
+
+def guesser_line(what: str, score: float, level: float, guesser: str) -> str:
+    """The one warning line for a score no better than a guesser's (dense metrics: no sampling margin)."""
+    return (f"warning: {what} {100 * score:.1f}% is at chance ({guesser} {100 * level:.1f}%): nothing was "
+            f"learned; train longer (epochs=, steps=) or lower lr")
+
+
+def chance_warning(split: str, entry: dict) -> str:
+    """The warning line for one split's ``chance_record`` entry (``split``: e.g. "validation"), whatever
+    its metric: accuracy (chance + 2 SE) or a dense score (a guesser's level)."""
+    metric = entry.get("metric", "accuracy")
+    what = f"{split} {METRIC_NAMES.get(metric, metric)}"
+    if metric == "accuracy":
+        return chance_line(what, entry["score"], entry["chance"], entry["n"])
+    return guesser_line(what, entry["score"], entry["chance"], GUESSERS.get(metric, "chance is"))
 
 
 def fmt(x, spec: str, n: int | None = None, need: int = 1, missing: str = DASH) -> str:

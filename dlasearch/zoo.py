@@ -6,15 +6,21 @@ with ``dlasearch.compile``; module names follow the original code
 """
 from __future__ import annotations
 
-import re
+import json
+import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from dlasearch import measure
 from dlasearch.errors import did_you_mean
-from dlasearch.ir import IR, IRError, to_module
+from dlasearch.files import write_atomic
+from dlasearch.ir import IR, IRError, fingerprint, to_module
+from dlasearch.ir.features import features
 from dlasearch.patterns import build
+from dlasearch.weights import convert_original, load_weights
 
 __all__ = ['Config', 'spec', 'dla', 'dla_up', 'names', 'ir', 'create', 'convert_original', 'table']
 
@@ -109,15 +115,11 @@ def create(name: str, num_classes: int = 1000, weights=None, features_only: bool
     graph = ir(name, num_classes)
     model = to_module(graph, name=name)
     if weights is not None:
-        from dlasearch.deploy.checkpoint import load_weights
-
         note = load_weights(model, weights, graph)
         if note:
             warnings.warn(note, stacklevel=2)
     if not features_only:
         return model
-    from dlasearch.ir.features import features
-
     cut = features(graph)
     feats = to_module(cut, name=f"{name}_features")
     feats.load_state_dict({k: v for k, v in model.state_dict().items() if k in feats.state_dict()})
@@ -125,44 +127,13 @@ def create(name: str, num_classes: int = 1000, weights=None, features_only: bool
     return feats
 
 
-_PROJECT = re.compile(r"^(?P<tree>.*)\.project\.[01]\.")
-
-
-def convert_original(state_dict: dict) -> dict:
-    """Make an original-implementation (ucbdrive/dla) checkpoint loadable with ``strict=True``.
-
-    Drops the projections the original computes but never uses (those of trees
-    whose first child is itself a tree) and, for segmentation checkpoints, the
-    backbone's unused classifier ``base.fc``; strips a DataParallel ``module.`` prefix.
-    """
-    sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state_dict.items()}
-
-    def is_tree(prefix: str) -> bool:
-        return any(k.startswith((prefix + ".tree1.", prefix + ".root.")) for k in sd)
-
-    out = {}
-    for k, v in sd.items():
-        m = _PROJECT.match(k)
-        if m and is_tree(m.group("tree") + ".tree1"):
-            continue
-        if k.startswith("base.fc."):
-            continue
-        out[k] = v
-    return out
-
-
 def _cache_file():
     """``<cache>/zoo-table.json`` (``$XDG_CACHE_HOME/dlasearch``, else ~/.cache/dlasearch)."""
-    import os
-    from pathlib import Path
-
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(cache).expanduser() / "dlasearch" / "zoo-table.json"
 
 
 def _row(name: str, g: IR) -> dict:
-    from dlasearch.train import measure
-
     with torch.device("meta"):  # shapes only: no weight init and no arithmetic
         m = to_module(g, name=name)
     return {
@@ -181,11 +152,7 @@ def table(models=None, cache: bool = True):
     Counting takes seconds per model, so rows are cached by IR fingerprint and torch version (a
     changed architecture or counter is recounted); an unwritable cache only costs the recount.
     """
-    import json
-
-    import pandas as pd
-
-    from dlasearch.ir import fingerprint
+    import pandas as pd  # heavy: only `dlasearch zoo` pays for it
 
     path = _cache_file()
     try:
@@ -201,8 +168,6 @@ def table(models=None, cache: bool = True):
         rows.append({**stored[key], "name": name})
     if cache and changed:
         try:
-            from dlasearch.files import write_atomic
-
             write_atomic(path, json.dumps(stored, indent=1))
         except OSError:
             pass

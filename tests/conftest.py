@@ -1,4 +1,5 @@
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -6,6 +7,19 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 REFERENCE = Path(__file__).resolve().parent / "reference"
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@pytest.fixture(autouse=True)
+def signal_handlers_unchanged(request):
+    """Every test leaves SIGTERM and SIGINT as it found them: a handler left behind once made the
+    pytest process ignore SIGTERM, so `timeout 600 pytest` could not stop the suite."""
+    before = {s: signal.getsignal(s) for s in SIGNALS}
+    yield
+    left = [s.name for s in SIGNALS if signal.getsignal(s) != before[s]]
+    for s in SIGNALS:
+        signal.signal(s, before[s])
+    assert not left, f"{request.node.nodeid} left its own handler for {', '.join(left)} installed"
 
 
 @pytest.fixture(scope="session")

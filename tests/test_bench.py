@@ -163,6 +163,61 @@ def test_report_writes_correlations_regret_and_readme(built):
     best = pd.read_csv(folder / "bench.csv").val_accuracy.max()
     assert (curves.best <= best + 1e-12).all()
     assert (folder / "regret.png").exists() and (folder / "proxies.png").exists()
+    corr = json.loads((folder / "analysis.json").read_text())["correlations"]
+    assert [c["proxy"] for c in corr][-1] == "depth"
+    assert {"partial_params", "partial_depth", "rho_depth"} <= set(corr[0])
+    assert "(he init)" in text.lower() and "synflow is exactly 0" in text and "found_top" not in text
+
+
+def test_the_report_opens_with_the_benchmarks_notes_and_a_rerun_keeps_them(built):
+    tmp, folder = built
+    (folder / "NOTES.md").write_text("**Read this first:** an audit found X.\n")
+    try:
+        for _ in range(2):
+            benchmark.report(folder, simulate_reps=2, trials=3, k=2, log=lambda *a: None)
+            text = (folder / "README.md").read_text()
+            assert text.startswith("# Benchmark `tiny`\n\n**Read this first:** an audit found X.\n\n")
+    finally:
+        (folder / "NOTES.md").unlink()
+    meta = json.loads((folder / "meta.json").read_text())
+    assert set(meta["machine"]) == {"cpu", "cores", "python", "torch"} and meta["cost"]["first"]["median_trial_s"] > 0
+    assert "Linux" not in text and "median" in text
+
+
+def test_depth_counts_the_relus_of_convs_blocks_and_aggregation_nodes():
+    from dlasearch.ir import IR
+
+    g = IR(name="d")
+    g.add("input", "input", channels=3)
+    g.add("stem", "conv", ["input"], out=8)  # 1
+    g.add("lin", "conv", ["stem"], out=8, relu=False)  # 0
+    g.add("b1", "block", ["lin"], out=8)  # basic: 2
+    g.add("b2", "block", ["b1"], out=8, type="bottleneck")  # 3
+    g.add("root", "aggregate", ["b2", "b1"], out=8)  # 1
+    g.add("fc", "head", ["root"], classes=4)
+    g.add("output", "output", ["fc"])
+    assert benchmark.relu_layers(g) == 7
+
+
+def test_partial_correlation_and_regret_against_the_two_seed_mean():
+    import numpy as np
+
+    z = np.arange(40.0)
+    wiggle = np.tile([0.0, 3.0, -3.0, 1.0], 10)
+    x, y = z + wiggle, z - wiggle  # both follow z; with z held fixed they move oppositely
+    from scipy import stats
+
+    assert stats.spearmanr(x, y).statistic > 0.9 and benchmark._partial(x, y, [z]) < -0.9
+    assert benchmark._partial(x, x, [z]) == pytest.approx(1.0)
+
+    df = pd.DataFrame({"fingerprint": list("abc"), "status": "ok", "val_accuracy": [0.50, 0.48, 0.40],
+                       "val_accuracy_seed1": [0.42, None, 0.44]})
+    curves = pd.DataFrame({"strategy": "s", "rep": [0, 1, 0, 1], "trained": [1, 1, 2, 2],
+                           "best": [0.40, 0.48, 0.50, 0.48], "best_fp": ["c", "b", "a", "b"]})
+    r = benchmark.regret_summary(curves, df, marks=(1, 2)).iloc[0]
+    # the table's best is b (0.48, one seed), not a (0.50 on seed 0, 0.46 over two); c counts as 0.42
+    assert r["best@2"] == pytest.approx(49.0) and r["regret@2"] == pytest.approx(48 - (46 + 48) / 2)
+    assert r["regret@1"] == pytest.approx(48 - (42 + 48) / 2)
 
 
 def test_correlations_and_pattern_effects_on_a_known_table():
@@ -269,10 +324,11 @@ def test_init_and_bn_batches_are_pinned_per_study_so_a_changed_default_neither_m
     from dlasearch.search.study import PINNED
 
     assert set(PINNED) == {"init", "bn_batches", "nesterov", "augment", "precision", "compile", "cuda_graph",
-                           "small_maps"}
+                           "small_maps", "schedule", "class_weights"}
     for attr in ("space", "contract"):  # a study from before these were pinned stored none of them
         old = json.loads(study.user_attrs[attr])
-        for k in ("nesterov", "augment", "precision", "compile", "cuda_graph", "small_maps"):
+        for k in ("nesterov", "augment", "precision", "compile", "cuda_graph", "small_maps", "schedule",
+                  "class_weights"):
             old["train"].pop(k)
         study.set_user_attr(attr, json.dumps(old))
     monkeypatch.setattr(TrainConfig.__dataclass_fields__["augment"], "default", False)  # a default changes

@@ -18,6 +18,12 @@ COMMON = {"data": "digits", "budget": {"params": BUDGET}, "limit": 300,
           "train": {"epochs": 1, "batch_size": 64, "threads": 1}}
 CLI = ["data=digits", f"budget.params={BUDGET}", "data.limit=300", "epochs=1", "batch_size=64", "threads=1"]
 PLOTS = ("accuracy_vs_params", "accuracy_vs_memory", "accuracy_spread")
+
+
+def cli_with(*extra):
+    """``CLI`` with ``extra`` options in place of those of the same key (a key may be given once)."""
+    keys = {e.partition("=")[0] for e in extra}
+    return [a for a in CLI if a.partition("=")[0] not in keys] + list(extra)
 real_train = dlasearch.train.train
 
 
@@ -178,7 +184,7 @@ def test_unknown_pattern(tmp_path, capsys):
 
 
 def test_impossible_budget(tmp_path, capsys):
-    argv = ["compare", "patterns=chain,dla", f"out={tmp_path / 'x'}", *CLI, "budget.params=1000"]
+    argv = ["compare", "patterns=chain,dla", f"out={tmp_path / 'x'}", *cli_with("budget.params=1000")]
     assert main(argv) == 2
     err = one_error_line(capsys)
     assert "budget.params=1,000 is too small" in err and "use budget.params >=" in err
@@ -198,10 +204,10 @@ def test_unwritable_out(tmp_path, capsys):
 def test_changed_settings_are_refused(two, capsys):
     _, out, _ = two
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
-    assert main(["compare", "patterns=chain,hda", "seeds=2", f"out={out}", *CLI, "epochs=2"]) == 2
+    assert main(["compare", "patterns=chain,hda", "seeds=2", f"out={out}", *cli_with("epochs=2")]) == 2
     err = one_error_line(capsys)
     assert "other settings" in err and "train.epochs: 1 -> 2" in err and "new out=" in err
-    assert main(["compare", "patterns=chain,hda", "seeds=2", f"out={out}", *CLI, "budget.params=30000"]) == 2
+    assert main(["compare", "patterns=chain,hda", "seeds=2", f"out={out}", *cli_with("budget.params=30000")]) == 2
     assert "budget.params: 20000.0 -> 30000.0" in one_error_line(capsys)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
 
@@ -245,7 +251,7 @@ def test_a_comparison_from_before_train_init_resumes_with_the_original_init(tmp_
     folder.mkdir()
     old = {"version": 1, "train": {"epochs": 6, "lr": 0.1}}
     (folder / compare.SETTINGS).write_text(json.dumps(old))
-    then = {"epochs": 6, "lr": 0.1, "init": "original", "bn_batches": 0, "freeze": "none"}
+    then = {"epochs": 6, "lr": 0.1, "init": "original", "bn_batches": 0, "freeze": "none", "schedule": "auto"}
     compare.check_settings(folder, {"version": 1, "train": then})
     with pytest.raises(compare.CompareError, match="train.init: 'original' -> 'zero-last'"):
         compare.check_settings(folder, {"version": 1, "train": {**then, "init": "zero-last"}})

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dlasearch.train import data, engine, measure
+from dlasearch import measure
+from dlasearch.train import data, engine, sgd
 from dlasearch import train, zoo
-from dlasearch.train import trainer
 from test_train import tiny
 
 pytestmark = [pytest.mark.cuda,
@@ -40,7 +40,7 @@ def test_graph_replay_matches_eager(digits32):
     x, y = digits32.transform(digits32.x_train[:64]).cuda(), digits32.y_train[:64].cuda()
     batches = [(x, y)] * (engine.WARMUP_STEPS + 1) + [(x[:24], y[:24])] * 2 + [(x, y), (x[:24], y[:24])]
     model = tiny().cuda()
-    opt = torch.optim.SGD(trainer._param_groups(model, 5e-4), lr=0.01, momentum=0.9, nesterov=True)
+    opt = torch.optim.SGD(sgd.param_groups(model, 5e-4), lr=0.01, momentum=0.9, nesterov=True)
     step = engine.Stepper(model, opt, train.TrainConfig(device="cuda"), dev,
                           engine.choose_precision("fp32", None, dev), True, 64)
     params = list(model.parameters())

@@ -1,14 +1,16 @@
 """The trial engine: precision chosen from the hardware and recorded, batches made on the device, no lost steps."""
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
+import types
 
 import pytest
 import torch
 
-from dlasearch.train import data, engine
+from dlasearch.train import data, engine, precision, recalibrate, sgd, stepper
 from dlasearch import train
-from dlasearch.train import trainer
 from dlasearch.cli import main
 from test_train import tiny
 
@@ -21,10 +23,10 @@ def digits32():
 
 
 def test_auto_precision_follows_native_bf16(monkeypatch):
-    monkeypatch.setattr(engine, "cpu_bf16", lambda: "amx_bf16")
+    monkeypatch.setattr(precision, "cpu_bf16", lambda: "amx_bf16")
     p = engine.choose_precision("auto", None, CPU)
     assert p.amp is torch.bfloat16 and p.channels_last and "amx_bf16" in p.reason
-    monkeypatch.setattr(engine, "cpu_bf16", lambda: None)
+    monkeypatch.setattr(precision, "cpu_bf16", lambda: None)
     p = engine.choose_precision("auto", None, CPU)
     assert p.amp is None and p.channels_last and "without native bf16" in p.reason  # NHWC pays on CPU in fp32 too
     assert p.to_dict()["precision"] == "fp32" and p.to_dict()["memory_format"] == "channels_last"
@@ -40,8 +42,6 @@ def test_bn_recalibration_is_update_bns_average(digits32):
     """The recalibration computes what torch.optim.swa_utils.update_bn computes (a cumulative average over
     the batches), bit for bit, leaves the momenta and the mode as they were, and stores statistics that
     differ from the ones training left behind."""
-    import copy
-
     from torch.optim.swa_utils import update_bn
 
     model = tiny()
@@ -80,7 +80,7 @@ def test_feeder_stops_at_the_step_budget(digits32):
 
 
 def test_result_says_what_ran(digits32, monkeypatch):
-    monkeypatch.setattr(engine, "cpu_bf16", lambda: None)
+    monkeypatch.setattr(precision, "cpu_bf16", lambda: None)
     res = train.train(tiny(), digits32, steps=2, batch_size=64, progress=False)
     assert res.engine["precision"] == "fp32" and res.engine["memory_format"] == "channels_last"
     assert res.engine["compile"] == "none" and "on CPU" in res.engine["compile_reason"]
@@ -148,7 +148,7 @@ def test_graph_update_is_torch_sgd(digits32, momentum, nesterov):
     cfg = train.TrainConfig(momentum=momentum, nesterov=nesterov, device="cpu")
     x, y = digits32.transform(digits32.x_train[:32]), digits32.y_train[:32]
     models = [tiny(), tiny()]
-    opts = [torch.optim.SGD(trainer._param_groups(m, 5e-4), lr=0.1, momentum=momentum, nesterov=nesterov)
+    opts = [torch.optim.SGD(sgd.param_groups(m, 5e-4), lr=0.1, momentum=momentum, nesterov=nesterov)
             for m in models]
     steppers = [engine.Stepper(m, o, cfg, CPU, engine.choose_precision("fp32", None, CPU), False, 32)
                 for m, o in zip(models, opts)]
@@ -164,3 +164,103 @@ def test_graph_update_is_torch_sgd(digits32, momentum, nesterov):
         steppers[1]._update()
     for p, q in zip(models[0].parameters(), models[1].parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)  # rounding only
+
+
+@pytest.fixture
+def stand_in_cuda(monkeypatch):
+    """The engine's CUDA graph paths on the CPU: no side stream, no sync, and a "graph" that replays its
+    recorded step by running it again (``replay`` given); without ``replay``, every capture fails."""
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    for mod in (stepper, recalibrate):
+        monkeypatch.setattr(mod, "side_stream", lambda device: contextlib.nullcontext())
+
+    def graphs(replay=None, error=None):
+        if replay is not None:
+            for mod in (stepper, recalibrate):
+                monkeypatch.setattr(mod, "capture", lambda record, device: (types.SimpleNamespace(
+                    replay=lambda: replay(record)), None))
+        else:
+            def fail(graph):
+                raise error
+            monkeypatch.setattr(torch.cuda, "CUDAGraph", object)
+            monkeypatch.setattr(torch.cuda, "graph", fail)
+    return graphs
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_graphed_step_paths(digits32, stand_in_cuda, fails):
+    """The graphed Stepper's control flow: eager warm-ups, one graph per batch size, replays that do what the
+    eager step does; a capture that fails leaves eager steps (the same arithmetic) and a note saying why."""
+    fp32 = engine.choose_precision("fp32", None, CPU)
+    x, y = digits32.transform(digits32.x_train[:32]), digits32.y_train[:32]
+    models = [tiny(), tiny()]
+    opts = [torch.optim.SGD(sgd.param_groups(m, 5e-4), lr=0.1, momentum=0.9, nesterov=True) for m in models]
+    if fails:
+        stand_in_cuda(error=AssertionError())  # no message: the note still reads
+    else:  # a real replay writes fresh gradients into the graph's pool: none accumulate
+        stand_in_cuda(replay=lambda record: (opts[0].zero_grad(set_to_none=True), record()))
+    graphed, eager = (engine.Stepper(m, o, train.TrainConfig(), CPU, fp32, g, 32)
+                      for m, o, g in zip(models, opts, (True, False)))
+    batches = [(x, y)] * (engine.WARMUP_STEPS + 2) + [(x[:12], y[:12])] * 3 + [(x, y)]
+    for bx, by in batches:
+        graphed(bx, by)
+        eager(bx, by)
+    if fails:
+        assert graphed.graph_note == "off: capture failed (AssertionError: )" and not graphed.use_graph
+        assert graphed.replays == 0 and graphed.graphs == {}
+    else:
+        assert graphed.graph_note == "on" and sorted(graphed.graphs) == [12, 32] and graphed.replays == 5
+    assert graphed.setup_seconds > 0 and int(graphed.t) == int(eager.t) == len(batches)
+    for p, q in zip(*(m.parameters() for m in models)):
+        if fails:
+            assert torch.equal(p, q)
+        else:
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)  # the replayed update: rounding only
+    torch.testing.assert_close(graphed.read(), eager.read(), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_graphed_recalibration_paths(digits32, stand_in_cuda, fails):
+    """The graphed Recalibrator's control flow: a warm-up, a capture and replays summing per-batch statistics,
+    the partial batch eager, over several passes, store the eager average; a failed capture redoes the pass
+    eagerly (bit for bit) and says why.  Momenta and mode are left as they were."""
+    fp32 = engine.choose_precision("fp32", None, CPU)
+    model = tiny()
+    cfg = train.TrainConfig(batch_size=256, bn_batches=100)  # the whole split: a partial batch
+    if fails:
+        stand_in_cuda(error=RuntimeError("not capturable\nthe rest of the message"))
+    else:
+        stand_in_cuda(replay=lambda record: record())
+    feeder = engine.Feeder(digits32, CPU)
+    ours, theirs = copy.deepcopy(model).eval(), copy.deepcopy(model).eval()
+    recal = engine.Recalibrator(ours, cfg, CPU, fp32, graph=True)
+    assert recal.active and not recal.use_graph  # on CPU; turned on below as on CUDA
+    recal.use_graph, recal.note, recal.sums = True, "graphed", [torch.zeros_like(t) for t in recal.stats]
+    for _ in range(3):
+        recal(feeder)
+        engine.recalibrate_bn(theirs, feeder, cfg, CPU, fp32)
+        for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values()):
+            if fails:
+                assert torch.equal(a, b), name
+            else:
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    if fails:
+        assert recal.note == "eager: capture failed (RuntimeError: not capturable)" and recal.graph is None
+    else:
+        assert recal.note == "graphed" and recal.graph is not None and len(recal.static_x) == 256
+    assert not ours.training and all(m.momentum == 0.1 for m in recalibrate.bn_layers(ours))
+
+
+def test_recalibration_is_skipped_where_nothing_needs_it(digits32):
+    """bn_batches=0 and a frozen backbone leave the statistics alone, on the eager path and the graphed one."""
+    fp32 = engine.choose_precision("fp32", None, CPU)
+    feeder = engine.Feeder(digits32, CPU)
+    for opts in ({"bn_batches": 0}, {"freeze": "backbone"}):
+        model = tiny()
+        before = copy.deepcopy(model.state_dict())
+        cfg = train.TrainConfig(batch_size=64, **opts)
+        recal = engine.Recalibrator(model, cfg, CPU, fp32, graph=True)
+        assert not recal.active
+        recal(feeder)
+        engine.recalibrate_bn(model, feeder, cfg, CPU, fp32)
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), before.values()))

@@ -135,8 +135,10 @@ def test_bad_input(ckpt, tmp_path, capsys, monkeypatch):
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     err = _one_line_error(capsys, ["export", f"from={ckpt}", "format=py", f"out={tmp_path / 'busy'}"])
     assert "notes.txt" in err and "overwrite=true" in err
-    assert main(["export", f"from={ckpt}", "format=py", f"out={tmp_path / 'busy'}", "overwrite=true"]) == 0
-    assert (tmp_path / "busy" / "notes.txt").read_text() == "mine" and (tmp_path / "busy" / "model.py").is_file()
+    # overwrite=true replaces a folder whole, so it never replaces one that holds anything but an export
+    err = _one_line_error(capsys, ["export", f"from={ckpt}", "format=py", f"out={tmp_path / 'busy'}", "overwrite=true"])
+    assert "not a dlasearch export" in err and "notes.txt" in err
+    assert [p.name for p in (tmp_path / "busy").iterdir()] == ["notes.txt"]
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x00" * 50)
     err = _one_line_error(capsys, ["export", f"from={bad}", f"out={tmp_path / 'b'}"])

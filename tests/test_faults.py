@@ -44,7 +44,9 @@ def all_trials(results, name="hda"):
 
 def cli(results, *args, preexec_fn=None):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "dlasearch.cli", "run", "space=hda", *ARGS,
+    keys = {a.partition("=")[0] for a in args}  # a key may be given once: args replace ARGS's
+    return subprocess.Popen([sys.executable, "-m", "dlasearch.cli", "run", "space=hda",
+                             *[a for a in ARGS if a.partition("=")[0] not in keys],
                              f"study.results={results}", *args], cwd=REPO, env=env, preexec_fn=preexec_fn,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -304,7 +306,7 @@ def test_workers_never_overshoot_and_never_train_one_architecture_twice(tmp_path
 
 @pytest.mark.parametrize("name", ["dla34", "dla46x_c", "dla60x", "dla34up"])
 def test_params_counted_from_the_ir_match_the_built_module(name):
-    from dlasearch.train import measure
+    from dlasearch import measure
     from dlasearch.search import precheck
     from dlasearch import zoo
     from dlasearch.ir import to_module

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from dlasearch.train import measure
+from dlasearch import measure
 from dlasearch import zoo
 
 REFERENCE = Path(__file__).resolve().parent / "reference" / "dla_models.json"

@@ -2,8 +2,6 @@
 import json
 import os
 import shutil
-import sys
-import types
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -211,16 +209,8 @@ def test_cli_unwritable_output(tmp_path, capsys):
     assert "cannot write" in err and len(err.splitlines()) == 1
 
 
-def test_study_needs_search_module(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "dlasearch.search", None)
-    assert main(["render", "study=s", "trial=0"]) == 2
-    assert "needs the search module" in capsys.readouterr().err
-
-
 @needs_dot
 def test_study_trial_is_drawn(monkeypatch, tmp_path):
-    fake = types.ModuleType("dlasearch.search")
-    fake.trial_ir = lambda study, trial, storage=None: build(tiny_spec("hda"))
-    monkeypatch.setitem(sys.modules, "dlasearch.search", fake)
+    monkeypatch.setattr(render, "trial_ir", lambda study, trial, storage=None: build(tiny_spec("hda")))
     out = tmp_path / "t.svg"
     assert main(["render", "study=s", "trial=3", f"out={out}"]) == 0 and out.exists()

@@ -255,7 +255,7 @@ def test_trials_at_chance_are_marked_and_warned_about(tmp_path):
 
 def test_a_trial_counts_memory_on_the_meta_device_only(tmp_path, monkeypatch):
     """A search trial never spends real training steps measuring memory (on CUDA, two of them per trial)."""
-    from dlasearch.train import measure
+    from dlasearch import measure
 
     seen = []
     real = measure.train_memory

@@ -150,8 +150,10 @@ def test_resolve_arch(tmp_path):
     saved.write_text(ir.to_json(patterns.build({**TINY, "in_channels": 3})))
     with pytest.raises(train.TrainError, match="3-channel input"):  # an IR is taken as it is
         arch.check_fit(arch.resolve_arch(str(saved), 1, 10), data.load("digits", image_size=32))
-    with pytest.raises(train.TrainError, match="segmentation"):
-        arch.resolve_arch("dla34up", 1, 10)
+    g = arch.resolve_arch("dla34up", 1, 10)  # a dense zoo model, built for the data like a classifier
+    assert g.nodes["input"]["channels"] == 1 and ir.infer_shapes(g, 32)[g.of_kind("output")[0]] == (10, 32, 32)
+    with pytest.raises(train.TrainError, match="dla34up predicts per pixel .* digits has one label per image"):
+        arch.check_fit(g, data.load("digits", image_size=32))
     with pytest.raises(train.TrainError, match="not a zoo model"):
         arch.resolve_arch("dla35", 1, 10)
     spec.write_text(json.dumps({**TINY, "blocks": 3}))

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dlasearch.train import measure
+from dlasearch import measure
 from dlasearch import zoo
 from numerics import CASES, load_case, original_weights
 

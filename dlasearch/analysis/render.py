@@ -60,11 +60,14 @@ from pathlib import Path
 
 import graphviz
 
+from dlasearch import files, zoo
 from dlasearch.analysis import layout
+from dlasearch.arch import read_arch
 from dlasearch.errors import DLASearchError
 from dlasearch.files import RESULTS
 from dlasearch.ir import IR, KINDS, infer_shapes
 from dlasearch.patterns import PATTERNS, build
+from dlasearch.search import trial_ir
 
 __all__ = ['stage', 'edge_roles', 'nominal_size', 'to_dot', 'figure1_irs', 'figure1_dot', 'write', 'render', 'figure1',
            'load_arch', 'command']
@@ -106,10 +109,10 @@ def stage(name) -> str | None:
 
 
 def _group(name) -> str | None:
-    """The cluster a node is drawn in: its stage, or the IDA-up decoder."""
+    """The cluster a node is drawn in: its stage, or the decoder (IDA-up's ``dla_up``, the others' ``decoder``)."""
     s = stage(name)
-    if s is None and str(name).split(".")[0] == "dla_up":
-        return "dla_up"
+    if s is None and str(name).split(".")[0] in ("dla_up", "decoder"):
+        return str(name).split(".")[0]
     return s
 
 
@@ -244,7 +247,7 @@ def _draw(g: graphviz.Digraph, ir: IR, details: bool, size: int, prefix: str = "
     def node(sub, n):
         small = {} if details else {"fontsize": "9", "margin": "0.04,0.02", "height": "0.3"}
         sub.node(prefix + str(n), _label(ir, n, details), tooltip=f"{n}: {ir.nodes[n]['kind']} -> {shapes[n]}",
-                 **{**KINDS[ir.nodes[n]["kind"]].style, **small})
+                 **{**KINDS[ir.nodes[n]["kind"]].node_style(ir.nodes[n]), **small})
 
     for group, nodes in groups.items():
         if group is None:
@@ -363,8 +366,6 @@ def _format(path: Path, fmt: str | None) -> str:
 
 
 def _write(path: Path, data) -> None:
-    from dlasearch import files
-
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -424,9 +425,6 @@ OPTIONS = ("arch", "format", "out", "details", "collapse_blocks", "direction", "
 def load_arch(value: str) -> tuple[IR, str]:
     """``arch=`` -> (IR, name): a zoo model (dense ones included) or a spec/IR file, read the way
     ``dlasearch train`` reads it (``arch.read_arch``), so both commands accept the same files."""
-    from dlasearch import zoo
-    from dlasearch.arch import read_arch
-
     if value in zoo.UP_MODELS:
         return zoo.ir(value), value
     kind, obj = read_arch(value)
@@ -441,11 +439,6 @@ def load_arch(value: str) -> tuple[IR, str]:
 
 def _trial(args: dict) -> tuple[IR, str]:
     """A search trial's IR; the search module owns studies, this only draws them."""
-    try:
-        from dlasearch.search import trial_ir
-    except ImportError as e:
-        raise DLASearchError(f"study rendering needs the search module (dlasearch.search.trial_ir), which "
-                             f"is not available ({e}); use arch=<zoo name | spec.json | ir.json>") from None
     if "arch" in args or "study" not in args or "trial" not in args:
         raise DLASearchError("render: give both study=NAME and trial=N, and no arch=")
     study, trial = str(args["study"]), args["trial"]

@@ -6,7 +6,8 @@ optimisation history (one objective) or the Pareto front (several), parameter
 importance, accuracy against params/MACs/training memory coloured by pattern,
 graphviz diagrams of the top-k architectures, and ``report.md`` linking them
 all with relative links.  It works on a running study too (it reports what is
-finished and says how many trials are still running).
+finished and says how many trials are still running).  A dense study (``space=seg``) is ranked
+and plotted by its score (``miou_fg``) and shows its best trial's masks beside the ground truth.
 """
 from __future__ import annotations
 
@@ -20,6 +21,11 @@ from pathlib import Path
 from dlasearch import files as dfiles, stats
 from dlasearch.analysis.compare import check_writable, color, plot_style, save_figure
 from dlasearch.errors import CompareError, DLASearchError, ReportError
+from dlasearch import search
+from dlasearch.analysis import render
+from dlasearch.analysis.predictions import prediction_grid
+from dlasearch.ir import from_json, to_json
+from dlasearch.search import attrs
 
 __all__ = ['objectives', 'complete_trials', 'top_trials', 'progress_plot', 'importance', 'importance_plot',
            'accuracy_plot', 'diagrams', 'report', 'command']
@@ -28,8 +34,10 @@ MARKER = "report.json"
 COSTS = (("params", 1e3, "parameters (thousands)"), ("macs", 1e6, "MACs per image (millions)"),
          ("train_memory", 2 ** 20, "training memory (MiB)"))
 # how each objective is plotted: (divide by, axis label); accuracy in percent like every other plot
-UNITS = {"val_accuracy": (0.01, "validation accuracy (%)"), "train_seconds": (1, "training time (s)"),
+UNITS = {"val_accuracy": (0.01, "validation accuracy (%)"), "miou_fg": (0.01, "validation foreground mIoU (%)"),
+         "boundary_ods": (0.01, "validation boundary ODS (%)"), "train_seconds": (1, "training time (s)"),
          **{c: (scale, label) for c, scale, label in COSTS}}
+SCORES = ("val_accuracy", "miou_fg", "boundary_ods")  # a study's score objective (search.space.SCORES)
 
 
 # ------------------------------------------------------------------ loading
@@ -45,9 +53,20 @@ def objectives(study) -> list[str]:
 
 def _space(study) -> dict:
     try:
-        return json.loads(study.user_attrs.get("space") or "{}")
+        return json.loads(study.user_attrs.get(attrs.SPACE) or "{}")
     except json.JSONDecodeError:
         return {}
+
+
+def score_name(study) -> str:
+    """The study's score (``val_accuracy``, or a dense task's ``miou_fg`` / ``boundary_ods``)."""
+    return next((n for n in objectives(study) if n in SCORES), "val_accuracy")
+
+
+def _score(t):
+    """A trial's validation score: ``val_score`` (the task's), else ``val_accuracy`` (studies from before it)."""
+    u = t.user_attrs
+    return u["val_score"] if u.get("val_score") is not None else u.get("val_accuracy")
 
 
 def complete_trials(study) -> list:
@@ -57,17 +76,17 @@ def complete_trials(study) -> list:
 
 
 def top_trials(study, k: int) -> list:
-    """The best ``k`` distinct architectures by validation accuracy (else by the first objective)."""
-    done = [t for t in complete_trials(study) if "ir" in t.user_attrs and not t.user_attrs.get("duplicate_of")]
-    if any(t.user_attrs.get("val_accuracy") is not None for t in done):
-        done = [t for t in done if t.user_attrs.get("val_accuracy") is not None]
-        done.sort(key=lambda t: (-t.user_attrs["val_accuracy"], t.number))
+    """The best ``k`` distinct architectures by validation score (else by the first objective)."""
+    done = [t for t in complete_trials(study) if "ir" in t.user_attrs and not t.user_attrs.get(attrs.DUPLICATE_OF)]
+    if any(_score(t) is not None for t in done):
+        done = [t for t in done if _score(t) is not None]
+        done.sort(key=lambda t: (-_score(t), t.number))
     else:
         sign = 1 if study.directions[0].name == "MINIMIZE" else -1
         done.sort(key=lambda t: (sign * t.values[0], t.number))
     out, seen = [], set()
     for t in done:
-        fp = t.user_attrs.get("fingerprint") or t.number
+        fp = t.user_attrs.get(attrs.FINGERPRINT) or t.number
         if fp not in seen:
             seen.add(fp)
             out.append(t)
@@ -167,8 +186,9 @@ def importance_plot(df, out: Path) -> list[Path]:
 
 
 @plot_style()
-def accuracy_plot(df, out: Path) -> list[Path]:
-    """Validation accuracy against params, MACs and training memory, one colour per pattern."""
+def accuracy_plot(df, out: Path, score: str = "val_accuracy") -> list[Path]:
+    """Validation accuracy (or a dense study's ``score``) against params, MACs and training memory, one
+    colour per pattern; ``accuracy_vs_cost`` or ``<score>_vs_cost``."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
@@ -178,7 +198,7 @@ def accuracy_plot(df, out: Path) -> list[Path]:
     for ax, (col, scale, label) in zip(axes, COSTS):
         for p in patterns:
             sel = df[df.pattern.fillna("?") == p]
-            ax.scatter(sel[col] / scale, 100 * sel.val_accuracy, s=22, alpha=0.8, color=color(p), label=p)
+            ax.scatter(sel[col] / scale, 100 * sel[score], s=22, alpha=0.8, color=color(p), label=p)
         x = df[col].dropna()
         if len(x) and x.min() > 0 and x.max() / x.min() > 20:  # log only where the range needs it
             ax.set_xscale("log")
@@ -186,27 +206,25 @@ def accuracy_plot(df, out: Path) -> list[Path]:
             ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("validation accuracy (%)")
+    axes[0].set_ylabel(UNITS.get(score, (1, score))[1])
     axes[-1].legend(fontsize=8, loc="lower right")
-    fig.suptitle("complete trials: accuracy vs cost, coloured by pattern")
-    return save_figure(fig, out / "accuracy_vs_cost")
+    what = "accuracy" if score == "val_accuracy" else score
+    fig.suptitle(f"complete trials: {what} vs cost, coloured by pattern")
+    return save_figure(fig, out / f"{'accuracy' if score == 'val_accuracy' else score}_vs_cost")
 
 
 def diagrams(study, trials: list, out: Path) -> tuple[list[tuple], str]:
     """Draw each top trial (svg + png) and save its IR/spec; returns ([(trial, files)], note)."""
-    from dlasearch.analysis import render
-    from dlasearch.ir import from_json, to_json
-
     drawn, note = [], ""
     for rank, t in enumerate(trials, start=1):
-        graph = from_json(t.user_attrs["ir"])
+        graph = from_json(t.user_attrs[attrs.IR])
         stem = out / "arch" / f"top{rank}-trial{t.number}"
         files = []
         dfiles.write_text(stem.with_suffix(".ir.json"), to_json(graph, indent=1) + "\n", ReportError)
-        if t.user_attrs.get("spec"):
-            dfiles.write_text(stem.with_suffix(".spec.json"), json.dumps(json.loads(t.user_attrs["spec"]), indent=1)
+        if t.user_attrs.get(attrs.SPEC):
+            dfiles.write_text(stem.with_suffix(".spec.json"), json.dumps(json.loads(t.user_attrs[attrs.SPEC]), indent=1)
                               + "\n", ReportError)
-        files += [stem.with_suffix(".ir.json")] + ([stem.with_suffix(".spec.json")] if t.user_attrs.get("spec")
+        files += [stem.with_suffix(".ir.json")] + ([stem.with_suffix(".spec.json")] if t.user_attrs.get(attrs.SPEC)
                                                     else [])
         title = f"trial {t.number}: {t.user_attrs.get('arch') or t.user_attrs.get('pattern', '')}"
         try:
@@ -246,10 +264,10 @@ def _markdown(df) -> str:
     return df.to_markdown(index=False, disable_numparse=True)
 
 
-def _best_table(done, ranked: list):
+def _best_table(done, ranked: list, score: str = "val_accuracy"):
     """The complete trials of ``ranked`` in that order, each with the other trials of the same architecture."""
-    cols = [c for c in ("number", "pattern", "val_accuracy", "params", "macs", "train_memory", "arch")
-            if c in done.columns]
+    cols = [c for c in dict.fromkeys(("number", "pattern", score, "val_accuracy", "params", "macs", "train_memory",
+                                      "arch")) if c in done.columns]
     rows = done.set_index("number", drop=False).loc[[t.number for t in ranked[:10]]]
     table = rows[cols].copy()
     table["same architecture"] = [", ".join(f"#{n}" for n in done.number[(done.fingerprint == fp)
@@ -314,8 +332,6 @@ class _Page:
 
 def report(name: str, storage: str | None = None, out=None, top: int = 3, log=print) -> Path:
     """Write the study's report folder; returns the path of ``report.md``."""
-    from dlasearch import search
-
     if isinstance(top, bool) or not isinstance(top, int) or top < 0:
         raise ReportError(f"top={top!r}: expected an int >= 0 (architectures to draw)")
     study, url = search.find_study(str(name), storage)
@@ -330,13 +346,16 @@ def report(name: str, storage: str | None = None, out=None, top: int = 3, log=pr
     page.text("trials.csv", df.to_csv(index=False))
     page.text("trials.md", f"# Trials of `{name}`\n\n" + (_markdown(df) if len(df) else "No trials yet.") + "\n")
     done = df[(df.state == "COMPLETE")] if len(df) else df
+    score = score_name(study)
     _summary(page, study, str(name), url, names, df, done, log)
     ranked = top_trials(study, max(top, 10))
-    _trials(page, done, ranked)
+    _trials(page, done, ranked, score)
     _history(page, study, names)
     _importance(page, study, names)
-    _costs(page, df)
+    _costs(page, df, score)
     _top(page, study, ranked[:top], top, names)
+    if score != "val_accuracy":
+        _predictions(page, study, ranked, storage)
     page.text("report.md", "\n".join(page.md))
     rels = [_rel(f, out) for f in page.files]
     page.text(MARKER, json.dumps({"study": str(name), "storage": url, "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -365,20 +384,24 @@ def _summary(page: _Page, study, name: str, url: str, names: list[str], df, done
                       + (f", {d['limit']} training images" if d.get("limit") else "")
                       + f"; training: {tr.get('epochs')} epoch(s), batch {tr.get('batch_size')}, lr {tr.get('lr')}")
     low = int(done.at_chance.fillna(False).astype(bool).sum()) if "at_chance" in done else 0
+    score = next((n for n in names if n in SCORES), "val_accuracy")
+    why = "accuracy within chance + 2 standard errors" if score == "val_accuracy" else \
+        f"{score} no better than a guesser that knows only the class frequencies"
     if low:
         md.append(f"- **{low} of {len(done)} complete trials are at chance** ({stats.CHANCE_MARK}: validation "
-                  f"accuracy within chance + 2 standard errors; column `at_chance` of trials.csv): their "
+                  f"{why}; column `at_chance` of trials.csv): their "
                   f"ranking means nothing; train longer")
         log(f"warning: {low} of {len(done)} complete trials of {name!r} are at chance; their ranking means nothing")
     page.md += md
 
 
-def _trials(page: _Page, done, ranked) -> None:
+def _trials(page: _Page, done, ranked, score: str = "val_accuracy") -> None:
     page.md += ["", "## Trials", ""]
-    if len(done) and "val_accuracy" in done and done.val_accuracy.notna().any() and ranked:
-        page.md += ["Best distinct architectures by validation accuracy (in the order of the top architectures "
+    if len(done) and score in done and done[score].notna().any() and ranked:
+        what = "accuracy" if score == "val_accuracy" else score
+        page.md += [f"Best distinct architectures by validation {what} (in the order of the top architectures "
                     "below; each once, with the other trials that built it):", "",
-                    _markdown(_best_table(done, ranked)), ""]
+                    _markdown(_best_table(done, ranked, score)), ""]
     page.md += ["Every trial: [trials.csv](trials.csv) · [trials.md](trials.md)", ""]
 
 
@@ -402,15 +425,16 @@ def _importance(page: _Page, study, names: list[str]) -> None:
     page.md += ["[importance.csv](importance.csv)", ""]
 
 
-def _costs(page: _Page, df) -> None:
-    page.md += ["## Accuracy vs cost", ""]
-    have = all(c in df.columns for c in ("val_accuracy", *(c[0] for c in COSTS), "pattern")) and len(df)
-    pts = df[(df.state == "COMPLETE") & df.val_accuracy.notna() & df.duplicate_of.isna()] if have else df.iloc[0:0]
+def _costs(page: _Page, df, score: str = "val_accuracy") -> None:
+    what = "accuracy" if score == "val_accuracy" else score
+    page.md += ["## " + ("Accuracy" if score == "val_accuracy" else f"`{score}`") + " vs cost", ""]
+    have = all(c in df.columns for c in (score, *(c[0] for c in COSTS), "pattern")) and len(df)
+    pts = df[(df.state == "COMPLETE") & df[score].notna() & df.duplicate_of.isna()] if have else df.iloc[0:0]
     if len(pts):
-        page.images(accuracy_plot(pts, page.out), "accuracy vs params, MACs and training memory")
+        page.images(accuracy_plot(pts, page.out, score), f"{what} vs params, MACs and training memory")
         page.md += [""]
     else:
-        page.md += ["No complete trials with a validation accuracy yet.", ""]
+        page.md += [f"No complete trials with a validation {what} yet.", ""]
 
 
 def _top(page: _Page, study, chosen: list, top: int, names: list[str]) -> None:
@@ -426,7 +450,9 @@ def _top(page: _Page, study, chosen: list, top: int, names: list[str]) -> None:
         page.md += [f"### {rank}. Trial {t.number}: {u.get('pattern', '?')}"
                     + (" (on the Pareto front)" if t.number in pareto else "")
                     + (f" {stats.CHANCE_MARK}" if u.get("at_chance") else ""), "",
-                    f"{u.get('arch', '')} — val_accuracy {_fmt(u.get('val_accuracy'))}, "
+                    f"{u.get('arch', '')} — "
+                    + "".join(f"{k} {_fmt(u.get(k))}, " for k in ("miou_fg", "boundary_ods") if k in u)
+                    + f"val_accuracy {_fmt(u.get('val_accuracy'))}, "
                     f"params {_fmt(u.get('params'), ',')}, "
                     f"MACs {_fmt(u.get('macs'), ',')}, training memory {_fmt(u.get('train_memory'), ',')} bytes", ""]
         page.images(tfiles, f"trial {t.number}")
@@ -434,6 +460,20 @@ def _top(page: _Page, study, chosen: list, top: int, names: list[str]) -> None:
                                if f.suffix == ".json"), ""]
     if note:
         page.md += [note, ""]
+
+
+def _predictions(page: _Page, study, ranked: list, storage) -> None:
+    """A dense study's best trial on a few validation scenes (image | truth | prediction), if it kept weights."""
+    page.md += ["## Predictions of the best trial", ""]
+    if not ranked:
+        page.md += ["No complete trial yet.", ""]
+        return
+    drawn, note = prediction_grid(study, ranked[0], page.out, storage)
+    if drawn:
+        page.md += [f"Trial {ranked[0].number} on the first validation scenes of the study's data (`dlasearch predict` "
+                    f"writes the same masks for any images):", ""]
+        page.images(drawn, f"trial {ranked[0].number}: image, truth, prediction")
+    page.md += ([note] if note else []) + [""]
 
 
 def command(args: dict) -> int:

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import os
 import sys
+from importlib import metadata
 
+from dlasearch import __version__
+from dlasearch.cli import options as optmod
 from dlasearch.cli.commands import COMMANDS
 from dlasearch.errors import DLASearchError, did_you_mean
 from dlasearch.search import guard
@@ -23,7 +26,8 @@ def parse_overrides(items: list[str], aliases: dict | None = None) -> dict:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    items = [x for it in items for x in _data_items(it)]
+    given = [(it, x) for it in items for x in _data_items(it)]  # (as typed, as expanded)
+    items = [x for _, x in given]
     for i, it in enumerate(items):
         if "=" not in it or it.startswith("="):
             raise DLASearchError(f"argument {it!r}: expected key=value")
@@ -31,6 +35,11 @@ def parse_overrides(items: list[str], aliases: dict | None = None) -> dict:
         if aliases and key in aliases:
             items[i] = f"{aliases[key]}={value}"
     keys = [it.partition("=")[0] for it in items]
+    first: dict = {}
+    for k, (typed, _) in zip(keys, given):  # OmegaConf would silently keep the last one
+        if k in first:
+            raise DLASearchError(f"option {k} is given twice ({first[k]} and {typed}); give it once")
+        first[k] = typed
     for k in keys:
         nested = [o for o in keys if o.startswith(k + ".")]
         if nested:
@@ -56,28 +65,30 @@ def _data_items(item: str) -> list[str]:
 SHORTCUTS = {"run": RUN_SHORTCUTS}
 
 
-POSITIONAL = {"bench": "action", "render": "arch", "train": "arch", "run": "space", "export": "from", "rank": "space"}
+POSITIONAL = {"bench": "action", "render": "arch", "train": "arch", "run": "space", "export": "from", "predict": "from",
+              "rank": "space"}
 
 
 USAGE = {"zoo": "dlasearch zoo [format=markdown|csv]",
          "train": "dlasearch train arch=NAME|FILE [data=NAME|FILE.npz] [key=value ...]",
          "run": "dlasearch run [space=NAME|FILE.yaml] [study=NAME] [key=value ...]",
          "worker": "dlasearch worker study=NAME [storage=URL] [key=value ...]",
-         "compare": "dlasearch compare budget.params=N [patterns=a,b,...] [key=value ...]",
+         "compare": "dlasearch compare budget.params=N [patterns=a,b,...] [task=segment decoders=a,b,...] "
+                    "[key=value ...]",
          "report": "dlasearch report study=NAME [key=value ...]",
          "render": "dlasearch render arch=NAME|FILE|figure1 [key=value ...]",
          "export": "dlasearch export from=RUN|CHECKPOINT|ZOO_NAME | study=NAME trial=N [format=py,pt2,onnx] [out=DIR]",
+         "predict": "dlasearch predict from=RUN|CHECKPOINT | study=NAME trial=N images=FILE.npz|FOLDER|FILE.png "
+                    "[out=DIR]",
          "bench": "dlasearch bench build|lookup|report name=NAME [space=bench] [key=value ...]",
          "rank": "dlasearch rank space=NAME [n=20] [proxies=a,b,...] [key=value ...]"}
 
 
 def version() -> str:
-    from importlib import metadata
-
     try:
         v = metadata.version("dlasearch")
     except metadata.PackageNotFoundError:
-        from dlasearch import __version__ as v
+        v = __version__
     return f"dlasearch {v}"
 
 
@@ -90,9 +101,7 @@ def overview() -> str:
 
 
 def command_help(name: str) -> str:
-    from dlasearch.cli import options
-
-    text = options.help_text(name, COMMANDS[name][0].__doc__.strip().splitlines()[0], USAGE[name])
+    text = optmod.help_text(name, COMMANDS[name][0].__doc__.strip().splitlines()[0], USAGE[name])
     if name == "run":
         text += ("\n\nDefaults shown are the fallbacks; a space file sets its own (`dlasearch run space=NAME --cfg`"
                  " prints them). Without space=, study=NAME resumes a stored study: only trials, timeout and "
@@ -137,8 +146,6 @@ def _main(argv: list[str]) -> int:
         if command in POSITIONAL and options and "=" not in options[0]:
             options[0] = f"{POSITIONAL[command]}={options[0]}"  # `render figure1`
         args = parse_overrides(list(options), SHORTCUTS.get(command))
-        from dlasearch.cli import options as optmod
-
         optmod.check(command, args)
         return COMMANDS[command][0](args) or 0
     except DLASearchError as e:

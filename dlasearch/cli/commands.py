@@ -3,13 +3,22 @@ drives, so a command is a few lines; ``COMMANDS`` names them with their one-line
 """
 from __future__ import annotations
 
+import shlex
 import sys
 
-from dlasearch import files
-from dlasearch.errors import DLASearchError
+from tabulate import tabulate
 
-__all__ = ['cmd_zoo', 'cmd_train', 'cmd_render', 'cmd_run', 'cmd_worker', 'cmd_compare', 'cmd_export', 'cmd_report',
-           'cmd_rank', 'cmd_bench', 'print_config']
+from dlasearch import files, search, stats, train
+from dlasearch.analysis import benchmark, compare, render, report
+from dlasearch.configfile import print_config
+from dlasearch.deploy import export, predict
+from dlasearch.errors import DLASearchError, did_you_mean
+from dlasearch.search import bench, rank, resume, space as spacemod
+from dlasearch.search.study import with_pinned
+from dlasearch.zoo import table as zoo_table
+
+__all__ = ['cmd_zoo', 'cmd_train', 'cmd_render', 'cmd_run', 'cmd_worker', 'cmd_compare', 'cmd_export', 'cmd_predict',
+           'cmd_report', 'cmd_rank', 'cmd_bench', 'print_config']
 
 
 def _ints_at_least(command: str, args: dict, **lows: int) -> None:
@@ -22,23 +31,18 @@ def _ints_at_least(command: str, args: dict, **lows: int) -> None:
 
 def cmd_zoo(args: dict) -> int:
     """Print the zoo: params, MACs at 224 and 32, blocks and aggregation nodes."""
-    from dlasearch.zoo import table as zoo_table
-
     fmt = args.get("format", "markdown")
     df = zoo_table()
     print(df.to_markdown(index=False) if fmt == "markdown" else df.to_csv(index=False), end="\n")
     return 0
 
 
-_TRAIN_RUN_OPTIONS = ("arch", "data", "image_size", "resize", "test", "latency", "out", "name", "weights")
+_TRAIN_RUN_OPTIONS = ("arch", "data", "image_size", "resize", "test", "latency", "out", "name", "weights",
+                      "overwrite")
 
 
 def cmd_train(args: dict) -> int:
     """Train one architecture on one dataset, print its metrics, write metrics.json + ir.json."""
-    from tabulate import tabulate
-
-    from dlasearch import stats, train
-
     if "arch" not in args:
         raise DLASearchError("arch=<zoo name | spec.json | ir.json> is required, e.g. "
                              "`dlasearch train arch=dla34 data=fashion_mnist epochs=3`")
@@ -54,37 +58,27 @@ def cmd_train(args: dict) -> int:
     m = record["metrics"]
     rows = [("arch", record["name"]), ("data", f"{record['data']['name']} {record['data']['image_size']}"),
             ("status", record["status"] + (f" ({record['reason']})" if record["reason"] else ""))]
-    rows += [(k, f"{v:,}" if isinstance(v, int) else f"{v:.4g}" if isinstance(v, float) else "n/a")
+    rows += [(k, f"{v:,}" if isinstance(v, int) else f"{v:.4g}" if isinstance(v, float) else v if isinstance(v, str)
+              else " ".join("-" if x is None else f"{x:.3f}" for x in v) if isinstance(v, list) else "n/a")
              for k, v in m.items()]
     rows.append(("run folder", str(folder)))
     print(tabulate(rows, headers=["metric", "value"], tablefmt="github"))
     val = record["chance"]["val"]
     if val["at_chance"]:
-        print(stats.chance_line("validation accuracy", m["val_accuracy"], val["chance"], val["n"]), file=sys.stderr)
+        print(stats.chance_warning("validation", val), file=sys.stderr)
     return 0
 
 
 def cmd_render(args: dict) -> int:
     """Draw an architecture, or the paper's Figure 1 (arch=figure1), with graphviz."""
-    try:
-        from dlasearch.analysis import render
-    except ModuleNotFoundError as e:
-        if e.name != "graphviz":
-            raise
-        raise DLASearchError("render needs the graphviz Python package: pip install graphviz") from None
     return render.command(args)
 
 
 def cmd_run(args: dict) -> int:
     """Run (or resume) a search: ``space=NAME`` plus overrides merged into the space file."""
-    from dlasearch import search
-    from dlasearch.search import resume
-
     show = args.pop("print_config", False)
     sp = resume.resolve(args)
     if show:  # as results/<study>/config.yaml holds it, with what the study fixes at creation
-        from dlasearch.search.study import with_pinned
-
         return print_config({k: v for k, v in with_pinned(sp).items() if k != "name"} | {"space": sp["name"]})
     search.run(sp)
     return 0
@@ -92,12 +86,10 @@ def cmd_run(args: dict) -> int:
 
 def cmd_worker(args: dict) -> int:
     """Attach this process to an existing study (``study=NAME storage=URL``)."""
-    from dlasearch import search
-
     if "study" not in args:  # unknown options and wrong types were refused by options.check
         raise DLASearchError("worker: needs study=NAME, e.g. `dlasearch worker study=hda`")
     _ints_at_least("worker", args, threads=1, trials=1, index=0)
-    name = files.check_name(args["study"], "study")
+    name = files.check_study_name(args["study"], "study")
     storage = str(args.get("storage") or files.default_journal(name))
     study, sp = search.attach(name, storage, args.get("index"))
     if "threads" in args:
@@ -121,39 +113,31 @@ def cmd_worker(args: dict) -> int:
 
 def cmd_compare(args: dict) -> int:
     """Train every aggregation pattern at one parameter budget over seeds; table, CSVs and plots."""
-    from dlasearch.analysis import compare
-
     return compare.command(args)
 
 
 def cmd_export(args: dict) -> int:
     """Write a trained model as model.py (+ weights), model.pt2 and/or model.onnx with a README."""
-    from dlasearch.deploy import export
-
     return export.command(args)
+
+
+def cmd_predict(args: dict) -> int:
+    """Run a trained model on images: palette PNG masks and overlays (dense), or a CSV of labels (classifier)."""
+    return predict.command(args)
 
 
 def cmd_report(args: dict) -> int:
     """Summarise a study: trials table, Pareto/history, importance, plots, top-k diagrams, report.md."""
-    from dlasearch.analysis import report
-
     return report.command(args)
 
 
 def cmd_rank(args: dict) -> int:
     """Score architectures sampled from a space with zero-cost proxies (no training); write a CSV."""
-    from dlasearch.search import rank
-
     return rank.command(args)
 
 
 def cmd_bench(args: dict) -> int:
     """Build a benchmark of a space (resumable), look architectures up in it, or rewrite its report."""
-    import shlex
-
-    from dlasearch.analysis import benchmark
-    from dlasearch.search import bench, space as spacemod
-
     action, name = args.pop("action", None), args.pop("name", None)
     if action not in BENCH_ACTIONS or not name:
         raise DLASearchError(f"bench: needs an action ({', '.join(BENCH_ACTIONS)}) and name=NAME, e.g. "
@@ -180,8 +164,6 @@ def _bench_lookup(b, args: dict) -> int:
     df = b.df
     if "fingerprint" in args:
         df = df[df.fingerprint.astype(str).str.startswith(str(args["fingerprint"]))]
-    from dlasearch.errors import did_you_mean
-
     if "pattern" in args:
         have = sorted(set(b.df.pattern))
         if args["pattern"] not in have:
@@ -206,9 +188,11 @@ COMMANDS = {
     "train": (cmd_train, "train one architecture on a dataset; print and save its metrics"),
     "render": (cmd_render, "draw an architecture (or arch=figure1) as svg/png/pdf with graphviz"),
     "compare": (cmd_compare, "train every pattern at one params budget over seeds: "
-                             "patterns=chain,ida,dla budget.params=P seeds=3 epochs=E"),
+                             "patterns=chain,ida,dla budget.params=P seeds=3 epochs=E (task=segment: x decoders=...)"),
     "export": (cmd_export, "export a trained model for use without dlasearch: from=RUN_FOLDER|ZOO_NAME "
                            "or study=NAME trial=N, format=py,pt2,onnx out=DIR"),
+    "predict": (cmd_predict, "run a trained model on images: from=RUN_FOLDER|CHECKPOINT or study=NAME trial=N, "
+                             "images=FILE.npz|FOLDER|FILE.png out=DIR (masks + overlays, or a CSV of labels)"),
     "report": (cmd_report, "report on a study: study=NAME [storage=URL out=DIR top=3]"),
     "bench": (cmd_bench, "a benchmark of a space: build name=N space=bench (train every architecture, "
                          "resumable) | lookup name=N [pattern= top=] | report name=N"),
@@ -216,8 +200,3 @@ COMMANDS = {
                        "space=hda n=20"),
 }
 
-
-def print_config(config: dict) -> int:
-    from dlasearch.cli import options
-
-    return options.print_config(config)

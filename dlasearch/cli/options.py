@@ -8,14 +8,21 @@ words and one-line meanings.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass
 from typing import Any
 
+from dlasearch.analysis import render
+from dlasearch.analysis.compare.options import _NOT_TRAIN_OPTIONS
+from dlasearch.configfile import flatten
+from dlasearch.deploy import export, predict
 from dlasearch.errors import DLASearchError, did_you_mean
+from dlasearch.ir import INITS
+from dlasearch.search import rank, space
+from dlasearch.train import PRECISIONS, TrainConfig
+from dlasearch.train.config import CLASS_WEIGHTS
+from dlasearch.train.sgd import SCHEDULES
 
-__all__ = ['Option', 'train_options', 'data_options', 'table', 'flatten', 'check', 'help_text', 'to_yaml',
-           'write_config', 'print_config']
+__all__ = ['Option', 'train_options', 'data_options', 'table', 'flatten', 'check', 'help_text']
 
 REQUIRED = object()  # default of an option that must be given
 
@@ -43,27 +50,28 @@ _TYPES = {int: "int", float: "float", bool: "bool", str: "str"}
 
 def train_options(skip=()) -> list[Option]:
     """``TrainConfig``'s fields, typed from their annotations and defaults."""
-    from dlasearch.ir import INITS
-    from dlasearch.train import PRECISIONS, TrainConfig
-
     out = []
     for f in dataclasses.fields(TrainConfig):
         if f.name in skip:
             continue
         base = f.type.split("|")[0].strip() if isinstance(f.type, str) else f.type.__name__
         t = {"int": "int", "float": "float", "bool": "bool", "str": "str"}.get(base, "any")
-        choices = {"precision": PRECISIONS, "init": INITS}.get(f.name, ())
+        choices = {"precision": PRECISIONS, "init": INITS, "schedule": SCHEDULES,
+                   "class_weights": CLASS_WEIGHTS}.get(f.name, ())
         out.append(_o(f.name, "choice" if choices else t, f.default, f.metadata.get("help", ""), choices,
                       nullable="None" in str(f.type)))
     return out
 
 
 DATA_HELP = {
-    "name": "digits, mnist, fashion_mnist, cifar10 or npz", "path": "the .npz file for data.name=npz",
+    "name": "digits, mnist, fashion_mnist, cifar10, npz; dense: mnist_seg, fashion_seg, folder (images/ + masks/)",
+    "path": "the .npz file for data.name=npz, the folder for data.name=folder",
     "root": "download/cache folder", "limit": "a seeded, stratified subset of this many training images",
     "image_size": "resize every split once to N x N", "val_fraction": "share of the training images used for "
     "validation", "seed": "seed of the train/validation split", "flip": "allow horizontal flips",
     "download": "fetch missing files",
+    "task": "dense data: segment (per-pixel classes) or boundary (object outlines)",
+    "classes": "dense data of your own: the class count (default: largest label + 1, 255 = ignore)",
 }
 
 
@@ -93,19 +101,23 @@ def _zoo():
 
 def _train():
     opts = [_o("arch", "str", REQUIRED, "a zoo name, a spec .json/.yaml, or an IR .json (or the first word)")]
-    opts += data_options("auto", 0.1, (("seed", "int", 0), ("flip", "bool", None), ("download", "bool", True)))
+    opts += data_options("auto", 0.1, (("seed", "int", 0), ("flip", "bool", None), ("download", "bool", True),
+                                       ("task", "str", None), ("classes", "int", None)))
     opts += [_o("image_size", "any", "auto", "old spelling of data.image_size"),
              _o("resize", "choice", "interpolate", "how image_size resizes", ("interpolate", "pad")),
              _o("test", "bool", False, "also evaluate the test split at the end"),
              _o("latency", "bool", True, "measure latency and training speed first"),
              _o("out", "str", None, "run folder path"), _o("name", "str", None, "run folder name under results/train/"),
+             _o("overwrite", "bool", False, "replace a folder that holds a finished run (whole, once the new "
+                                            "run is saved)"),
              _o("weights", "str", None, "a checkpoint to fine-tune from (.safetensors/.pth; timm, original or dlasearch)")]
     return opts + train_options() + COMMON
 
 
 SPACE_HELP = {
-    "description": "what the space is for", "objectives": "val_accuracy plus any of params, macs, train_memory, "
-    "train_seconds (Pareto front)", "backbone": "the fixed part of the spec (stem, conv_stages, stages)",
+    "description": "what the space is for",
+    "objectives": "val_accuracy (a task: segment space: miou_fg, or boundary_ods) plus any of params, macs, "
+    "train_memory, train_seconds (Pareto front)", "backbone": "the fixed part of the spec (stem, conv_stages, stages)",
     "params": "what is searched: {choices: [...]}, {low, high[, step][, log]} or {value}",
     "seed_published": "enqueue published DLA configs that fit the space",
     "study.name": "study name (default: the space's name)", "study.storage": "journal file or database URL",
@@ -126,8 +138,6 @@ _SPACE_TYPES = {str: "str", int: "int", float: "float", bool: "bool", list: "lis
 
 
 def _run():
-    from dlasearch.search import space
-
     opts = [_o("space", "str", "hda", "a shipped space name or a .yaml path (or the first word); "
                                       "omit it to resume study=NAME as stored")]
     for key, typ in space.SCHEMA.items():
@@ -170,8 +180,6 @@ def _worker():
 
 
 def _compare():
-    from dlasearch.analysis.compare.options import _NOT_TRAIN_OPTIONS
-
     opts = [_o("patterns", "any", "all seven", "comma list of chain, skip, ida, tree, reentrant, hda, dla (or a-f)"),
             _o("budget", "any", REQUIRED, "the parameter budget (same as budget.params)"),
             _o("budget.params", "any", REQUIRED, "the parameter budget: 20000, 2e4 or 20k"),
@@ -179,7 +187,11 @@ def _compare():
             _o("seeds", "any", 3, "a count (seeds 0..N-1) or a list [0,5,7]"),
             _o("blocks", "any", "2,4,4", "blocks per residual stage, powers of two"),
             _o("baseline", "any", 2, "budget multiples for plain-chain baseline rows; false for none"),
-            _o("out", "str", None, "output folder"), _o("name", "str", None, "its name under results/compare/")]
+            _o("out", "str", None, "output folder"), _o("name", "str", None, "its name under results/compare/"),
+            _o("task", "choice", "classify", "classify, or segment: every pattern with every decoder on dense data "
+               "(mnist_seg ...), scored by test foreground mIoU against chain+none", ("classify", "segment")),
+            _o("decoders", "any", "none,fcn,fpn,unet,ida_up", "task=segment: comma list of none, fcn, fpn, unet, "
+               "ida_up, bifpn, nasfpn, hrnet_fuse")]
     opts += data_options(32, 0.1, (("seed", "int", 0),))
     opts += [_o(k, "any", None, f"old spelling of data.{k}") for k in ("root", "path", "limit", "val_fraction",
                                                                          "image_size")]
@@ -198,8 +210,6 @@ RENDER_HELP = {"arch": "zoo name, spec/IR .json, or figure1 (or the first word)"
 
 
 def _render():
-    from dlasearch.analysis import render
-
     return [_o(k, "any", None, RENDER_HELP.get(k, "see docs/render.md")) for k in render.OPTIONS]
 
 
@@ -207,14 +217,29 @@ EXPORT_HELP = {"from": "a run folder, a checkpoint file or a zoo name (or the fi
                "study": "export a trial of this study (with trial=)", "trial": "the trial number",
                "storage": "the study's storage", "artifacts": "the study's artifact folder, if not the default",
                "format": "comma list of py, pt2, onnx", "out": "export folder",
-               "overwrite": "replace an export folder that holds something else",
+               "overwrite": "replace an out= folder that holds an earlier export (replaced whole)",
                "weights": "with a zoo name: a checkpoint to load", "num_classes": "with a zoo name: classes"}
 
 
 def _export():
-    from dlasearch.deploy import export
+    types = {"trial": "int", "num_classes": "int", "overwrite": "bool"}
+    return [_o(k, types.get(k, "any"), {"format": "py,pt2", "overwrite": False}.get(k), EXPORT_HELP[k])
+            for k in export.OPTIONS]
 
-    return [_o(k, "any", {"format": "py,pt2", "overwrite": False}.get(k), EXPORT_HELP[k]) for k in export.OPTIONS]
+
+PREDICT_HELP = {"from": "a run folder, a checkpoint file or a best/trialN.ir.json entry (or the first word)",
+                "study": "use a trial of this study (with trial=)", "trial": "the trial number",
+                "storage": "the study's storage", "artifacts": "the study's artifact folder, if not the default",
+                "images": "an .npz (x or x_test: uint8 (N, H, W[, C])), a folder of .png files, or one .png",
+                "out": "output folder (default results/predict/<model>)",
+                "overwrite": "replace an out= folder that holds an earlier prediction (replaced whole)",
+                "batch_size": "images per forward pass", "device": "cpu, cuda[:N] or auto"}
+
+
+def _predict():
+    defaults = {"images": REQUIRED, "overwrite": False, "batch_size": 64, "device": "cpu"}
+    types = {"overwrite": "bool", "batch_size": "int", "trial": "int"}
+    return [_o(k, types.get(k, "any"), defaults.get(k), PREDICT_HELP[k]) for k in predict.OPTIONS]
 
 
 RANK_HELP = {"space": "a shipped space name or a .yaml path", "n": "distinct architectures to score",
@@ -224,10 +249,11 @@ RANK_HELP = {"space": "a shipped space name or a .yaml path", "n": "distinct arc
 
 
 def _rank():
-    from dlasearch.search import rank
-
     defaults = {"space": REQUIRED, "n": 20, "proxies": "all", "batch": 64, "seed": 0}
-    return [_o(k, "any", defaults.get(k), RANK_HELP[k]) for k in rank.OPTIONS]
+    d = space.DEFAULTS["data"]
+    types = {"n": "int", "batch": "int", "seed": "int"}
+    return ([_o(k, types.get(k, "any"), defaults.get(k), RANK_HELP[k]) for k in rank.OPTIONS]
+            + data_options(d["image_size"], d["val_fraction"], (("flip", "bool", None),)))
 
 
 BENCH_HELP = {"action": "build, lookup or report (or the first word)", "name": "the benchmark's name",
@@ -252,7 +278,7 @@ def _bench():
 
 
 COMMANDS = {"zoo": _zoo, "bench": _bench, "train": _train, "run": _run, "worker": _worker, "compare": _compare,
-            "report": _report, "render": _render, "export": _export, "rank": _rank}
+            "report": _report, "render": _render, "export": _export, "predict": _predict, "rank": _rank}
 
 
 def table(command: str) -> list[Option]:
@@ -260,18 +286,6 @@ def table(command: str) -> list[Option]:
 
 
 # ------------------------------------------------------------------ checking
-
-
-def flatten(args: dict, prefix: str = "", mappings=()) -> dict:
-    """``{"data": {"limit": 5}}`` -> ``{"data.limit": 5}``; values of mapping options stay whole."""
-    out = {}
-    for k, v in args.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and key not in mappings:
-            out.update(flatten(v, key + ".", mappings))
-        else:
-            out[key] = v
-    return out
 
 
 def _type_error(o: Option, v) -> str | None:
@@ -341,34 +355,3 @@ def help_text(command: str, summary: str, usage: str) -> str:
              f"  {'option':<{w[0]}}  {'type':<{w[1]}}  {'default':<{w[2]}}  meaning"]
     lines += [f"  {a:<{w[0]}}  {b:<{w[1]}}  {c:<{w[2]}}  {d}" for a, b, c, d in rows]
     return "\n".join(lines)
-
-
-def to_yaml(config: dict) -> str:
-    """The resolved config as YAML (what ``config.yaml`` holds and ``print_config=true`` prints)."""
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_yaml(OmegaConf.create(_plain(config)))
-
-
-def _plain(v):
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return v
-    return str(v)
-
-
-def write_config(folder, config: dict) -> None:
-    """Write ``config.yaml`` (atomically) into a results folder."""
-    from pathlib import Path
-
-    from dlasearch.files import write_atomic
-
-    write_atomic(Path(folder) / "config.yaml", to_yaml(config))
-
-
-def print_config(config: dict) -> int:
-    sys.stdout.write(to_yaml(config))
-    return 0

@@ -15,13 +15,15 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 
 from dlasearch.errors import ExportError, did_you_mean
+from dlasearch.files import explain, replace_dir, sibling_dir
+from dlasearch import zoo
+from dlasearch.deploy import checkpoint
 
 __all__ = ['parse_formats', 'write_py', 'write_pt2', 'write_onnx', 'export', 'command']
 
@@ -55,10 +57,16 @@ def _check_onnx() -> None:
 def _check_target(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ExportError(f"out={out}: is a file; give a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        held = sorted(p.name for p in out.iterdir())
-        raise ExportError(f"out={out}: exists and holds {', '.join(held[:5])}{' ...' if len(held) > 5 else ''}; "
-                          f"pass overwrite=true to write into it, or choose another out=")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    held = sorted(p.name for p in out.iterdir())
+    shown = f"{', '.join(held[:5])}{' ...' if len(held) > 5 else ''}"
+    if not overwrite:
+        raise ExportError(f"out={out}: exists and holds {shown}; pass overwrite=true to replace it, or choose "
+                          f"another out=")
+    if not (out / "export.json").is_file():  # overwrite replaces the folder whole: only ever an export
+        raise ExportError(f"out={out}: holds {shown}, which is not a dlasearch export (no export.json), so "
+                          f"overwrite=true will not replace it; choose another out=, or empty it")
 
 
 # ------------------------------------------------------------------ py
@@ -97,14 +105,26 @@ IMAGE_SIZE = {image_size}
 NUM_CLASSES = {classes}
 
 
-def _put(root, path, module):
-    """Register ``module`` at dotted ``path`` (parents are plain containers), keeping checkpoint names."""
+def _parent(root, path):
+    """The container of dotted ``path`` (made of plain modules where missing) and the last name."""
     *parents, leaf = path.split(".")
     for p in parents:
         if not hasattr(root, p):
             root.add_module(p, nn.Module())
         root = getattr(root, p)
-    root.add_module(leaf, module)
+    return root, leaf
+
+
+def _put(root, path, module):
+    """Register ``module`` at dotted ``path``, keeping checkpoint names."""
+    parent, leaf = _parent(root, path)
+    parent.add_module(leaf, module)
+
+
+def _put_param(root, path, shape):
+    """Register a parameter no layer owns (BiFPN's fusion weights) at ``path``; model.pt fills it."""
+    parent, leaf = _parent(root, path)
+    parent.register_parameter(leaf, nn.Parameter(torch.ones(shape)))
 
 
 class Model(nn.Module):
@@ -138,8 +158,13 @@ def load(weights=None, device="cpu"):
 
 def write_py(model, pre: dict, classes, folder: Path) -> list[Path]:
     """``model.py`` (readable source) and ``model.pt`` (its state_dict) in ``folder``."""
-    leaves = [(n, m) for n, m in model.named_modules() if n and not list(m.children())]
-    modules = "\n".join(f"        _put(self, {n!r}, {_ctor(m)})" for n, m in leaves)
+    # a plain nn.Module is a dotted path's container (one may hold only a bare parameter): _put rebuilds it
+    leaves = [(n, m) for n, m in model.named_modules()
+              if n and not list(m.children()) and type(m) is not torch.nn.Module]
+    owned = {f"{n}.{k}" for n, m in leaves for k, _ in m.named_parameters(recurse=False)}
+    bare = [(n, tuple(p.shape)) for n, p in model.named_parameters() if n not in owned]  # wsum's weights
+    modules = "\n".join([f"        _put(self, {n!r}, {_ctor(m)})" for n, m in leaves]
+                         + [f"        _put_param(self, {n!r}, {shape})" for n, shape in bare])
     fixed = [n for n, p in model.named_parameters() if not p.requires_grad]
     frozen = (f"        for name in {fixed!r}:  # fixed bilinear upsampling\n"
               f"            self.get_parameter(name).requires_grad_(False)\n") if fixed else ""
@@ -238,7 +263,7 @@ def export(model, formats, out, *, overwrite: bool = False, source: str = "", lo
     outputs = (f"logits `{tuple(y.shape[1:])}` per image" if isinstance(y, torch.Tensor)
                else f"{len(y)} feature maps " + ", ".join(f"`{tuple(t.shape[1:])}`" for t in y))
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    tmp = sibling_dir(out)
     written, diff = [], None
     try:
         if "py" in formats:
@@ -253,9 +278,10 @@ def export(model, formats, out, *, overwrite: bool = False, source: str = "", lo
         (tmp / "README.md").write_text(_readme(name, source, pre, classes, channels, outputs, formats, diff))
         (tmp / "export.json").write_text(json.dumps({"source": source, "formats": formats, "preprocess": pre,
                                                      "classes": classes, "onnx_max_diff": diff}, indent=1) + "\n")
-        out.mkdir(parents=True, exist_ok=True)
-        for f in sorted(tmp.iterdir()):
-            os.replace(f, out / f.name)
+        try:  # the whole folder: a previous export's other formats must not stay beside the new README
+            replace_dir(tmp, out)
+        except OSError as e:
+            raise ExportError(f"out={out}: cannot replace it: {explain(e)}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     files = {p.name: (out / p.name).stat().st_size for p in written}
@@ -269,9 +295,6 @@ OPTIONS = ("from", "study", "trial", "storage", "artifacts", "format", "out", "o
 
 def command(args: dict) -> int:
     """``dlasearch export from=<run folder | checkpoint | zoo name> | study=NAME trial=N format=... out=DIR``."""
-    from dlasearch import zoo
-    from dlasearch.deploy import checkpoint
-
     formats = parse_formats(args.get("format", "py,pt2"))
     if not isinstance(args.get("overwrite", False), bool):
         raise ExportError(f"overwrite={args['overwrite']!r}; expected true or false")
@@ -279,13 +302,14 @@ def command(args: dict) -> int:
     if (src is None) == (study is None):
         raise ExportError("give from=<run folder | checkpoint file | zoo name>, or study=NAME trial=N")
     if study is not None:
-        if "trial" not in args:
+        if args.get("trial") is None:
             raise ExportError(f"study={study!r} needs trial=N")
         model = checkpoint.load(study=str(study), trial=int(args["trial"]), storage=args.get("storage"),
                                 artifacts=args.get("artifacts"))
         source, default = f"study={study} trial={args['trial']}", f"{study}-trial{args['trial']}"
     elif str(src) in zoo.names():
-        model = zoo.create(str(src), int(args.get("num_classes", 1000 if str(src) in zoo.MODELS else 19)))
+        classes = args.get("num_classes")
+        model = zoo.create(str(src), int(classes if classes is not None else 1000 if str(src) in zoo.MODELS else 19))
         if args.get("weights") is not None:
             note = checkpoint.load_weights(model, str(args["weights"]))
             if note:

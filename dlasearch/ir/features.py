@@ -2,8 +2,8 @@
 
 Detection and segmentation users want the feature maps of each resolution, not
 logits.  The backbone is the deepest feature map and everything upstream of it, without
-heads and without a segmentation model's IDA-up decoder (what follows an
-upsampling, and the projections that only feed it).  At each resolution coarser
+heads and without a segmentation model's decoder (what follows an upsampling, the
+projections that only feed it, and every node named ``decoder.*``).  At each resolution coarser
 than the input, the stage output is the node with the most nodes of that
 resolution upstream of it: the last block of a chain, the root aggregation of a
 tree.  Module names are kept, so the full model's weights load into the cut one.
@@ -27,6 +27,9 @@ def stage_outputs(graph: irmod.IR) -> list[tuple[str, int, int]]:
         decoder |= {n} | nx.descendants(graph, n)
     decoder |= {n for n in graph if graph.nodes[n]["kind"] in ("project", "conv") and n not in decoder
                 and set(graph.successors(n)) and set(graph.successors(n)) <= decoder}  # its projections
+    # a neck also carries maps to coarser levels (HRNet's strided convs, NAS-FPN cells fed by max-pools), which
+    # no upsampling precedes: the decoders' namespace marks them (as render clusters them)
+    decoder |= {n for n in graph if str(n).startswith("decoder.")}
     cut = {n for n in graph if graph.nodes[n]["kind"] in ("head", "output", "input")} | decoder
     shapes = irmod.infer_shapes(graph, PROBE)
     spatial = [n for n in graph.order() if n not in cut and len(shapes[n]) == 3]

@@ -73,7 +73,8 @@ class IR(nx.DiGraph):
         lines = []
         for n in self.order():
             d = self.nodes[n]
-            attrs = ", ".join(f"{k}={v!r}" for k, v in d.items() if k not in COMMON_ATTRS)
+            shown = KINDS[d["kind"]].explicit(d) if d.get("kind") in KINDS else d  # defaults of later attrs hidden
+            attrs = ", ".join(f"{k}={v!r}" for k, v in shown.items() if k not in COMMON_ATTRS)
             ins = ", ".join(map(str, self.inputs(n)))
             lines.append(f"{n} = {d['kind']}({ins}{'; ' if ins and attrs else ''}{attrs})")
         return "\n".join(lines)

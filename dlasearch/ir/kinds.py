@@ -17,10 +17,13 @@ from torch import nn
 
 from dlasearch.errors import IRError
 from dlasearch.ir import resolution
+from dlasearch.ir.fusion import FUSIONS
 
-__all__ = ["Attr", "Kind", "KINDS", "BLOCK_TYPES", "conv_layer", "bilinear_"]
+__all__ = ["Attr", "Kind", "KINDS", "BLOCK_TYPES", "FUSIONS", "ORDERS", "UPSAMPLE_MODES", "conv_layer", "bilinear_"]
 
 BLOCK_TYPES = ("basic", "bottleneck", "bottleneckx")
+ORDERS = ("conv_bn_act", "act_conv_bn")  # DLA's post-activation unit | BiFPN's and NAS-FPN's pre-activation
+UPSAMPLE_MODES = ("bilinear", "nearest")
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,16 @@ class Attr:
     required: bool = False
     check: Callable[[Any], bool] | None = None
     allowed: str = ""
+    choices: tuple = ()  # named values: a typo gets a "did you mean" hint
+    # Added after fingerprints were published: at its default it is left out of the fingerprint
+    # label, so every architecture that does not use it keeps its hash.
+    implicit: bool = False
+
+
+def _choice(default: str, choices) -> Attr:
+    """A named-value attribute added after fingerprints were published (hence implicit)."""
+    return Attr(str, default, check=lambda v: v in choices, allowed=" | ".join(choices), choices=tuple(choices),
+                implicit=True)
 
 
 def _pos(v):
@@ -39,6 +52,10 @@ def _pos(v):
 
 def _odd(v):
     return v >= 1 and v % 2 == 1
+
+
+def _conv_bn_params(cin: int, cout: int, k: int, groups: int = 1) -> int:
+    return cin // groups * cout * k * k + 2 * cout
 
 
 OUT = Attr(int, required=True, check=_pos, allowed="an int >= 1")
@@ -76,6 +93,30 @@ class Kind:
     def node_roles(self, d: dict) -> tuple[str, ...]:
         """The parameter-holding roles of a node with attributes ``d``."""
         return self.roles
+
+    def params(self, d: dict, chs: list[int]) -> int:
+        """Trainable parameters of a node with input channels ``chs``, without building it (budgets)."""
+        return 0
+
+    def explicit(self, d: dict) -> dict:
+        """``d`` less the implicit attributes at their default: what printing and JSON need to show, so
+        networks that do not use a later attribute read (and hash) as they did before it existed."""
+        out = {}
+        for k, v in d.items():
+            a = self.attrs.get(k)
+            if a is None or not (a.implicit and type(v) is type(a.default) and v == a.default):
+                out[k] = v
+        return out
+
+    def label(self, d: dict) -> dict:
+        """What a fingerprint hashes: the kind and explicit attributes; module names are not architecture."""
+        out = self.explicit(d)
+        out.pop("modules", None)
+        return out
+
+    def node_style(self, d: dict) -> dict:
+        """Graphviz attributes of a node with attributes ``d`` (a mode may change the look)."""
+        return self.style
 
     def zero_roles(self, d: dict) -> tuple[str, ...]:
         """The roles ``init=zero-last`` starts at zero: a residual branch's last norm, the classifier."""
@@ -127,6 +168,9 @@ class Conv(Kind):
     def shape(self, n, d, ins, names):
         return d["out"], resolution.normalize(ins[0][1] + (("d", d["stride"]),))
 
+    def params(self, d, chs):
+        return _conv_bn_params(chs[0], d["out"], d["kernel"])
+
     def lower(self, lo, n, d, ins, chs, paths):
         return lo.conv_bn(paths, ins[0], chs[0], d["out"], d["kernel"], d["stride"], relu=d["relu"], final=True)
 
@@ -146,6 +190,15 @@ class Block(Kind):
 
     def zero_roles(self, d):
         return self.node_roles(d)[-1:]  # the branch starts as zero: the block is the identity
+
+    def params(self, d, chs):
+        out = d["out"]
+        if d["type"] == "basic":
+            return _conv_bn_params(chs[0], out, 3) + _conv_bn_params(out, out, 3)
+        card = d["cardinality"] if d["type"] == "bottleneckx" else 1
+        inner = out * d["cardinality"] // 32 if d["type"] == "bottleneckx" else out // 2
+        return (_conv_bn_params(chs[0], inner, 1) + _conv_bn_params(inner, inner, 3, card)
+                + _conv_bn_params(inner, out, 1))
 
     def shape(self, n, d, ins, names):
         out = d["out"]
@@ -188,11 +241,34 @@ class Block(Kind):
 
 class Aggregate(Kind):
     name, arity = "aggregate", (2, None)
-    doc = "concat inputs, k x k conv, BN, optional residual add of input `residual`, ReLU"
+    doc = ("aggregation node: merge inputs by `mode`, then a k x k conv unit (conv, BN, ReLU; pre-activation "
+           "with order=act_conv_bn; depthwise+pointwise with separable) with optional residual add of input "
+           "`residual`; conv=false keeps the merge alone (no parameters unless mode=wsum), relu=true then "
+           "adds a ReLU (HRNet's fusion)")
     attrs = {"out": OUT, "kernel": Attr(int, 1, check=_odd, allowed="an odd int >= 1"),
-             "residual": Attr((int, type(None)), None, allowed="null or an input position")}
+             "residual": Attr((int, type(None)), None, allowed="null or an input position"),
+             "mode": _choice("concat", FUSIONS), "order": _choice("conv_bn_act", ORDERS),
+             "separable": Attr(bool, False, allowed="true or false", implicit=True),
+             "conv": Attr(bool, True, allowed="true or false", implicit=True),
+             "relu": Attr(bool, False, allowed="true or false", implicit=True)}  # conv=false: HRNet's ReLU(sum)
     roles = ("conv", "bn")
     style = {"shape": "ellipse", "fillcolor": "#a1d99b"}
+    _UNIT = ("kernel", "order", "separable", "residual")  # meaningless without the conv unit
+
+    def node_roles(self, d):
+        fuse = FUSIONS.get(d.get("mode"), FUSIONS["concat"]).roles
+        if not d.get("conv", True):
+            return fuse
+        return fuse + (("dw",) if d.get("separable") else ()) + self.roles
+
+    def params(self, d, chs):
+        fuse = FUSIONS[d["mode"]]
+        total = fuse.params(chs)
+        if d["conv"]:
+            cin, k = fuse.channels(None, chs, chs), d["kernel"]
+            total += (cin * k * k + _conv_bn_params(cin, d["out"], 1)) if d["separable"] else \
+                _conv_bn_params(cin, d["out"], k)
+        return total
 
     def shape(self, n, d, ins, names):
         r0 = ins[0][1]
@@ -201,6 +277,17 @@ class Aggregate(Kind):
                 raise IRError(f"node {n!r} (aggregate): input {u!r} is at resolution {resolution.text(r)} but "
                               f"input {names[0]!r} is at {resolution.text(r0)}; inputs must match "
                               f"(downsample or upsample first)")
+        merged = FUSIONS[d["mode"]].channels(n, [c for c, _ in ins], names)
+        if not d["conv"]:
+            for k in self._UNIT:
+                if d[k] != self.attrs[k].default:
+                    raise IRError(f"node {n!r} (aggregate): {k}={d[k]!r} needs conv=true; conv=false only merges")
+            if d["out"] != merged:
+                raise IRError(f"node {n!r} (aggregate): conv=false outputs the {merged} merged channels "
+                              f"(mode={d['mode']}), but out={d['out']}")
+        elif d["relu"]:
+            raise IRError(f"node {n!r} (aggregate): relu=True needs conv=false (with the conv unit, order places "
+                          f"its ReLU)")
         res_i = d["residual"]
         if res_i is not None:
             if not 0 <= res_i < len(ins):
@@ -212,16 +299,32 @@ class Aggregate(Kind):
         return d["out"], r0
 
     def lower(self, lo, n, d, ins, chs, paths):
-        y = lo.fn(torch.cat, (ins, 1))
-        y = lo.conv_bn(paths, y, sum(chs), d["out"], d["kernel"], relu=False)
+        fuse = FUSIONS[d["mode"]]
+        y = fuse.lower(lo, paths, ins, final=not (d["conv"] or d["relu"]))
+        if not d["conv"]:
+            return lo.fn(torch.relu, (y,), final=True) if d["relu"] else y
+        pre = d["order"] == "act_conv_bn"
+        if pre:
+            y = lo.fn(torch.relu, (y,))
+        y = lo.conv_bn(paths, y, fuse.channels(n, chs, chs), d["out"], d["kernel"], relu=False,
+                       dw="dw" if d["separable"] else None)
         if d["residual"] is not None:
-            y = lo.fn(torch.add, (y, ins[d["residual"]]))
-        return lo.fn(torch.relu, (y,), final=True)
+            y = lo.fn(torch.add, (y, ins[d["residual"]]), final=pre)
+        return y if pre else lo.fn(torch.relu, (y,), final=True)
 
     def text(self, ir, n, d):
+        mode = "" if d["mode"] == "concat" else f"{d['mode']} "
+        if not d["conv"]:
+            return f"{mode or 'concat '}{ir.in_degree(n)}" + ("\nrelu" if d["relu"] else "")
         kern = f" {d['kernel']}x{d['kernel']}" if d["kernel"] != 1 else ""
+        sep = " sep" if d["separable"] else ""
+        pre = " pre-act" if d["order"] == "act_conv_bn" else ""
         res = " +res" if d["residual"] is not None else ""
-        return f"{ir.in_degree(n)} -> {d['out']}{kern}{res}"
+        return f"{mode}{ir.in_degree(n)} -> {d['out']}{sep}{kern}{pre}{res}"
+
+    def node_style(self, d):
+        style = {**self.style, **FUSIONS[d["mode"]].style}
+        return style if d["conv"] else {**style, "shape": "circle", "fontsize": "9", "margin": "0"}
 
 
 class Downsample(Kind):
@@ -249,6 +352,9 @@ class Project(Kind):
     def shape(self, n, d, ins, names):
         return d["out"], ins[0][1]
 
+    def params(self, d, chs):
+        return _conv_bn_params(chs[0], d["out"], 1)
+
     def lower(self, lo, n, d, ins, chs, paths):
         return lo.conv_bn(paths, ins[0], chs[0], d["out"], 1, relu=False)
 
@@ -262,12 +368,24 @@ _PROBE_SIZES = (1, 2, 3, 5, 7, 31, 32, 33, 63, 100, 224, 225)
 
 class Upsample(Kind):
     name, arity = "upsample", (1, 2)
-    doc = ("depthwise transposed conv initialised to bilinear, x factor; "
-           "optional input 1 is a size reference the result is cropped to")
+    doc = ("x factor: depthwise transposed conv initialised to bilinear (learnable or fixed), or fixed nearest "
+           "(mode=nearest, FPN); optional input 1 is a size reference the result is cropped to")
     attrs = {"factor": Attr(int, 2, check=lambda v: v >= 2 and v % 2 == 0, allowed="an even int >= 2"),
-             "learnable": Attr(bool, True, allowed="true or false")}
+             "learnable": Attr(bool, True, allowed="true or false"), "mode": _choice("bilinear", UPSAMPLE_MODES)}
     roles = ("up",)
     style = {"shape": "triangle", "fillcolor": "#fdae6b", "fontsize": "9", "margin": "0"}
+
+    def node_roles(self, d):
+        return self.roles if d.get("mode", "bilinear") == "bilinear" else ()
+
+    def params(self, d, chs):
+        return chs[0] * (2 * d["factor"]) ** 2 if d["mode"] == "bilinear" and d["learnable"] else 0
+
+    def label(self, d):
+        lab = super().label(d)
+        if d["mode"] == "nearest":  # nearest has no weights: learnable means nothing there
+            lab.pop("learnable", None)
+        return lab
 
     def shape(self, n, d, ins, names):
         res = resolution.normalize(ins[0][1] + (("u", d["factor"]),))
@@ -280,19 +398,27 @@ class Upsample(Kind):
         return ins[0][0], res
 
     def lower(self, lo, n, d, ins, chs, paths):
-        c, f = chs[0], d["factor"]
-        up = nn.ConvTranspose2d(c, c, 2 * f, stride=f, padding=f // 2, groups=c, bias=False)
-        bilinear_(up)
-        up.weight.requires_grad_(d["learnable"])
-        y = lo.mod(paths["up"], up, ins[0])
-        if len(ins) == 2:
+        c, f, crop = chs[0], d["factor"], len(ins) == 2
+        if d["mode"] == "nearest":
+            y = lo.fn(F.interpolate, (ins[0],), {"scale_factor": float(f), "mode": "nearest"}, final=not crop)
+        else:
+            up = nn.ConvTranspose2d(c, c, 2 * f, stride=f, padding=f // 2, groups=c, bias=False)
+            bilinear_(up)
+            up.weight.requires_grad_(d["learnable"])
+            y = lo.mod(paths["up"], up, ins[0])
+        if crop:
             for dim in (2, 3):
                 size = lo.g.call_method("size", (ins[1], dim))
                 y = lo.fn(torch.narrow, (y, dim, 0, size), final=dim == 3)
         return y
 
     def text(self, ir, n, d):
+        if d["mode"] == "nearest":
+            return f"up x{d['factor']} nearest"
         return f"up x{d['factor']}" + ("" if d["learnable"] else " fixed")
+
+    def node_style(self, d):
+        return self.style if d["mode"] == "bilinear" else {**self.style, "fillcolor": "#fdd0a2"}
 
 
 class Head(Kind):
@@ -309,6 +435,9 @@ class Head(Kind):
 
     def shape(self, n, d, ins, names):
         return d["classes"], resolution.POOLED if d["pool"] else ins[0][1]
+
+    def params(self, d, chs):
+        return chs[0] * d["classes"] + d["classes"]
 
     def lower(self, lo, n, d, ins, chs, paths):
         y = ins[0]

@@ -43,8 +43,21 @@ class Lowering:
         self.mods[path] = module
         return self.g.call_module(path, (x,))
 
-    def conv_bn(self, paths, x, cin, cout, k, stride=1, groups=1, relu=True, roles=("conv", "bn"), final=False):
-        """conv -> BatchNorm (-> ReLU), the modules named by ``paths[roles[i]]``."""
+    def param(self, path: str, value: torch.Tensor):
+        """Register a bare parameter (initialised to ``value``) under ``path`` and read it."""
+        self.mods[path] = nn.Parameter(value)
+        return self.g.get_attr(path)
+
+    def conv_bn(self, paths, x, cin, cout, k, stride=1, groups=1, relu=True, roles=("conv", "bn"), final=False,
+                dw: str | None = None):
+        """conv -> BatchNorm (-> ReLU), the modules named by ``paths[roles[i]]``.
+
+        ``dw`` names the role of a depthwise k x k conv run first, making the conv a pointwise 1x1
+        (a separable conv, as BiFPN's and MobileNet's: k*k*cin + cin*cout weights, not k*k*cin*cout).
+        """
+        if dw is not None:
+            x = self.mod(paths[dw], conv_layer(cin, cin, k, stride, cin), x)
+            k, stride = 1, 1
         y = self.mod(paths[roles[0]], conv_layer(cin, cout, k, stride, groups), x)
         y = self.mod(paths[roles[1]], nn.BatchNorm2d(cout), y)
         return self.fn(torch.relu, (y,), final=final) if relu else y

@@ -7,7 +7,7 @@ import re
 
 import networkx as nx
 
-from dlasearch.errors import IRError
+from dlasearch.errors import IRError, did_you_mean
 from dlasearch.ir import resolution
 from dlasearch.ir.graph import COMMON_ATTRS, IR, module_paths, roles
 from dlasearch.ir.kinds import KINDS
@@ -37,7 +37,8 @@ def _check_attrs(ir: IR, n) -> None:
         types = a.type if isinstance(a.type, tuple) else (a.type,)
         if (isinstance(v, bool) and bool not in types) or not isinstance(v, types) or \
                 (a.check is not None and not a.check(v)):
-            raise IRError(f"node {n!r} ({kind}): attribute {k}={v!r} is invalid; expected {a.allowed}")
+            hint = did_you_mean(v, a.choices) if a.choices and isinstance(v, str) else ""
+            raise IRError(f"node {n!r} ({kind}): attribute {k}={v!r} is invalid{hint}; expected {a.allowed}")
     mods = d.get("modules")
     if mods is not None:
         rs = roles(ir, n)
@@ -148,7 +149,7 @@ def infer_shapes(ir: IR, size) -> dict:
 
 def _label(ir: IR, n) -> str:
     d = ir.nodes[n]
-    return json.dumps({k: v for k, v in d.items() if k != "modules"}, sort_keys=True)
+    return json.dumps(KINDS[d["kind"]].label(d), sort_keys=True)
 
 
 def fingerprint(ir: IR) -> str:

@@ -5,6 +5,7 @@ import json
 
 from dlasearch.errors import IRError
 from dlasearch.ir.graph import IR
+from dlasearch.ir.kinds import KINDS
 from dlasearch.ir.passes import validate
 
 __all__ = ["FORMAT", "to_json", "from_json"]
@@ -14,7 +15,10 @@ FORMAT = "dlasearch-ir/1"
 
 def to_json(ir: IR, indent: int | None = None) -> str:
     """The IR as JSON text: nodes in insertion order with attributes, edges with positions."""
-    nodes = [{"name": n, **{k: v for k, v in d.items()}} for n, d in ir.nodes(data=True)]
+    # attributes added later are written only where they differ from their default, so the JSON of a
+    # network that does not use them is what it always was
+    nodes = [{"name": n, **(KINDS[d["kind"]].explicit(d) if d.get("kind") in KINDS else d)}
+             for n, d in ir.nodes(data=True)]
     edges = [[u, v, d["pos"]] for u, v, d in ir.edges(data=True)]
     return json.dumps({"format": FORMAT, "graph": dict(ir.graph), "nodes": nodes, "edges": edges},
                       indent=indent)

@@ -20,33 +20,29 @@ instead of training it (``TableObjective``).
 from __future__ import annotations
 
 import json
+import os
 import platform
+import statistics
 import time
 from pathlib import Path
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
 from dlasearch import files
-from dlasearch.errors import DLASearchError, did_you_mean
-from dlasearch.search import space as spacemod
+from dlasearch.ir import from_json
+from dlasearch.search import proxies as proxymod, space as spacemod
 from dlasearch.search.guard import counts
+from dlasearch.search.proxies import proxy_batch, scores
 from dlasearch.search.study import counted, grid_of, open_study
+from dlasearch.search.table import (METRICS, PREFIX, Bench, BenchError, TableObjective, bench_root, is_bench,
+                                    params_key)
+from dlasearch.search.workers import load_data, run
+from dlasearch.search import attrs
 
 __all__ = ["BenchError", "PREFIX", "grid_size", "study_names", "build", "table", "export", "Bench",
            "is_bench", "TableObjective"]
-
-PREFIX = "bench:"  # data=bench:NAME answers trials from the benchmark NAME
-METRICS = ("params", "macs", "train_memory", "val_accuracy", "train_seconds")
-
-
-class BenchError(DLASearchError):
-    """A benchmark that is missing, incomplete for the request, or asked for something it lacks."""
-
-
-def bench_root(results: str | Path | None = None) -> Path:
-    """``<results>/bench``: benchmarks live beside the studies that built them."""
-    return Path(results or files.results_root()) / "bench"
 
 
 def study_names(name: str) -> tuple[str, str]:
@@ -86,22 +82,6 @@ def spaces(name: str, space: dict, n: int | None = None, repeat: int = 30) -> tu
     return s0, s1
 
 
-def _plain(v):
-    """A CSV cell as a JSON-able Python value (NaN: None)."""
-    v = v.item() if hasattr(v, "item") else v
-    return None if isinstance(v, float) and v != v else v
-
-def params_key(params: dict) -> str:
-    """Trial parameters as one string, whether they come from Optuna or from a CSV row."""
-    out = {}
-    for k, v in sorted(params.items()):
-        v = _plain(v)
-        if v is None:  # an inactive conditional parameter
-            continue
-        out[k] = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
-    return json.dumps(out)
-
-
 def _enqueue_grid(s0: dict, n: int | None, log) -> int:
     """Queue every grid point not yet trained or queued, in a seeded random order; returns the trial total.
 
@@ -118,7 +98,7 @@ def _enqueue_grid(s0: dict, n: int | None, log) -> int:
     have, waiting = set(), 0
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.WAITING:
-            have.add(params_key(t.system_attrs.get("fixed_params", {})))
+            have.add(params_key(t.system_attrs.get(attrs.FIXED_PARAMS, {})))
             waiting += 1
         elif counts(t):
             have.add(params_key(t.params))
@@ -133,7 +113,7 @@ def _enqueue_grid(s0: dict, n: int | None, log) -> int:
 
 def _unique_complete(study: optuna.Study) -> list:
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.user_attrs.get("duplicate_of") is None]
+            if t.user_attrs.get(attrs.DUPLICATE_OF) is None]
 
 
 def _enqueue_repeats(s1: dict, first: optuna.Study, repeat: int, log) -> None:
@@ -151,9 +131,7 @@ def _enqueue_repeats(s1: dict, first: optuna.Study, repeat: int, log) -> None:
 
 def build(name: str, space: dict, n: int | None = None, repeat: int = 30, log=print) -> Path:
     """Train (or resume) both studies, score the proxies and export ``results/bench/<name>/``."""
-    from dlasearch.search.workers import run
-
-    files.check_name(name, "name", BenchError)
+    files.check_study_name(name, "name", BenchError)  # it names studies bench-<name>
     s0, s1 = spaces(name, space, n, repeat)
     log(f"bench {name!r}: {s0['study']['trials']} of {grid_size(space)} architectures of space "
         f"{space.get('name', '?')!r}, then {repeat} with seed {s1['train']['seed']}")
@@ -163,7 +141,7 @@ def build(name: str, space: dict, n: int | None = None, repeat: int = 30, log=pr
     if repeat:
         _enqueue_repeats(s1, first, repeat, log)
         queued = open_study(s1, create=False, log=log).get_trials(deepcopy=False)
-        s1["study"]["trials"] = len({t.user_attrs.get("repeat_of") for t in queued})
+        s1["study"]["trials"] = len({t.user_attrs.get(attrs.REPEAT_OF) for t in queued})
         run(s1, log=log)
     return export(name, s0, s1 if repeat else None, log=log)
 
@@ -174,11 +152,11 @@ def table(first: optuna.Study, second: optuna.Study | None):
 
     rows, grid = {}, []
     for t in first.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)):
-        fp = t.user_attrs.get("fingerprint")
-        if fp is None or t.user_attrs.get("surplus") or t.user_attrs.get("stale"):
+        fp = t.user_attrs.get(attrs.FINGERPRINT)
+        if fp is None or not counts(t):  # stale, surplus or interrupted: its retry holds the result
             continue
         grid.append({**{f"param_{k}": v for k, v in t.params.items()}, "fingerprint": fp})
-        if fp in rows or t.user_attrs.get("duplicate_of") is not None:
+        if fp in rows or t.user_attrs.get(attrs.DUPLICATE_OF) is not None:
             continue
         u = t.user_attrs
         rows[fp] = {"fingerprint": fp, "trial": t.number, "pattern": u.get("pattern"), "arch": u.get("arch"),
@@ -186,28 +164,23 @@ def table(first: optuna.Study, second: optuna.Study | None):
                     "status": "ok" if t.state == TrialState.COMPLETE else u.get("fail_reason", t.state.name)}
     if second is not None:
         for t in second.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            fp = t.user_attrs.get("fingerprint")
-            if fp in rows and t.user_attrs.get("val_accuracy") is not None:
-                rows[fp]["val_accuracy_seed1"] = t.user_attrs["val_accuracy"]
+            fp = t.user_attrs.get(attrs.FINGERPRINT)
+            if fp in rows and t.user_attrs.get(attrs.VAL_ACCURACY) is not None:
+                rows[fp]["val_accuracy_seed1"] = t.user_attrs[attrs.VAL_ACCURACY]
     cols = ["fingerprint", "trial", "pattern", "arch", *METRICS, "val_accuracy_seed1", "status"]
     return pd.DataFrame(list(rows.values()), columns=cols), pd.DataFrame(grid).drop_duplicates()
 
 
 def _proxies(folder: Path, s0: dict, first: optuna.Study, fingerprints, log):
     """Every proxy of every architecture, cached in ``proxies.csv`` (deterministic: seeded batch and weights)."""
-    import pandas as pd
-
-    from dlasearch.ir import from_json
-    from dlasearch.search import proxies as proxymod
-    from dlasearch.search.rank import proxy_batch, scores
-    from dlasearch.search.workers import load_data
+    import pandas as pd  # heavy: only a benchmark's export needs it
 
     names = [p for p in proxymod.PROXIES if p not in ("params", "macs")]  # those two are bench.csv columns
     path = folder / "proxies.csv"
     done = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["fingerprint", *names])
     todo = [fp for fp in fingerprints if fp not in set(done.fingerprint)]
     if todo:
-        irs = {t.user_attrs["fingerprint"]: t.user_attrs["ir"] for t in first.get_trials(deepcopy=False)
+        irs = {t.user_attrs[attrs.FINGERPRINT]: t.user_attrs[attrs.IR] for t in first.get_trials(deepcopy=False)
                if "ir" in t.user_attrs}
         x, y = proxy_batch(load_data(s0), 64, 0)
         rows, t0 = [], time.time()
@@ -221,20 +194,37 @@ def _proxies(folder: Path, s0: dict, first: optuna.Study, fingerprints, log):
 
 
 def _cost(study: optuna.Study) -> dict:
+    """Trials, their time and span; ``median_trial_s`` over the trials that trained (not the repeats
+    answered from the study), the cost of one architecture on one worker."""
     trials = [t for t in study.get_trials(deepcopy=False) if t.datetime_start and t.datetime_complete]
     if not trials:
         return {}
     start = min(t.datetime_start for t in trials)
     end = max(t.datetime_complete for t in trials)
+    trained = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials
+               if t.user_attrs.get(attrs.DUPLICATE_OF) is None]
     return {"trials": len(trials), "start": start.isoformat(timespec="seconds"),
             "end": end.isoformat(timespec="seconds"), "wall_s": round((end - start).total_seconds(), 1),
             "trial_s": round(sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials), 1),
-            "workers": len({t.user_attrs.get("worker") for t in trials})}
+            "workers": len({t.user_attrs.get(attrs.WORKER) for t in trials}),
+            **({"median_trial_s": round(statistics.median(trained), 1)} if trained else {})}
+
+
+def machine() -> dict:
+    """The CPU model, core count, Python and torch: what a benchmark's cost depends on, and no kernel or
+    host name (committed results should not name one machine's setup)."""
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}
 
 
 def export(name: str, s0: dict, s1: dict | None, log=print) -> Path:
     """Write ``results/bench/<name>/`` from the two studies; returns the folder."""
-    import torch
     import yaml
 
     folder = bench_root(s0["study"]["results"]) / name
@@ -246,9 +236,9 @@ def export(name: str, s0: dict, s1: dict | None, log=print) -> Path:
     prox = _proxies(folder, s0, first, list(df.fingerprint[df.status == "ok"]), log)
     df = df.merge(prox, on="fingerprint", how="left")
     for t in first.get_trials(deepcopy=False):
-        fp = t.user_attrs.get("fingerprint")
+        fp = t.user_attrs.get(attrs.FINGERPRINT)
         if fp in set(df.fingerprint) and "ir" in t.user_attrs and not (folder / "archs" / f"{fp}.json").exists():
-            files.write_atomic(folder / "archs" / f"{fp}.json", t.user_attrs["ir"])
+            files.write_atomic(folder / "archs" / f"{fp}.json", t.user_attrs[attrs.IR])
     files.write_atomic(folder / "bench.csv", df.to_csv(index=False))
     files.write_atomic(folder / "grid.csv", grid.to_csv(index=False))
     stored = {k: v for k, v in s0.items() if k not in ("name",)}
@@ -257,11 +247,10 @@ def export(name: str, s0: dict, s1: dict | None, log=print) -> Path:
     meta = {"name": name, "space": s0.get("name"), "grid": grid_size(s0), "architectures": len(df),
             "grid_points_done": len(grid), "repeats": int(df.val_accuracy_seed1.notna().sum()),
             "studies": [s0["study"]["name"]] + ([s1["study"]["name"]] if s1 else []),
-            "channels": json.loads(first.trials[0].user_attrs["spec"])["in_channels"],
-            "num_classes": json.loads(first.trials[0].user_attrs["spec"])["num_classes"],
+            "channels": json.loads(first.trials[0].user_attrs[attrs.SPEC])["in_channels"],
+            "num_classes": json.loads(first.trials[0].user_attrs[attrs.SPEC])["num_classes"],
             "cost": {"first": _cost(first), **({"second": _cost(second)} if second is not None else {})},
-            "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                        "python": platform.python_version(), "torch": torch.__version__}}
+            "machine": machine()}
     try:  # the first export's machine and command say how the table was built; a re-export keeps them
         before = json.loads((folder / "meta.json").read_text())
     except (OSError, json.JSONDecodeError):
@@ -273,102 +262,3 @@ def export(name: str, s0: dict, s1: dict | None, log=print) -> Path:
 
 
 # ------------------------------------------------------------------ reading a benchmark
-
-
-def is_bench(space: dict) -> bool:
-    return str(space["data"].get("name", "")).startswith(PREFIX)
-
-
-class Bench:
-    """A finished benchmark folder: ``df`` (bench.csv), ``grid``, ``space``, ``meta``."""
-
-    def __init__(self, folder: Path):
-        import pandas as pd
-
-        self.folder = folder
-        self.df = pd.read_csv(folder / "bench.csv")
-        self.grid = pd.read_csv(folder / "grid.csv")
-        self.meta = json.loads((folder / "meta.json").read_text())
-        self.by_fp = {r["fingerprint"]: {k: _plain(v) for k, v in r.items()} for r in self.df.to_dict("records")}
-        keys = [c for c in self.grid.columns if c.startswith("param_")]
-        self._keys = keys
-        self.by_params = {params_key(dict(zip((k[6:] for k in keys), vals))): fp
-                          for *vals, fp in self.grid[keys + ["fingerprint"]].itertuples(index=False)}
-
-    @classmethod
-    def load(cls, name: str, results: str | Path | None = None) -> "Bench":
-        """The benchmark ``name`` under ``<results>/bench/`` (or a folder path)."""
-        root = bench_root(results)
-        folder = Path(name) if (Path(name) / "bench.csv").exists() else root / name
-        if not (folder / "bench.csv").exists():
-            have = sorted(p.name for p in root.glob("*") if (p / "bench.csv").exists()) if root.is_dir() else []
-            raise BenchError(f"no benchmark {name!r} at {folder}{did_you_mean(name, have)}; available: "
-                             f"{', '.join(have) or 'none'} (build one: dlasearch bench build name={name} space=...)")
-        return cls(folder)
-
-    @property
-    def space_path(self) -> Path:
-        return self.folder / "space.yaml"
-
-    def fingerprint_of(self, params: dict) -> str | None:
-        return self.by_params.get(params_key({k: params[k] for k in (c[6:] for c in self._keys) if k in params}))
-
-    def row(self, fingerprint: str) -> dict | None:
-        return self.by_fp.get(fingerprint)
-
-
-class TableObjective:
-    """A trial answered from a benchmark: sample, build, fingerprint, look up; no data, no training."""
-
-    def __init__(self, space: dict, log=print):
-        from dlasearch.search.objective import describe
-
-        self.space, self.log, self.describe = space, log, describe
-        self.bench = Bench.load(space["data"]["name"][len(PREFIX):], space["study"]["results"])
-        self.multi = len(space["objectives"]) > 1
-        self.progress = self.tracker = self.fatal = None
-        self.epochs_run, self.position = 0, "?"
-
-    def screen_score(self, trial) -> float | None:
-        """The study's proxy from the table (None: not in the benchmark)."""
-        row = self._row(trial)[1]
-        return None if row is None else row.get(self.space["study"]["proxy"])
-
-    def _row(self, trial) -> tuple[dict, dict | None]:
-        from dlasearch.ir import IRError, fingerprint
-        from dlasearch.patterns import build as build_ir
-        from dlasearch.search.objective import TrialFailed
-
-        spec = spacemod.sample(self.space, trial)
-        fp = self.bench.fingerprint_of(trial.params)
-        if fp is None:  # not a grid point of the benchmark: it may still be one of its architectures
-            spec.update(in_channels=self.bench.meta["channels"], num_classes=self.bench.meta["num_classes"])
-            try:
-                fp = fingerprint(build_ir(spec))
-            except IRError as e:
-                trial.set_user_attr("fail_reason", f"invalid architecture: {e}")
-                raise TrialFailed(str(e)) from None
-        spec["fingerprint"] = fp
-        return spec, self.bench.row(fp)
-
-    def __call__(self, trial: optuna.Trial):
-        from dlasearch.search.objective import TrialFailed
-
-        spec, row = self._row(trial)
-        fp = spec["fingerprint"]
-        trial.set_user_attr("pattern", spec["pattern"])
-        trial.set_user_attr("arch", self.describe(spec))
-        trial.set_user_attr("fingerprint", fp)
-        trial.set_user_attr("spec", json.dumps({k: v for k, v in spec.items() if k != "fingerprint"}))
-        if row is None or row["status"] != "ok":
-            reason = (f"not in benchmark {self.bench.meta['name']!r} ({len(self.bench.df)} architectures of space "
-                      f"{self.bench.meta['space']!r})" if row is None else f"in the benchmark: {row['status']}")
-            trial.set_user_attr("fail_reason", reason)
-            raise TrialFailed(reason)
-        # the IR like a trained trial's, so export, report and trial_ir read a table search alike
-        trial.set_user_attr("ir", (self.bench.folder / "archs" / f"{fp}.json").read_text())
-        for k in METRICS:
-            trial.set_user_attr(k, row[k])
-        vals = [row[o] for o in self.space["objectives"]]
-        return vals[0] if len(vals) == 1 else vals
-

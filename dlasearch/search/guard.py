@@ -6,20 +6,28 @@
   (Linux), and elsewhere the heartbeat notices the new parent pid.
 - ``claim``: a worker holds an exclusive lock on a fingerprint while it trains it, so two workers
   never train the same architecture at the same time; the second waits and reuses the result.
+- ``hold``: the same lock held by a whole command (``compare`` on its folder); a second one fails at once.
 - ``surplus``: a trial created when the study already has ``trials`` trials is not run, so
   ``workers=K`` never overshoots.
+- ``environmental``: a trial stopped by a signal, a full disk or a lost database is marked
+  ``interrupted``; it does not count, and ``study.requeue_interrupted`` queues its parameters again.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
 
+from dlasearch.files import explain
+from dlasearch.search import attrs
+
 __all__ = ['Terminated', 'sigterm_raises', 'interrupt_reason', 'die_with_parent', 'parent_gone', 'stop_if_orphaned',
-           'counted_before', 'surplus', 'claim']
+           'INTERRUPTED', 'environmental', 'counts', 'counted_before', 'surplus', 'claim', 'hold']
 
 PARENT_ENV = "DLASEARCH_PARENT"
 
@@ -75,7 +83,22 @@ def stop_if_orphaned() -> None:
 
 # ------------------------------------------------------------ concurrency
 
-NOT_COUNTED = ("stale", "surplus", "candidate")  # retried, redundant, or a screening candidate
+INTERRUPTED = attrs.INTERRUPTED  # failed by its environment, not by itself: not counted, queued again
+NOT_COUNTED = (attrs.STALE, attrs.SURPLUS, attrs.CANDIDATE, INTERRUPTED)  # retried, redundant, a screening candidate
+# a write that failed for want of room or a writable disk: the machine's fault, not the trial's
+ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)
+
+
+def environmental(e: BaseException) -> bool:
+    """Whether a trial failed by its environment (a signal, a full disk, a lost database): such a
+    trial says nothing about its architecture, so it must not count against ``trials``."""
+    if isinstance(e, KeyboardInterrupt):
+        return True
+    if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
+        return True
+    kind = type(e)  # sqlalchemy's connection errors, without importing sqlalchemy
+    return kind.__module__.startswith("sqlalchemy") and kind.__name__ in ("OperationalError", "InterfaceError",
+                                                                        "DisconnectionError")
 
 
 def counts(t) -> bool:
@@ -110,8 +133,7 @@ def claim(folder: Path | None, fp: str, trial, log, reap=None, poll: float = 1.0
     import fcntl
 
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / f"{fp[:40]}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+        fd = _open_lock(folder / f"{fp[:40]}.lock")
     except OSError:
         _wait_for_lower(trial, fp, log, reap, poll)
         yield
@@ -123,8 +145,43 @@ def claim(folder: Path | None, fp: str, trial, log, reap=None, poll: float = 1.0
             log(f"  trial #{trial.number}: another worker is training the same architecture; waiting for it")
             fcntl.flock(fd, fcntl.LOCK_EX)
             # the holder released the lock as its objective returned; its result is stored a moment later
-            _wait(trial, fp, reap, poll / 5, lambda t: t.user_attrs.get("claimed"))
-        trial.set_user_attr("claimed", True)
+            _wait(trial, fp, reap, poll / 5, lambda t: t.user_attrs.get(attrs.CLAIMED))
+        trial.set_user_attr(attrs.CLAIMED, True)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _open_lock(path: Path) -> int:
+    """An open descriptor of lock file ``path`` (made with its folder when missing); ``flock`` it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+
+
+@contextlib.contextmanager
+def hold(path: Path, what: str, hint: str, error):
+    """Hold lock file ``path`` for the whole block, as ``claim`` holds a fingerprint, but never wait: a
+    second holder fails at once with ``error`` naming ``what`` and the first holder, which the lock
+    file records (``host:pid`` and since when).  The kernel releases it when its holder dies."""
+    if sys.platform == "win32":
+        yield
+        return
+    import fcntl
+
+    path = Path(path)
+    try:
+        fd = _open_lock(path)
+    except OSError as e:
+        raise error(f"{what}: cannot create the lock file {path}: {explain(e)}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise error(f"{what} is in use by {holder}; {hint}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{socket.gethostname()}:{os.getpid()} (since {time.strftime('%Y-%m-%d %H:%M:%S')})\n"
+                  .encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -140,8 +197,8 @@ def _busy(trial, fp: str, which) -> list:
     from optuna.trial import TrialState
 
     return [t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if t.number != trial.number and t.user_attrs.get("fingerprint") == fp
-            and not t.user_attrs.get("stale") and which(t)]
+            if t.number != trial.number and t.user_attrs.get(attrs.FINGERPRINT) == fp
+            and not t.user_attrs.get(attrs.STALE) and which(t)]
 
 
 def _wait(trial, fp: str, reap, poll: float, which) -> None:

@@ -9,6 +9,8 @@ So, under the journal's own lock:
   its last complete record) and returns the trial ids the torn record touched, so that the caller
   fails them as stale and re-queues them;
 - a garbage line in the middle is never rewritten: ``JournalError`` names the file and the line;
+- a file that is not a journal at all (``storage=`` someone's file: its first line is no record) is
+  refused and never touched, so its content is not taken for a torn record;
 - ``SafeJournalBackend`` cuts a failed append (no space, file-size limit) back to the last
   complete record, so a full disk leaves a journal the next run can open.
 """
@@ -69,6 +71,39 @@ def repair(path: Path, log=print, write: bool = True) -> list[int]:
         lock.release()
 
 
+# a journal record, as Optuna's and our backend write it; a torn first record still starts so
+RECORD_START = re.compile(rb'\{"op_code":\s*\d')
+
+
+# the keys Optuna reads from each record, by op_code (every record also names its worker_id)
+_KEYS = {0: ("study_name", "directions"), 1: ("study_id",), 2: ("study_id", "user_attr"),
+         3: ("study_id", "system_attr"), 4: ("study_id", "datetime_start"),
+         5: ("trial_id", "param_name", "param_value_internal", "distribution"),
+         6: ("trial_id", "state", "values"), 7: ("trial_id", "step", "intermediate_value"),
+         8: ("trial_id", "user_attr"), 9: ("trial_id", "system_attr"), 10: ()}
+
+
+def _problem(line: bytes) -> str | None:
+    """Why ``line`` is not one journal record Optuna can apply (None when it is one): not JSON, not an
+    object, no or an unknown ``op_code``, or a key that record needs missing."""
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return "not JSON"
+    if not isinstance(obj, dict):
+        return f"a JSON {type(obj).__name__ if obj is not None else 'null'}, not a record"
+    op = obj.get("op_code")
+    if type(op) is not int or op not in _KEYS:
+        return "no op_code" if op is None else f"unknown op_code {op!r}"
+    missing = [k for k in ("worker_id",) + _KEYS[op] if k not in obj]
+    return f"op_code {op} record without {', '.join(missing)}" if missing else None
+
+
+def _record(line: bytes) -> bool:
+    """Whether ``line`` is one journal record (a JSON object with an ``op_code``), not just any JSON."""
+    return _problem(line) is None
+
+
 def _repair_locked(path: Path, log, move: bool = True) -> list[int]:
     try:
         data = path.read_bytes()
@@ -76,13 +111,17 @@ def _repair_locked(path: Path, log, move: bool = True) -> list[int]:
         raise JournalError(f"cannot read the journal {path}: {files.explain(e)}") from None
     lines = data.split(b"\n")
     torn = lines.pop()  # b"" when the file ends with a newline
+    if not (_record(lines[0]) if lines else RECORD_START.match(torn)):
+        # someone else's file given as storage=: never moved aside nor appended to
+        hint = " (an SQLite database? pass storage=sqlite:///PATH)" if data.startswith(b"SQLite format 3") else ""
+        raise JournalError(f"{path} is not an Optuna journal{hint}; it was not changed: pass "
+                           f"storage= a journal file, a new file name or a database URL")
     for number, line in enumerate(lines, start=1):
-        try:
-            json.loads(line)
-        except ValueError:
-            raise JournalError(f"{path}: line {number} is not a journal record (the file is damaged in the "
+        problem = _problem(line)
+        if problem:
+            raise JournalError(f"{path}: line {number} is not a journal record ({problem}; the file is damaged in the "
                                f"middle; it was not changed): restore it from a backup, or pass study=NEW_NAME "
-                               f"to start a new study") from None
+                               f"to start a new study")
     if not torn or not move:
         return []
     side = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%d-%H%M%S')}")

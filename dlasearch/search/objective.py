@@ -7,36 +7,57 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from dlasearch import stats
-from dlasearch.ir import IRError, fingerprint, to_json
+from dlasearch import stats, train as trainmod
+from dlasearch.errors import SpaceError
+from dlasearch.ir import IRError, fingerprint, from_json, to_json, to_module
 from dlasearch.patterns import build
 from dlasearch.search import guard, journal, keep, precheck, space as spacemod
+from dlasearch.search.proxies import proxy_batch, scores
 from dlasearch.search.study import (Heartbeat, fail_stale, fixed_params, pruner_epochs, storage_url, trial_id,
                                     worker_id)
+from dlasearch.train import dense
+from dlasearch.search import attrs
 
 __all__ = ['describe', 'Objective', 'TrialFailed']
 
 
 def describe(spec: dict) -> str:
+    """One line a reader can tell trials apart by (trials.csv's ``arch``); dense specs name their decoder."""
     st = spec["stages"]
     return (f"{spec['pattern']}, {len(st)} stages, blocks {'-'.join(str(s['blocks']) for s in st)}, "
             f"widths {'-'.join(str(s['channels']) for s in st)}, {spec['block']}"
             + (f" x{spec['cardinality']}" if spec["block"] == "bottleneckx" else "")
             + (f", root k{spec['root_kernel']}" if spec["root_kernel"] != 1 else "")
-            + (", residual root" if spec["residual_root"] else ""))
+            + (", residual root" if spec["residual_root"] else "") + _decoder(spec))
+
+
+def _decoder(spec: dict) -> str:
+    if spec.get("task", "classify") == "classify":
+        return ""
+    width = spec.get("decoder_channels")
+    return (f", decoder {spec.get('decoder', 'ida_up')}" + (f" {width}ch" if width else "")
+            + (f" from level {spec['first_level']}" if spec.get("first_level", 1) != 1 else ""))
+
+
+# per-trial user attributes a duplicate copies from the trial it repeats (and trials.csv shows)
+RESULT_ATTRS = (*attrs.MEASURED, attrs.VAL_ACCURACY, attrs.VAL_SCORE, attrs.MIOU_FG, attrs.MIOU, attrs.BOUNDARY_ODS,
+                attrs.TRAIN_SECONDS, attrs.STATUS, attrs.REJECTED, attrs.AT_CHANCE)
 
 
 class Objective:
     """One trial: build, measure, check budgets, train; answers duplicates from the study."""
 
     def __init__(self, space: dict, data, log=print, train_fn=None):
-        from dlasearch import train as trainmod
-
         self.space, self.data, self.log = space, data, log
         self.train_fn = train_fn or trainmod.train
         self.trainmod = trainmod
         self.multi = len(space["objectives"]) > 1
-        self.chance = (stats.chance(data.y_val), len(data.y_val))
+        self.score = spacemod.score_objective(space)
+        if spacemod.SCORES[self.score] != data.task:
+            want = next(o for o, t in spacemod.SCORES.items() if t == data.task)
+            raise SpaceError(f"objectives: {self.score} scores {spacemod.SCORES[self.score]} data, but {data.name} is "
+                             f"{data.task} data; use objectives=[{want}]")
+        self.chance = None if data.dense else (stats.chance(data.y_val), len(data.y_val))
         self.progress = self.tracker = None
         self.epochs_run, self.position = 0, "?"
         self.fatal = self._batch = None
@@ -53,7 +74,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial):
         try:
-            trial.set_user_attr("worker", worker_id())
+            trial.set_user_attr(attrs.WORKER, worker_id())
             if guard.surplus(trial, self.space["study"]["trials"]):
                 return self._surplus(trial)
             with Heartbeat(trial.study, trial_id(trial), self.space["study"]["heartbeat"]):
@@ -62,27 +83,29 @@ class Objective:
             raise
         except journal.JournalWriteError as e:
             self.fatal = e  # Optuna catches it to fail the trial; ``work`` then stops the study with it
+            _note_failure(trial, f"cannot write the journal: {e.strerror}", True)  # if the disk lets it
             raise
         except KeyboardInterrupt as e:
-            trial.set_user_attr("fail_reason", guard.interrupt_reason(e))
+            _note_failure(trial, guard.interrupt_reason(e), True)
             raise
         except Exception as e:  # recorded on the trial; the study goes on (out of memory included)
-            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            _note_failure(trial, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                          guard.environmental(e))
             raise
 
     def _run(self, trial):
         try:
             spec = spacemod.sample(self.space, trial)
             spec.update(in_channels=self.data.channels, num_classes=self.data.num_classes)
-            trial.set_user_attr("pattern", spec["pattern"])
-            trial.set_user_attr("spec", json.dumps(spec))
-            trial.set_user_attr("arch", describe(spec))
+            trial.set_user_attr(attrs.PATTERN, spec["pattern"])
+            trial.set_user_attr(attrs.SPEC, json.dumps(spec))
+            trial.set_user_attr(attrs.ARCH, describe(spec))
             ir = build(spec, name=f"trial{trial.number}")
         except IRError as e:
             return self._fail(trial, f"invalid architecture: {e}")
         fp = fingerprint(ir)
-        trial.set_user_attr("fingerprint", fp)
-        trial.set_user_attr("ir", to_json(ir))
+        trial.set_user_attr(attrs.FINGERPRINT, fp)
+        trial.set_user_attr(attrs.IR, to_json(ir))
         with guard.claim(self.claims, fp, trial, self.log, reap=lambda: fail_stale(trial.study, self.grace)):
             dup = self._duplicate(trial, fp)
             if dup is not None:
@@ -91,7 +114,7 @@ class Objective:
 
     def _surplus(self, trial):
         """A trial another worker's made redundant: not run, not counted; fixed parameters go back in the queue."""
-        trial.set_user_attr("surplus", True)
+        trial.set_user_attr(attrs.SURPLUS, True)
         fixed = fixed_params(trial)
         if fixed:
             trial.study.enqueue_trial(fixed, user_attrs={k: v for k, v in trial.user_attrs.items()
@@ -99,13 +122,11 @@ class Objective:
         return self._fail(trial, f"surplus: the study already has {self.space['study']['trials']} trials")
 
     def _train(self, trial, spec: dict, ir):
-        from dlasearch.ir import to_module
-
         budget = self.space["budget"].get("params")
         if budget is not None and precheck.count_params(ir) > budget:  # before building it: no OOM
             over = f"params={precheck.count_params(ir):.4g} > budget {budget:.4g}"
-            trial.set_user_attr("params", precheck.count_params(ir))
-            trial.set_user_attr("rejected", over)
+            trial.set_user_attr(attrs.PARAMS, precheck.count_params(ir))
+            trial.set_user_attr(attrs.REJECTED, over)
             raise optuna.TrialPruned(f"over budget: {over}")
         config = self._config()
         model = to_module(ir, init=config.init, seed=config.seed)  # a trial can be trained again exactly
@@ -113,33 +134,43 @@ class Objective:
         metrics = {"params": m["params"], "macs": m["macs"], "train_memory": m["train_memory_bytes"]}
         for k, v in metrics.items():
             trial.set_user_attr(k, v)
-        trial.set_user_attr("precision", m["precision"])  # what the memory count and the training ran in
+        trial.set_user_attr(attrs.PRECISION, m["precision"])  # what the memory count and the training ran in
         self.log(f"  trial #{trial.number}: {describe(spec)} | {metrics['params'] / 1e3:.1f}k params, "
                  f"{metrics['macs'] / 1e6:.1f}M MACs, {metrics['train_memory'] / 2**20:.1f} MiB train memory")
         over = [f"{k}={metrics[k]:.4g} > budget {b:.4g}" for k, b in self.space["budget"].items()
                 if b is not None and metrics[k] > b]
         if over:
-            trial.set_user_attr("rejected", "; ".join(over))
+            trial.set_user_attr(attrs.REJECTED, "; ".join(over))
             raise optuna.TrialPruned(f"over budget: {'; '.join(over)}")
         result = self.train_fn(model, self.data, config, callback=self._reporter(trial),
                                eval_epochs=self._eval_epochs())
-        trial.set_user_attr("status", result.status)
-        trial.set_user_attr("train_seconds", result.train_seconds)
-        trial.set_user_attr("epochs_trained", result.epochs)
+        trial.set_user_attr(attrs.STATUS, result.status)
+        trial.set_user_attr(attrs.TRAIN_SECONDS, result.train_seconds)
+        trial.set_user_attr(attrs.EPOCHS_TRAINED, result.epochs)
         if result.status == "nan":
             return self._fail(trial, f"training diverged (NaN/inf loss) {result.reason}".strip())
-        trial.set_user_attr("val_accuracy", result.val_accuracy)
-        trial.set_user_attr("at_chance", stats.at_chance(result.val_accuracy, *self.chance))
+        score = result.val_score if result.val_score is not None else result.val_accuracy
+        trial.set_user_attr(attrs.VAL_ACCURACY, result.val_accuracy)
+        trial.set_user_attr(attrs.VAL_SCORE, score)
+        for k in ("miou_fg", "miou", "boundary_ods"):  # the dense task's metrics, for trials.csv
+            if result.val_metrics.get(f"val_{k}") is not None:
+                trial.set_user_attr(k, result.val_metrics[f"val_{k}"])
+        trial.set_user_attr(attrs.AT_CHANCE, self._at_chance(score))
         if result.status == "stopped":
-            raise optuna.TrialPruned(f"pruned after epoch {result.epochs}: val_accuracy={result.val_accuracy}")
-        metrics.update(val_accuracy=result.val_accuracy, train_seconds=result.train_seconds)
-        keep.upload(trial, model, ir, self.data, config, self.space)
+            raise optuna.TrialPruned(f"pruned after epoch {result.epochs}: {self.score}={score}")
+        metrics.update({"val_accuracy": result.val_accuracy, "train_seconds": result.train_seconds, self.score: score})
+        keep.upload(trial, model, ir, self.data, config, self.space, self.log)
         return self.values(metrics)
+
+    def _at_chance(self, score) -> bool:
+        """Whether a validation score says nothing: classification within chance + 2 SE, dense data at or
+        below the guesser that knows only the class (or edge) frequencies (``dense.chance_record``)."""
+        if self.chance is not None:
+            return stats.at_chance(score, *self.chance)
+        return bool(dense.chance_record(self.data, score)["val"]["at_chance"])
 
     def screen_score(self, trial) -> float | None:
         """The study's proxy for the architecture ``trial`` samples, untrained (None: invalid or over budget)."""
-        from dlasearch.search.rank import proxy_batch, scores
-
         spec = spacemod.sample(self.space, trial)
         spec.update(in_channels=self.data.channels, num_classes=self.data.num_classes)
         ir = build(spec, name=f"candidate{trial.number}")
@@ -152,15 +183,14 @@ class Objective:
         return scores(ir, *self._batch, [name])[name]
 
     def _fail(self, trial, reason: str):
-        trial.set_user_attr("fail_reason", reason)
+        trial.set_user_attr(attrs.FAIL_REASON, reason)
         raise TrialFailed(reason)
 
     def _duplicate(self, trial, fp: str):
         for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-            if t.user_attrs.get("fingerprint") == fp and t.number != trial.number:
-                trial.set_user_attr("duplicate_of", t.number)
-                for k in ("params", "macs", "train_memory", "precision", "val_accuracy", "train_seconds", "status",
-                          "rejected", "at_chance"):
+            if t.user_attrs.get(attrs.FINGERPRINT) == fp and t.number != trial.number:
+                trial.set_user_attr(attrs.DUPLICATE_OF, t.number)
+                for k in RESULT_ATTRS:
                     if k in t.user_attrs:
                         trial.set_user_attr(k, t.user_attrs[k])
                 if t.state == TrialState.PRUNED:
@@ -168,6 +198,15 @@ class Objective:
                 self.log(f"  trial #{trial.number}: same architecture as #{t.number}; reusing its result")
                 return t.values[0] if len(t.values) == 1 else list(t.values)
         return None
+
+    def retrain(self, t) -> tuple:
+        """Train finished trial ``t``'s architecture again as it was trained (same config and seed, so
+        the same initial weights): ``(model, ir, data, config)`` for ``keep.recover``."""
+        ir = from_json(t.user_attrs[attrs.IR])
+        config = self._config()
+        model = to_module(ir, init=config.init, seed=config.seed)
+        self.train_fn(model, self.data, config, eval_epochs=set())
+        return model, ir, self.data, config
 
     def _config(self):
         """The training config; TrainConfig checks every value (so a bad space fails before any trial)."""
@@ -188,17 +227,29 @@ class Objective:
 
         def report(epoch: int, metrics: dict):
             done, self.epochs_run = epoch - self.epochs_run, epoch  # epochs since the last validation
+            score = metrics.get("val_score", metrics["val_accuracy"])  # the task's score (accuracy: classify)
             if self.progress is not None:
                 self.progress.update(f"trial {self.position} (#{trial.number}) epoch {epoch}/"
-                                     f"{self.space['train']['epochs']} val {metrics['val_accuracy']:.3f}", n=done)
+                                     f"{self.space['train']['epochs']} val {score:.3f}", n=done)
             if self.tracker is not None:
                 self.tracker.epoch(trial.number, epoch, metrics)
             if self.multi:
                 return
-            trial.report(metrics["val_accuracy"], epoch)
+            trial.report(score, epoch)
             if trial.should_prune():
                 raise self.trainmod.StopTraining(f"pruned at epoch {epoch}")
         return report
+
+
+def _note_failure(trial, reason: str, environmental: bool) -> None:
+    """Record why ``trial`` failed; one failed by its environment is marked so it does not count.
+    Never raises: the storage may be what failed (the trial is then failed as stale later)."""
+    try:
+        trial.set_user_attr(attrs.FAIL_REASON, reason)
+        if environmental:
+            trial.set_user_attr(guard.INTERRUPTED, True)
+    except Exception:
+        pass
 
 
 class TrialFailed(Exception):

@@ -10,53 +10,25 @@ from __future__ import annotations
 import itertools
 
 from dlasearch.errors import DLASearchError, PrecheckError
-from dlasearch.ir import IR, IRError
+from dlasearch.ir import IR, KINDS, IRError
+from dlasearch.patterns import build
+from dlasearch.search import space as spacemod
 
 __all__ = ['count_params', 'check_space']
 
 MAX_COMBOS = 256  # categorical choices tried when looking for the smallest architecture
 
 
-def _conv_bn(cin: int, cout: int, k: int, groups: int = 1) -> int:
-    return cin // groups * cout * k * k + 2 * cout
-
-
 def count_params(ir: IR) -> int:
-    """Trainable parameters of ``compile(ir)``, computed from the IR's channel counts."""
+    """Trainable parameters of ``compile(ir)``, computed from the IR's channel counts by each kind's own
+    rule (``Kind.params``), so a new kind or fusion mode is counted where it is defined."""
     ch, total = {}, 0
     for n in ir.order():
         d = ir.nodes[n]
-        kind = d["kind"]
         cin = [ch[u] for u in ir.inputs(n)]
-        if kind == "input":
-            ch[n] = d["channels"]
-        elif kind == "conv":
-            total += _conv_bn(cin[0], d["out"], d["kernel"])
-            ch[n] = d["out"]
-        elif kind == "block":
-            out = d["out"]
-            if d["type"] == "basic":
-                total += _conv_bn(cin[0], out, 3) + _conv_bn(out, out, 3)
-            else:
-                card = d["cardinality"] if d["type"] == "bottleneckx" else 1
-                inner = out * d["cardinality"] // 32 if d["type"] == "bottleneckx" else out // 2
-                total += _conv_bn(cin[0], inner, 1) + _conv_bn(inner, inner, 3, card) + _conv_bn(inner, out, 1)
-            ch[n] = out
-        elif kind == "aggregate":
-            total += _conv_bn(sum(cin), d["out"], d["kernel"])
-            ch[n] = d["out"]
-        elif kind == "project":
-            total += _conv_bn(cin[0], d["out"], 1)
-            ch[n] = d["out"]
-        elif kind == "upsample":
-            f = d["factor"]
-            total += cin[0] * (2 * f) ** 2 if d["learnable"] else 0
-            ch[n] = cin[0]
-        elif kind == "head":
-            total += cin[0] * d["classes"] + d["classes"]
-            ch[n] = d["classes"]
-        else:  # downsample, output
-            ch[n] = cin[0]
+        total += KINDS[d["kind"]].params(d, cin)
+        ch[n] = (d["channels"] if d["kind"] == "input" else d["classes"] if d["kind"] == "head" else
+                 d.get("out", cin[0] if cin else 0))
     return total
 
 
@@ -87,9 +59,6 @@ def _symbolic_choices(space: dict) -> dict:
 
 def check_space(space: dict, channels: int, num_classes: int) -> None:
     """Raise ``PrecheckError`` when no architecture of the space can be built or fit ``budget.params``."""
-    from dlasearch.patterns import build
-    from dlasearch.search import space as spacemod
-
     symbolic = _symbolic_choices(space)
     combos = list(itertools.islice(itertools.product(*symbolic.values()), MAX_COMBOS + 1))
     if len(combos) > MAX_COMBOS:

@@ -10,7 +10,9 @@ from dlasearch import files
 from dlasearch.errors import SearchError
 from dlasearch.ir import from_json
 from dlasearch.search import keep
+from dlasearch.search.space import score_objective
 from dlasearch.search.study import find_study, results_dir, study_name
+from dlasearch.search import attrs
 
 __all__ = ['export', 'trials_frame', 'trial_ir']
 
@@ -23,41 +25,52 @@ def export(study: optuna.Study, space: dict, log=print) -> dict:
     best, seen = [], set()
     if any(t.state == TrialState.COMPLETE for t in study.trials):
         for t in study.best_trials:  # ties and repeated architectures: one file per fingerprint
-            if t.user_attrs.get("fingerprint") not in seen:
-                seen.add(t.user_attrs.get("fingerprint"))
+            if t.user_attrs.get(attrs.FINGERPRINT) not in seen:
+                seen.add(t.user_attrs.get(attrs.FINGERPRINT))
                 best.append(t)
     best_dir = out / "best"
     for t in best:
-        files.write_text(best_dir / f"trial{t.number}.ir.json", json.dumps(json.loads(t.user_attrs["ir"]), indent=1),
+        files.write_text(best_dir / f"trial{t.number}.ir.json", json.dumps(json.loads(t.user_attrs[attrs.IR]), indent=1),
                          SearchError)
-        files.write_text(best_dir / f"trial{t.number}.spec.json", json.dumps(json.loads(t.user_attrs["spec"]),
+        files.write_text(best_dir / f"trial{t.number}.spec.json", json.dumps(json.loads(t.user_attrs[attrs.SPEC]),
                                                                               indent=1), SearchError)
     if space["study"]["storage"]:
         files.write_text(out / "storage.txt", f"{space['study']['storage']}\n", SearchError)
     weights = keep.save_best(study, space, best, best_dir)
-    cols = [c for c in ("number", "state", "pattern", "val_accuracy", "params", "macs", "train_memory",
+    score = score_objective(space)  # val_accuracy, or a dense task's miou_fg / boundary_ods
+    cols = [c for c in ("number", "state", "pattern", score, "val_accuracy", "params", "macs", "train_memory",
                         "arch") if c in df.columns] + (["at_chance"] if len(df) and df.at_chance.any() else [])
+    cols = list(dict.fromkeys(cols))
     unique = df[(df.state == "COMPLETE") & df.duplicate_of.isna()] if len(df) else df
-    top = unique.sort_values("val_accuracy", ascending=False).head(10)[cols] if len(unique) else unique
+    top = unique.sort_values(score, ascending=False).head(10)[cols] if len(unique) and score in df else unique
     dups = int(df.duplicate_of.notna().sum()) if len(df) else 0
     log(f"\n{len(df)} trials in {study_name(space)!r}: "
-        + ", ".join(f"{n} {s}" for s, n in df.state.value_counts().items())
+        + (", ".join(f"{n} {s}" for s, n in df.state.value_counts().items()) if len(df) else "none finished yet")
         + (f" ({dups} answered from an identical earlier architecture)" if dups else ""))
     if len(top):
         log(top.to_markdown(index=False, floatfmt=".4g"))
     low = unique[unique.at_chance.fillna(False).astype(bool)] if len(unique) else unique
     if len(low):
-        log(f"warning: {len(low)} of {len(unique)} complete trials have a validation accuracy at chance "
+        what = "accuracy" if score == "val_accuracy" else score
+        log(f"warning: {len(low)} of {len(unique)} complete trials have a validation {what} at chance "
             f"(column at_chance of trials.csv): their ranking means nothing; train longer (epochs=)")
     log(f"\nwrote {out / 'trials.csv'} and {len(best)} best architecture(s) under {best_dir}"
         + (f" ({weights} with trained weights: dlasearch.load(PATH) or dlasearch export)" if weights else ""))
     return {"trials": len(df), "best": [t.number for t in best], "dir": str(out)}
 
 
+DENSE_COLUMNS = (attrs.VAL_SCORE, attrs.MIOU_FG, attrs.MIOU, attrs.BOUNDARY_ODS)  # only where a trial has them: dense studies
+
+
 def trials_frame(study: optuna.Study):
-    """One row per trial: Optuna's columns plus pattern, fingerprint and metrics, without IR blobs."""
+    """One row per trial: Optuna's columns plus pattern, fingerprint and metrics, without IR blobs.
+
+    A dense study adds its scores (``val_score``, ``miou_fg`` and ``miou``, or ``boundary_ods``) after
+    ``val_accuracy`` (pixel accuracy there); a classification study's columns stay as they were."""
     import pandas as pd
 
+    have = {k for t in study.get_trials(deepcopy=False) for k in DENSE_COLUMNS if k in t.user_attrs}
+    dense = [k for k in DENSE_COLUMNS if k in have] if have & {attrs.MIOU_FG, attrs.BOUNDARY_ODS} else []
     rows = []
     for t in study.get_trials(deepcopy=False):
         u = t.user_attrs
@@ -66,9 +79,9 @@ def trials_frame(study: optuna.Study):
         row = {"number": t.number, "state": t.state.name,
                "value": t.values[0] if t.values else None,
                "duration_s": t.duration.total_seconds() if t.duration else None}
-        for k in ("pattern", "arch", "fingerprint", "params", "macs", "train_memory", "precision", "val_accuracy",
-                  "train_seconds", "at_chance", "epochs_trained", "duplicate_of", "seeded_from", "retry_of", "rejected",
-                  "screened", "fail_reason"):
+        for k in (attrs.PATTERN, attrs.ARCH, attrs.FINGERPRINT, *attrs.MEASURED, attrs.VAL_ACCURACY, *dense,
+                  attrs.TRAIN_SECONDS, attrs.AT_CHANCE, attrs.EPOCHS_TRAINED, attrs.DUPLICATE_OF, attrs.SEEDED_FROM,
+                  attrs.RETRY_OF, attrs.REJECTED, attrs.SCREENED, attrs.FAIL_REASON):
             row[k] = u.get(k)
         row.update({f"param_{k}": v for k, v in t.params.items()})
         rows.append(row)
@@ -82,4 +95,4 @@ def trial_ir(study: str, trial: int, storage: str | None = None):
     if not match or "ir" not in match[0].user_attrs:
         raise SearchError(f"study {study!r} has no trial {trial} with an architecture "
                           f"(trials 0..{len(trials) - 1})")
-    return from_json(match[0].user_attrs["ir"])
+    return from_json(match[0].user_attrs[attrs.IR])

@@ -7,11 +7,14 @@ that are not comparable.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from dlasearch import files
+from dlasearch.configfile import differences, flatten
 from dlasearch.errors import DLASearchError
+from dlasearch.search import bench, space as spacemod
+from dlasearch.search.study import find_study, stored_space
+from dlasearch.train import tracking
 
 __all__ = ['resolve', 'stored', 'differences']
 
@@ -21,38 +24,31 @@ IDENTITY = ("name", "storage")
 
 def resolve(args: dict) -> dict:
     """The validated space ``dlasearch run`` should run (``args`` are the parsed overrides)."""
-    from dlasearch.search import bench, space
-    from dlasearch.train import tracking
-
     log = args.pop("log", None)
     tracking.parse(log)
     study = args.get("study") if isinstance(args.get("study"), dict) else {}
     data = args.get("data") if isinstance(args.get("data"), dict) else {}
     bench_name = str(data.get("name", "")).removeprefix(bench.PREFIX) if bench.is_bench({"data": data}) else None
     if "space" not in args and bench_name:  # a search over the benchmark's own space
-        sp = space.load(str(bench.Bench.load(bench_name, study.get("results")).space_path), args)
+        sp = spacemod.load(str(bench.Bench.load(bench_name, study.get("results")).space_path), args)
         sp["name"] = f"table-{bench_name}"
     elif "space" not in args and study.get("name") is not None:
         sp = stored(str(study["name"]), study.get("storage"), args)
     else:
-        sp = space.load(str(args.pop("space", "hda")), args)
+        sp = spacemod.load(str(args.pop("space", "hda")), args)
     sp["log"] = log
     return sp
 
 
 def stored(name: str, storage, args: dict) -> dict:
     """The space study ``name`` was created with, plus the changeable overrides in ``args``."""
-    from dlasearch.search import find_study
-    from dlasearch.search.study import stored_space
-
+    files.check_study_name(name, "study", DLASearchError)
     url = str(storage) if storage else str(files.default_journal(name))
     if "://" not in url and not Path(url).is_file():
         raise DLASearchError(f"study {name!r}: nothing to resume at {url}; start it with space=NAME "
                              f"(e.g. `dlasearch run space=hda study={name}`), or pass storage=URL")
     study, url = find_study(name, url)
     sp = stored_space(study)
-    from dlasearch.cli.options import flatten
-
     extra = {k: v for k, v in flatten(args).items()
              if not (k.startswith("study.") and k[len("study."):] in CHANGEABLE + IDENTITY)}
     if extra:
@@ -66,20 +62,6 @@ def stored(name: str, storage, args: dict) -> dict:
     sp["study"]["name"] = name
     sp["study"]["storage"] = storage if storage else sp["study"]["storage"]
     sp.pop("log", None)
-    from dlasearch.search import space as spacemod
-
     out = spacemod.validate({k: v for k, v in sp.items() if k != "name"})  # type-checks the new values
     out["name"] = sp["name"]
     return out
-
-
-def differences(old, new, path: str = "") -> list[str]:
-    """``key: stored X, given Y`` for every leaf that differs (so a refusal names the key and both values)."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for k in list(old) + [k for k in new if k not in old]:
-            out += differences(old.get(k), new.get(k), f"{path}.{k}" if path else str(k))
-        return out
-    if old != new:
-        return [f"{path}: stored {json.dumps(old)}, given {json.dumps(new)}"]
-    return []

@@ -13,6 +13,8 @@ from typing import Callable
 import optuna
 from optuna.trial import TrialState
 
+from dlasearch.search import attrs
+
 __all__ = ["screen"]
 
 
@@ -24,9 +26,9 @@ def screen(study: optuna.Study, k: int, score: Callable[[optuna.Trial], float | 
         try:
             s = score(t)
         except Exception as e:  # an invalid candidate is skipped, as a search would fail it
-            t.set_user_attr("fail_reason", f"screening candidate: {type(e).__name__}: {e}")
+            t.set_user_attr(attrs.FAIL_REASON, f"screening candidate: {type(e).__name__}: {e}")
             s = None
-        t.set_user_attr("candidate", True)
+        t.set_user_attr(attrs.CANDIDATE, True)
         if s is not None and math.isfinite(s):
             t.set_user_attr(proxy, s)
             if s > best_score:
@@ -34,6 +36,6 @@ def screen(study: optuna.Study, k: int, score: Callable[[optuna.Trial], float | 
         study.tell(t, state=TrialState.FAIL)
     if best is None:
         return None
-    study.enqueue_trial(best.params, user_attrs={"screened": f"best of {k} by {proxy} ({best_score:.4g}), "
+    study.enqueue_trial(best.params, user_attrs={attrs.SCREENED: f"best of {k} by {proxy} ({best_score:.4g}), "
                                                              f"candidate #{best.number}"})
     return best.number

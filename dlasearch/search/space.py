@@ -17,6 +17,12 @@ Searchable parameters (under ``params``), each ``{choices: [...]}``,
   ``width_multiplier``: scales every block stage
 - ``block``: basic | bottleneck | bottleneckx; ``cardinality``
 - ``root_kernel``, ``residual_root``
+- dense prediction (``task: segment``, as a ``{value}`` or in ``backbone``): ``decoder`` (none | fcn |
+  fpn | unet | ida_up | bifpn | nasfpn | hrnet_fuse), ``decoder_channels`` (only decoders with a width
+  of their own take it: make it conditional, ``when: {decoder: [fpn, unet, ida_up]}``), ``first_level``
+
+A dense space ranks by its task's score (``objectives: [miou_fg]``, or ``boundary_ods`` on boundary
+data), which is the trial's ``val_score``; a classification space by ``val_accuracy``.
 
 Per-stage parameters are named ``stage{i}.levels``; a parameter keeps one name
 and one distribution for the whole study (the space is stored in the study and
@@ -29,10 +35,14 @@ from pathlib import Path
 from typing import Any
 
 from dlasearch import files
+from dlasearch.decoders import DECODERS
 from dlasearch.errors import SpaceError, did_you_mean
 from dlasearch.patterns import LETTERS, PATTERNS
+from dlasearch.search.proxies import PROXIES
+from dlasearch.zoo import MODELS
 
-__all__ = ['validate', 'available', 'load', 'expand_shortcuts', 'sample', 'published_params']
+__all__ = ['validate', 'available', 'load', 'expand_shortcuts', 'sample', 'published_params', 'task_of',
+           'score_objective']
 
 MAX_LEVELS = 10  # 1024 blocks per stage; deeper trees take minutes just to build the IR
 
@@ -50,13 +60,18 @@ SPACES_DIR = _spaces_dir()
 PARAMS = {
     "pattern": "choice", "stages": "int", "levels": "int", "width": "int", "growth": "number",
     "width_multiplier": "number", "block": "choice", "cardinality": "int", "root_kernel": "int",
-    "residual_root": "bool",
+    "residual_root": "bool", "task": "choice", "decoder": "choice", "decoder_channels": "int", "first_level": "int",
 }
 DEFAULT_PARAM_VALUES = {"pattern": "dla", "stages": None, "levels": None, "width": None, "growth": 2.0,
                         "width_multiplier": 1.0, "block": "basic", "cardinality": 32, "root_kernel": 1,
-                        "residual_root": False}
-OBJECTIVES = {"val_accuracy": "maximize", "params": "minimize", "macs": "minimize",
-              "train_memory": "minimize", "train_seconds": "minimize"}
+                        "residual_root": False, "task": "classify", "decoder": "ida_up", "decoder_channels": None,
+                        "first_level": 1}
+DENSE_KEYS = ("decoder", "decoder_channels", "first_level")  # spec keys only a task: segment spec holds
+CHOICES = {"block": ("basic", "bottleneck", "bottleneckx"), "task": ("classify", "segment"), "decoder": DECODERS}
+# The score objective of each task: what a trial's ``val_score`` holds (train.dense.SCORE_NAMES).
+SCORES = {"val_accuracy": "classify", "miou_fg": "segment", "boundary_ods": "boundary"}
+OBJECTIVES = {"val_accuracy": "maximize", "miou_fg": "maximize", "boundary_ods": "maximize", "params": "minimize",
+              "macs": "minimize", "train_memory": "minimize", "train_seconds": "minimize"}
 SAMPLERS = ("tpe", "random", "nsga2", "gp", "grid")
 PRUNERS = ("hyperband", "median", "none")
 
@@ -68,7 +83,7 @@ SCHEMA: dict[str, Any] = {
               "warmup_epochs": float, "label_smoothing": float, "steps": (int, type(None)), "device": str,
               "channels_last": (bool, type(None)), "nesterov": bool, "augment": bool, "precision": str,
               "compile": str, "cuda_graph": (bool, type(None)), "init": str, "bn_batches": int,
-              "small_maps": bool},
+              "small_maps": bool, "schedule": str, "class_weights": (str, type(None))},
     "study": {"name": (str, type(None)), "storage": (str, type(None)), "trials": int, "workers": int,
               "seed": int, "sampler": str, "pruner": str, "timeout": (int, float, type(None)),
               "heartbeat": int, "grace": int, "results": str, "keep": str, "artifacts": (str, type(None)),
@@ -207,7 +222,7 @@ def _check_param(name: str, p, names) -> dict:
 def _check_value(name: str, v, path: str):
     kind = PARAMS[name]
     if kind == "choice":
-        allowed = list(PATTERNS) + list(LETTERS) if name == "pattern" else ["basic", "bottleneck", "bottleneckx"]
+        allowed = list(PATTERNS) + list(LETTERS) if name == "pattern" else list(CHOICES[name])
         if v not in allowed:
             raise _fail(path, f"{v!r} is not allowed{did_you_mean(v, allowed)}; allowed: {', '.join(allowed)}")
     elif kind == "bool":
@@ -215,6 +230,9 @@ def _check_value(name: str, v, path: str):
             raise _fail(path, f"{v!r} must be true or false")
     elif name == "levels" and isinstance(v, int) and not isinstance(v, bool) and v > MAX_LEVELS:
         raise _fail(path, f"{v} is too deep: each stage gets 2**levels blocks; allowed: 1..{MAX_LEVELS}")
+    elif name == "first_level":
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise _fail(path, f"{v!r} must be an int >= 0 (the shallowest stage the decoder reads)")
     elif kind == "int":
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise _fail(path, f"{v!r} must be an int >= 1")
@@ -239,19 +257,18 @@ def validate(space: dict) -> dict:
     if not objs or not all(isinstance(o, str) and o in OBJECTIVES for o in objs) or len(set(objs)) != len(objs):
         bad = [o for o in objs if o not in OBJECTIVES] or objs
         raise _fail("objectives", f"{bad!r} invalid; choose distinct names from: {', '.join(OBJECTIVES)}")
-    if "val_accuracy" not in objs:
-        raise _fail("objectives", "must include val_accuracy (the others trade off against it)")
+    _check_task(s)
     st = s["study"]
     for k, allowed in (("sampler", SAMPLERS), ("pruner", PRUNERS), ("keep", KEEP)):
         if st[k] not in allowed:
             raise _fail(f"study.{k}", f"{st[k]!r}{did_you_mean(st[k], allowed)}; allowed: {', '.join(allowed)}")
-    from dlasearch.search.proxies import PROXIES  # lazily: proxies imports torch
-
     if st["proxy"] not in PROXIES:
         raise _fail("study.proxy", f"{st['proxy']!r}{did_you_mean(st['proxy'], PROXIES)}; allowed: {', '.join(PROXIES)}")
     if st["screen"] is not None:
-        if isinstance(st["screen"], bool) or st["screen"] < 2:
-            raise _fail("study.screen", f"{st['screen']!r}: candidates per trial, an int >= 2 (or null: no screening)")
+        if isinstance(st["screen"], bool) or not 2 <= st["screen"] <= 1000:  # each candidate is a journal trial
+            raise _fail("study.screen", f"{st['screen']!r}: candidates per trial, an int in [2, 1000] (or null: no "
+                                        f"screening); every candidate is a trial in the journal (screen=100000 grew it "
+                                        f"to 43 MB before one trial trained), and past ~100 the proxy gains little")
         if st["sampler"] == "grid":
             raise _fail("study.screen", "the grid sampler visits every point once; screening needs tpe, random, "
                                         "nsga2 or gp")
@@ -263,7 +280,7 @@ def validate(space: dict) -> dict:
     if st["timeout"] is not None and (isinstance(st["timeout"], bool) or st["timeout"] <= 0):
         raise _fail("study.timeout", f"{st['timeout']!r} must be a positive number of seconds (or null)")
     if st["name"] is not None:
-        files.check_name(st["name"], "study.name", SpaceError)
+        files.check_study_name(st["name"], "study.name", SpaceError)
     for k in ("epochs", "batch_size"):
         if s["train"][k] < 1:
             raise _fail(f"train.{k}", f"{s['train'][k]} must be >= 1")
@@ -272,13 +289,53 @@ def validate(space: dict) -> dict:
             raise _fail(f"budget.{k}", f"{v} must be positive (or null for no budget)")
     bb = s["backbone"]
     for k in bb:
-        if k not in ("stem", "conv_stages", "stages", "in_channels", "num_classes", "block", "cardinality",
-                     "root_kernel", "residual_root", "pattern"):
-            raise _fail(f"backbone.{k}", f"unknown key{did_you_mean(k, ['stem', 'conv_stages', 'stages'])}; "
-                                         f"allowed: stem, conv_stages, stages and other spec keys")
+        if k not in BACKBONE_KEYS:
+            raise _fail(f"backbone.{k}", f"unknown key{did_you_mean(k, BACKBONE_KEYS)}; "
+                                         f"allowed: {', '.join(BACKBONE_KEYS)}")
+        if k in CHOICES or k == "first_level":
+            _check_value(k, bb[k], f"backbone.{k}")
     if not isinstance(bb.get("stages"), list) or not bb["stages"]:
         raise _fail("backbone.stages", "expected a non-empty list of {blocks, channels[, stride]}")
     return s
+
+
+BACKBONE_KEYS = ("stem", "conv_stages", "stages", "in_channels", "num_classes", "block", "cardinality", "root_kernel",
+                 "residual_root", "pattern", "task", *DENSE_KEYS)
+
+
+def task_of(space: dict) -> str:
+    """The spec task of a space's architectures: ``params.task``'s value, else ``backbone.task``, else classify."""
+    p = space["params"].get("task")
+    if p is not None:
+        return p.get("value", "classify")
+    return space["backbone"].get("task", "classify")
+
+
+def score_objective(space: dict) -> str:
+    """The objective a trial's ``val_score`` answers (val_accuracy, miou_fg or boundary_ods)."""
+    return next(o for o in space["objectives"] if o in SCORES)
+
+
+def _check_task(s: dict) -> None:
+    """One score objective, matching the task; decoder keys only where the architectures are dense."""
+    objs, task = s["objectives"], None
+    scores = [o for o in objs if o in SCORES]
+    if len(scores) != 1:
+        raise _fail("objectives", f"{objs!r} must include exactly one score ({', '.join(SCORES)}): the others "
+                                  f"trade off against it")
+    p = s["params"].get("task")
+    if p is not None:
+        if "value" not in p:
+            raise _fail("params.task", "the task is fixed per study: give {value: segment} (or backbone.task)")
+        task = p["value"]
+    task = task or s["backbone"].get("task", "classify")
+    dense = [f"params.{k}" for k in DENSE_KEYS if k in s["params"]] + \
+        [f"backbone.{k}" for k in DENSE_KEYS if k in s["backbone"]]
+    if task == "classify" and dense:
+        raise _fail(dense[0], "a decoder needs task: segment (backbone.task or params.task.value)")
+    if (task == "classify") != (scores[0] == "val_accuracy"):
+        want = "val_accuracy" if task == "classify" else "miou_fg (or boundary_ods on boundary data)"
+        raise _fail("objectives", f"{scores[0]} does not score task {task!r} architectures; use {want}")
 
 
 def _parse_yaml(path: Path) -> dict:
@@ -368,8 +425,8 @@ def sample(space: dict, trial) -> dict:
     base_stages = bb["stages"]
     n_stages = values.get("stages", len(base_stages))
     v = {k: values.get(k, DEFAULT_PARAM_VALUES[k]) for k in DEFAULT_PARAM_VALUES}
-    v.update({k: bb[k] for k in ("block", "cardinality", "root_kernel", "residual_root", "pattern")
-              if k in bb and k not in values})
+    v.update({k: bb[k] for k in ("block", "cardinality", "root_kernel", "residual_root", "pattern", "task",
+                                 *DENSE_KEYS) if k in bb and k not in values})
     block = v["block"]
     multiple = 32 if block == "bottleneckx" else 8
     stages = []
@@ -387,10 +444,13 @@ def sample(space: dict, trial) -> dict:
         stages.append({"blocks": blocks, "channels": _round(ch * v["width_multiplier"], multiple),
                        "stride": base.get("stride", 2)})
     pattern = LETTERS.get(v["pattern"], v["pattern"])
-    return {"pattern": pattern, "stem": bb.get("stem", DEFAULTS["backbone"]["stem"]),
+    spec = {"pattern": pattern, "stem": bb.get("stem", DEFAULTS["backbone"]["stem"]),
             "conv_stages": bb.get("conv_stages", DEFAULTS["backbone"]["conv_stages"]), "stages": stages,
             "block": block, "cardinality": v["cardinality"], "root_kernel": v["root_kernel"],
             "residual_root": v["residual_root"]}
+    if v["task"] != "classify":  # a classification spec keeps exactly the keys it always had
+        spec.update(task=v["task"], **{k: v[k] for k in DENSE_KEYS})
+    return spec
 
 
 def _contains(p: dict, v) -> bool:
@@ -403,9 +463,7 @@ def _contains(p: dict, v) -> bool:
 
 def published_params(space: dict) -> list[dict]:
     """Trial parameters that reproduce a published DLA's stages and blocks, for those that fit the space."""
-    from optuna.trial import FixedTrial
-
-    from dlasearch.zoo import MODELS
+    from optuna.trial import FixedTrial  # heavy: optuna loads only where a space seeds published configs
 
     params = space["params"]
     out = []

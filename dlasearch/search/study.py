@@ -20,12 +20,16 @@ import optuna
 from optuna.trial import TrialState
 
 from dlasearch import files
+from dlasearch.configfile import data_identity, differences, same_data
 from dlasearch.errors import SearchError, did_you_mean
 from dlasearch.search import guard, journal, space as spacemod
+from dlasearch.train import TrainConfig
+from dlasearch.train.config import with_added_later
+from dlasearch.search import attrs
 
 __all__ = ['worker_id', 'trial_id', 'fixed_params', 'set_trial_attr', 'fail_trial', 'quiet_optuna', 'results_dir', 'study_name',
            'storage_url', 'open_storage', 'make_sampler', 'grid_of', 'make_pruner', 'pruner_epochs', 'open_study', 'find_study', 'attach',
-           'fail_stale', 'Heartbeat', 'counted', 'stored_space', 'with_pinned']
+           'fail_stale', 'requeue_interrupted', 'Heartbeat', 'counted', 'stored_space', 'with_pinned']
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -62,7 +66,7 @@ def fixed_params(trial) -> dict | None:
 def fail_trial(study: optuna.Study, tid: int, reason: str, **attrs) -> None:
     """Mark a RUNNING trial FAIL with ``fail_reason`` (and ``attrs``) from outside its objective;
     raises ``UpdateFinishedTrialError`` or ``RuntimeError`` when another process finished it first."""
-    set_trial_attr(study, tid, "fail_reason", reason)
+    set_trial_attr(study, tid, attrs.FAIL_REASON, reason)
     for k, v in attrs.items():
         set_trial_attr(study, tid, k, v)
     study._storage.set_trial_state_values(tid, TrialState.FAIL)
@@ -214,6 +218,7 @@ def open_study(space: dict, create: bool = True, log=print) -> optuna.Study:
 
 
 def _open_study(space: dict, create: bool, log) -> optuna.Study:
+    files.check_study_name(study_name(space), "study", SearchError)  # also a name taken from the space file
     url = storage_url(space)
     storage = open_storage(url, log)
     name = study_name(space)
@@ -222,13 +227,11 @@ def _open_study(space: dict, create: bool, log) -> optuna.Study:
     if name in existing:
         study = optuna.load_study(study_name=name, storage=storage, pruner=make_pruner(space))
         study.sampler = make_sampler(space, len(study.get_trials(deepcopy=False)) + space["study"].get("worker", 0))
-        old = study.user_attrs.get("contract")
-        stored = None if old is None else _comparable(_with_added_later(json.loads(old)))
+        old = study.user_attrs.get(attrs.CONTRACT)
+        stored = None if old is None else _with_added_later(json.loads(old))
         _pin_unset(space, _stored_train(study))
-        given = _comparable(json.loads(_contract(space)))
+        stored, given = _comparable(stored, json.loads(_contract(space)))
         if stored is not None and stored != given:
-            from dlasearch.search.resume import differences
-
             diff = differences({k: stored.get(k) for k in CONTRACT}, {k: given.get(k) for k in CONTRACT})
             raise SearchError(f"study {name!r} in {url} was created with different {'; '.join(diff)}; "
                               f"resume it unchanged (`dlasearch run study={name}`), or start a new one with "
@@ -239,11 +242,11 @@ def _open_study(space: dict, create: bool, log) -> optuna.Study:
     _pin_unset(space, {})
     study = optuna.create_study(storage=storage, study_name=name, directions=directions,
                                 sampler=make_sampler(space), pruner=make_pruner(space))
-    study.set_user_attr("contract", _contract(space))
-    study.set_user_attr("space", json.dumps({k: v for k, v in space.items() if k != "log"}))
+    study.set_user_attr(attrs.CONTRACT, _contract(space))
+    study.set_user_attr(attrs.SPACE, json.dumps({k: v for k, v in space.items() if k != "log"}))
     if space["seed_published"]:
         for pub in spacemod.published_params(space):
-            study.enqueue_trial(pub["params"], user_attrs={"seeded_from": pub["name"]}, skip_if_exists=True)
+            study.enqueue_trial(pub["params"], user_attrs={attrs.SEEDED_FROM: pub["name"]}, skip_if_exists=True)
     return study
 
 
@@ -270,16 +273,14 @@ def find_study(name: str, storage: str | None = None) -> tuple[optuna.Study, str
 
 
 def _contract(space: dict) -> str:
-    """What a study's trials must share to be comparable, as stored with it."""
-    return json.dumps({k: space[k] for k in CONTRACT}, sort_keys=True)
+    """What a study's trials must share to be comparable, as stored with it (a data file with its hash)."""
+    return json.dumps({k: data_identity(space[k]) if k == "data" else space[k] for k in CONTRACT}, sort_keys=True)
 
 
 def _pin_unset(space: dict, stored_train: dict) -> None:
     """Training options that ``space`` leaves unset (``PINNED``) take the resumed study's value, or
     today's default for a new one, into ``space`` and its contract: a default changed later never
     mixes trials trained two ways, nor refuses the resume of a study that did not choose."""
-    from dlasearch.train import TrainConfig
-
     for k in PINNED:
         if k not in space["train"]:
             space["train"][k] = stored_train.get(k, TrainConfig.__dataclass_fields__[k].default)
@@ -299,21 +300,20 @@ def with_pinned(space: dict) -> dict:
 
 def _stored_train(study: optuna.Study) -> dict:
     """The training settings ``study`` was created with (its contract's, or an old study's space's)."""
-    return _with_added_later(json.loads(study.user_attrs.get("contract") or study.user_attrs["space"]))["train"]
+    return _with_added_later(json.loads(study.user_attrs.get(attrs.CONTRACT) or study.user_attrs[attrs.SPACE]))["train"]
 
 
-def _comparable(contract: dict) -> dict:
-    """``contract`` with ``data.path`` absolute: the same file named from another folder is the same data."""
-    data = contract.get("data")
-    if isinstance(data, dict) and isinstance(data.get("path"), str):
-        contract["data"] = {**data, "path": files.absolute(data["path"])}
-    return contract
+def _comparable(stored: dict | None, given: dict) -> tuple[dict | None, dict]:
+    """Both contracts with their data as a resume compares it (``same_data``): a data file by content,
+    so a clone that keeps it at another path (or names it from another folder) resumes the study."""
+    if stored is None:
+        return None, given
+    stored["data"], given["data"] = same_data(stored.get("data"), given.get("data"))
+    return stored, given
 
 
 def _with_added_later(stored: dict) -> dict:
     """``stored`` (a space or contract) with the training options added since, as it was trained."""
-    from dlasearch.train.config import with_added_later
-
     if isinstance(stored.get("train"), dict):
         stored["train"] = with_added_later(stored["train"], "search")
     return stored
@@ -322,7 +322,7 @@ def _with_added_later(stored: dict) -> dict:
 def stored_space(study: optuna.Study) -> dict:
     """The space ``study`` was created with, its defaults filled in again: a study made by an older
     dlasearch lacks the keys added since (a worker would fail on ``study.screen``)."""
-    raw = _with_added_later(json.loads(study.user_attrs["space"]))
+    raw = _with_added_later(json.loads(study.user_attrs[attrs.SPACE]))
     space = spacemod.validate({k: v for k, v in raw.items() if k in spacemod.SCHEMA})
     space.update({k: v for k, v in raw.items() if k not in spacemod.SCHEMA})
     return space
@@ -338,7 +338,10 @@ def attach(study: str, storage: str, index: int | None = None) -> tuple[optuna.S
     space["study"]["storage"] = storage
     space["study"]["name"] = study
     space["study"]["worker"] = 1000 * (index + 1) if index is not None else os.getpid()
-    return open_study(space, create=False), space
+    opened = open_study(space, create=False)
+    if index is None:  # workers started by `run` leave it to run, which queued them before starting them
+        requeue_interrupted(opened)
+    return opened, space
 
 
 def _alive(pid: int) -> bool:
@@ -351,14 +354,44 @@ def _alive(pid: int) -> bool:
     return True
 
 
+CARRIED = attrs.CARRIED  # what a queued trial's retry keeps of it
+
+
+def _params_key(params: dict) -> str:
+    """Parameters as one string, ints and floats alike (``enqueue_trial`` keeps what it was given)."""
+    return json.dumps({k: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+                       for k, v in params.items()}, sort_keys=True)
+
+
+def requeue_interrupted(study: optuna.Study, log=print) -> list[int]:
+    """Queue again the parameters of trials failed by their environment (``guard.INTERRUPTED``: a
+    signal, a full disk, a lost database), once each: they do not count, so without this the study
+    would never train them (a benchmark would miss a grid point for good).  Returns their numbers."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get(attrs.RETRY_OF) for t in trials}
+    waiting = {_params_key(t.system_attrs.get(attrs.FIXED_PARAMS) or {}) for t in trials if t.state == TrialState.WAITING}
+    queued = []
+    for t in trials:
+        if (t.state != TrialState.FAIL or not t.user_attrs.get(guard.INTERRUPTED) or not t.params
+                or t.number in retried or _params_key(t.params) in waiting):
+            continue
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number,
+                                                  **{k: t.user_attrs[k] for k in CARRIED if k in t.user_attrs}})
+        queued.append(t.number)
+    if queued:
+        log(f"re-queued trial(s) {queued}: stopped by a signal, a full disk or a lost database, they do not "
+            f"count against trials=")
+    return queued
+
+
 def fail_stale(study: optuna.Study, grace: float, retry: bool = True) -> list[int]:
     """Fail RUNNING trials whose worker is gone and re-queue their parameters; returns their numbers."""
     failed = []
     now = time.time()
     host = socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = t.user_attrs.get("worker", "")
-        beat = t.user_attrs.get("heartbeat") or (t.datetime_start.timestamp() if t.datetime_start else now)
+        worker = t.user_attrs.get(attrs.WORKER, "")
+        beat = t.user_attrs.get(attrs.HEARTBEAT) or (t.datetime_start.timestamp() if t.datetime_start else now)
         w_host, _, w_pid = worker.rpartition(":")
         dead_here = w_host == host and w_pid.isdigit() and int(w_pid) != os.getpid() and not _alive(int(w_pid))
         if not (dead_here or now - beat > grace):
@@ -386,12 +419,12 @@ class Heartbeat:
         while not self.stop.wait(self.interval):
             guard.stop_if_orphaned()
             try:
-                set_trial_attr(self.study, self.trial_id, "heartbeat", time.time())
+                set_trial_attr(self.study, self.trial_id, attrs.HEARTBEAT, time.time())
             except Exception:
                 return  # the trial finished meanwhile
 
     def __enter__(self):
-        set_trial_attr(self.study, self.trial_id, "heartbeat", time.time())
+        set_trial_attr(self.study, self.trial_id, attrs.HEARTBEAT, time.time())
         self.thread.start()
         return self
 

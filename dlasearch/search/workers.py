@@ -13,20 +13,23 @@ import optuna
 from optuna.trial import TrialState
 
 from dlasearch import files, stats
+from dlasearch.configfile import write_config
 from dlasearch.errors import SearchError
 from dlasearch.search import guard, journal, keep, precheck
 from dlasearch.search.objective import Objective
 from dlasearch.search.results import export
 from dlasearch.search.screen import screen
-from dlasearch.search.study import (counted, fail_stale, fail_trial, open_study, quiet_optuna, results_dir, storage_url,
-                                    study_name, trial_id, worker_id)
+from dlasearch.search.table import TableObjective, is_bench
+from dlasearch.search.study import (counted, fail_stale, fail_trial, open_study, quiet_optuna, requeue_interrupted,
+                                    results_dir, storage_url, study_name, trial_id, worker_id)
+from dlasearch.train import data as datamod, tracking
+from dlasearch.train.progress import Progress
+from dlasearch.search import attrs
 
 __all__ = ['load_data', 'work', 'run']
 
 
 def load_data(space: dict):
-    from dlasearch.train import data as datamod
-
     d = space["data"]
     return datamod.load(d["name"], root=d["root"], path=d["path"], val_fraction=d["val_fraction"],
                         seed=space["study"]["seed"], image_size=d["image_size"], limit=d["limit"],
@@ -40,17 +43,14 @@ def _best_line(study: optuna.Study) -> str:
     if len(study.directions) > 1:
         return f"Pareto front: {len(study.best_trials)} trials"
     b = max(done, key=lambda t: t.values[0])
-    return f"best #{b.number} val_accuracy={b.values[0]:.4f} ({b.user_attrs.get('pattern', '?')})"
+    name = json.loads(study.user_attrs.get(attrs.SPACE) or "{}").get("objectives", ["val_accuracy"])[0]
+    return f"best #{b.number} {name}={b.values[0]:.4f} ({b.user_attrs.get('pattern', '?')})"
 
 
 def work(study: optuna.Study, space: dict, data=None, log=print, train_fn=None) -> None:
     """Run trials in this process until the study holds ``study.trials`` trials (or timeout)."""
-    from dlasearch.search import bench
-    from dlasearch.train import tracking
-    from dlasearch.train.progress import Progress
-
-    if bench.is_bench(space):
-        objective = bench.TableObjective(space, log)
+    if is_bench(space):
+        objective = TableObjective(space, log)
     else:
         objective = Objective(space, data if data is not None else load_data(space), log, train_fn)
     total, epochs = space["study"]["trials"], space["train"]["epochs"]
@@ -73,9 +73,9 @@ def work(study: optuna.Study, space: dict, data=None, log=print, train_fn=None) 
                           f"make room and rerun the same command to resume") from None
     except KeyboardInterrupt as e:
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t.user_attrs.get("worker") == worker_id():
+            if t.user_attrs.get(attrs.WORKER) == worker_id():
                 try:
-                    fail_trial(study, trial_id(t), guard.interrupt_reason(e))
+                    fail_trial(study, trial_id(t), guard.interrupt_reason(e), **{guard.INTERRUPTED: True})
                 except Exception:
                     pass
         raise
@@ -110,14 +110,14 @@ def _trials(study, space: dict, objective: Objective, fn, callbacks, deadline: f
 def _logger(log):
     def callback(study, t):
         if t.state == TrialState.COMPLETE:
-            vals = ", ".join(f"{o}={v:.4g}" for o, v in zip(json.loads(study.user_attrs["space"])["objectives"],
+            vals = ", ".join(f"{o}={v:.4g}" for o, v in zip(json.loads(study.user_attrs[attrs.SPACE])["objectives"],
                                                              t.values))
             log(f"  trial #{t.number} complete: {vals}"
-                + (f" {stats.CHANCE_MARK}" if t.user_attrs.get("at_chance") else ""))
+                + (f" {stats.CHANCE_MARK}" if t.user_attrs.get(attrs.AT_CHANCE) else ""))
         elif t.state == TrialState.PRUNED:
             log(f"  trial #{t.number} pruned: {t.user_attrs.get('rejected') or 'by the pruner'}")
         else:
-            reason = t.user_attrs.get("fail_reason") or t.system_attrs.get("fail_reason") or "error"
+            reason = t.user_attrs.get(attrs.FAIL_REASON) or t.system_attrs.get(attrs.FAIL_REASON) or "error"
             log(f"  trial #{t.number} failed: {reason}")
     return callback
 
@@ -127,25 +127,23 @@ def run(space: dict, log=print) -> dict:
 
     Everything is checked before the study is created (data, training options, output folder), so a
     failed start never leaves a study whose name the corrected command could not use."""
-    from dlasearch.search import bench
-
-    if bench.is_bench(space):
-        data = None
-        bench.TableObjective(space, log)  # checks the benchmark exists
+    if is_bench(space):
+        data = retrain = None
+        TableObjective(space, log)  # checks the benchmark exists
     else:
         data = load_data(space)
-        Objective(space, data, log)  # checks the training options (device, precision, lr ...)
+        retrain = Objective(space, data, log).retrain  # checks the training options (device, precision, lr ...)
         precheck.check_space(space, data.channels, data.num_classes)
     files.check_writable(results_dir(space), "study.results", SearchError)
     study = open_study(space, log=log)
+    requeue_interrupted(study, log)  # here, before any worker starts: queued once, not once per worker
+    keep.recover(study, space, retrain, log)  # weights a full disk kept out of the store on an earlier run
     workers = space["study"]["workers"]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = space["study"]["threads"] or max(1, cores // workers)
     url = storage_url(space)
     log(f"study {study_name(space)!r} ({url}): {counted(study)}/{space['study']['trials']} trials done, "
         f"{workers} worker(s) x {threads} thread(s)")
-    from dlasearch.cli.options import write_config
-
     write_config(results_dir(space), {k: v for k, v in space.items() if k != "name"} | {"space": space["name"]})
     try:
         _run_workers(study, space, workers, threads, url, data, log)
@@ -160,9 +158,7 @@ def _run_workers(study, space: dict, workers: int, threads: int, url: str, data,
         space = {**space, "study": {**space["study"], "threads": threads}}
         work(study, space, data=data, log=log)
     else:
-        from dlasearch.train.tracking import parse
-
-        tracking_names = parse(space.get("log"))
+        tracking_names = tracking.parse(space.get("log"))
         env = {**os.environ, guard.PARENT_ENV: str(os.getpid())}
         procs = [subprocess.Popen([sys.executable, "-m", "dlasearch.cli", "worker",
                                    f"study={study_name(space)}", f"storage={url}", f"threads={threads}",

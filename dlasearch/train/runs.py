@@ -3,19 +3,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from dlasearch import files, ir as irmod
+from dlasearch import files, ir as irmod, weights as checkpoint
 from dlasearch.arch import check_fit, read_arch, resolve_arch, total_stride
+from dlasearch.configfile import write_config
 from dlasearch.errors import TrainError
+from dlasearch.ir import to_module
+from dlasearch.train import data as datamod, scenes, tracking
 from dlasearch.train.config import TrainConfig, resolve_device
+from dlasearch.train.dense import chance_record, check_options
 from dlasearch.train.trainer import measure_arch, train
 
-__all__ = ['save_run', 'save_or_fallback', 'run_folder', 'data_options', 'resolved_config', 'run']
+__all__ = ['save_run', 'save_or_fallback', 'run_folder', 'data_options', 'resolved_config', 'run', 'finished']
 
 MAX_AUTO_GROWTH = 8  # image_size=auto never enlarges images more than this (a silent multi-GB run otherwise)
 
@@ -23,8 +28,6 @@ MAX_AUTO_GROWTH = 8  # image_size=auto never enlarges images more than this (a s
 def save_run(folder: Path, graph: irmod.IR, record: dict, trained=None) -> Path:
     """Write the weights (``trained`` = (model, dataset, config)), ``ir.json``, then ``metrics.json``
     (last: a folder without it is an unfinished run)."""
-    from dlasearch.deploy import checkpoint
-
     folder = Path(folder)
     if trained is not None:
         model, ds, config = trained
@@ -66,15 +69,17 @@ def run_folder(out: str | None, name: str | None, default_name: str, base: Path 
     return folder
 
 
-DATA_OPTIONS = ("name", "root", "path", "val_fraction", "limit", "flip", "download", "seed")
+DATA_OPTIONS = ("name", "root", "path", "val_fraction", "limit", "flip", "download", "seed", "task", "classes")
 
 
 def data_options(value) -> dict:
-    """``data=<name>``, ``data=<file.npz>`` or ``data.name=... data.root=...`` -> ``data.load`` keywords."""
+    """``data=<name>``, ``data=<file.npz>``, ``data=<images/ + masks/ folder>`` or ``data.name=... data.root=...``
+    -> ``data.load`` keywords."""
     if value is None:
         value = {"name": "digits"}
     if isinstance(value, str):
-        value = {"name": "npz", "path": value} if value.endswith(".npz") else {"name": value}
+        value = ({"name": "npz", "path": value} if value.endswith(".npz") else
+                 {"name": "folder", "path": value} if Path(value).expanduser().is_dir() else {"name": value})
     if not isinstance(value, dict):
         raise TrainError(f"data={value!r}: expected a dataset name, a .npz path, or data.name=... options")
     value = {"name": "digits", **value}
@@ -86,37 +91,43 @@ def data_options(value) -> dict:
 
 
 def resolved_config(arch, data, config: TrainConfig, *, image_size="auto", resize: str = "interpolate",
-                    test: bool = False, latency: bool = True, out=None, name=None, log=None) -> dict:
+                    test: bool = False, latency: bool = True, out=None, name=None, log=None,
+                    overwrite: bool = False, weights=None) -> dict:
     """Everything a ``dlasearch train`` run uses, as ``config.yaml`` holds it (``--cfg`` prints it)."""
     opts = data_options(data)
     return {"command": "train", "arch": arch, "data": {**opts, "image_size": image_size}, "resize": resize,
-            "test": test, "latency": latency, "out": out, "name": name, "log": log,
-            "train": dataclasses.asdict(config)}
+            "test": test, "latency": latency, "out": out, "name": name, "overwrite": overwrite, "log": log,
+            "weights": None if weights is None else str(weights), "train": dataclasses.asdict(config)}
 
 
 def run(arch: str, data: dict | str | None, config: TrainConfig, *, image_size="auto",
         resize: str = "interpolate", test: bool = False, latency: bool = True,
         out: str | None = None, name: str | None = None, weights: str | None = None,
-        log=None) -> tuple[dict, Path]:
+        log=None, overwrite: bool = False) -> tuple[dict, Path]:
     """Resolve, check, measure and train one architecture; write its run folder; return (record, folder).
 
     Every input is checked before anything runs or is written.  ``image_size``
     ``auto`` keeps the native size unless the network downsamples more than
     that, then uses its total stride (e.g. digits 8x8 -> 32 for a DLA).  ``weights``: a
     checkpoint to start from (fine-tuning; a different class count re-initialises the classifier).
+    A folder holding a finished run is refused unless ``overwrite``; then the new run is trained in a
+    sibling folder that replaces the old one whole at the end, so a killed retrain leaves the old run.
     """
-    from dlasearch import stats
-    from dlasearch.deploy import checkpoint
-    from dlasearch.ir import to_module
-    from dlasearch.train import data as datamod
-
     read_arch(arch)
     if weights is not None:
         checkpoint.read_state_dict(weights)  # a missing or corrupt file fails before the data loads
-    files.check_writable(run_folder(out, name, "probe"), "out" if out is not None else "name", TrainError)
+    option = "out" if out is not None else "name"
+    target = run_folder(out, name, "probe")
+    files.check_writable(target, option, TrainError)
+    replacing = finished(target)
+    if replacing and not overwrite:
+        raise TrainError(f"{option}={out if out is not None else name!r}: {target} holds a finished run "
+                         f"(metrics.json or {checkpoint.WEIGHTS}); pass overwrite=true to replace it, or choose "
+                         f"another {option}=")
     opts = data_options(data)
     split_seed = opts.pop("seed", 0)
-    ds = datamod.load(opts.pop("name"), seed=split_seed, **opts)
+    canvas = {"image_size": image_size} if opts["name"] in scenes.SOURCES and isinstance(image_size, int) else {}
+    ds = datamod.load(opts.pop("name"), seed=split_seed, **opts, **canvas)  # scenes: drawn at that size, not resized
     graph = resolve_arch(arch, ds.channels, ds.num_classes)
     if image_size == "auto":
         stride = total_stride(graph)
@@ -127,6 +138,7 @@ def run(arch: str, data: dict | str | None, config: TrainConfig, *, image_size="
                              f"architecture with fewer stages")
     ds = ds.resized(image_size, resize)
     check_fit(graph, ds)
+    check_options(config, ds)
     arch_name = str(graph.graph.get("name") or Path(str(arch)).stem)
     folder = run_folder(out, name, f"{arch_name}-{ds.name}")
     model = to_module(graph, init=config.init, seed=config.seed)  # weights= then replaces what it holds
@@ -140,19 +152,37 @@ def run(arch: str, data: dict | str | None, config: TrainConfig, *, image_size="
               "torch": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "normalisation": {"mean": list(ds.mean), "std": list(ds.std)},
               "weights_from": None if weights is None else str(weights), "weights": checkpoint.WEIGHTS}
-    from dlasearch.cli import options
-    from dlasearch.train import tracking
+    work = files.sibling_dir(folder, "train") if replacing else folder
+    try:
+        metrics = measure_arch(model, ds, config, latency)  # first: a step that cannot fit leaves no folder behind
+        write_config(work, resolved_config(arch, data, config, image_size=image_size, resize=resize, test=test,
+                                           latency=latency, out=str(folder), name=name, log=log, overwrite=overwrite,
+                                           weights=weights)
+                     | {"data": {**opts, "name": ds.name, "image_size": list(ds.image_size)}})
+        with tracking.open_tracker(log, work, arch_name) as tracker:
+            result = train(model, ds, config, test=test, callback=tracker.epoch)
+        metrics.update({**result.scores(), "train_seconds": result.train_seconds})
+        record.update({"status": result.status, "reason": result.reason, "task": result.task, "engine": result.engine,
+                       "metrics": metrics, "epochs": result.epochs, "steps": result.steps, "history": result.history,
+                       "chance": chance_record(ds, result.val_score, result.test_score if test else None)})
+        saved = save_or_fallback(work, graph, record, (model, ds, config))
+    except BaseException:
+        if replacing:  # interrupted or failed: the old run stays as it was
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    return record, (_replace(work, folder) if replacing and saved == work else saved)
 
-    options.write_config(folder, resolved_config(arch, data, config, image_size=image_size, resize=resize,
-                                                 test=test, latency=latency, out=str(folder), name=name, log=log)
-                         | {"data": {**opts, "name": ds.name, "image_size": list(ds.image_size)}})
-    metrics = measure_arch(model, ds, config, latency)
-    with tracking.open_tracker(log, folder, arch_name) as tracker:
-        result = train(model, ds, config, test=test, callback=tracker.epoch)
-    metrics.update({"val_accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy,
-                    "train_seconds": result.train_seconds})
-    record.update({"status": result.status, "reason": result.reason, "engine": result.engine, "metrics": metrics,
-                   "epochs": result.epochs, "steps": result.steps, "history": result.history,
-                   "chance": stats.chance_record(ds, result.val_accuracy, result.test_accuracy if test else None)})
-    folder = save_or_fallback(folder, graph, record, (model, ds, config))
-    return record, folder
+
+def finished(folder: Path) -> bool:
+    """Whether ``folder`` holds a finished run (``metrics.json`` or weights), which a new one would replace."""
+    return (Path(folder) / "metrics.json").exists() or (Path(folder) / checkpoint.WEIGHTS).exists()
+
+
+def _replace(work: Path, folder: Path) -> Path:
+    """Swap the finished new run ``work`` in for the old run ``folder`` and delete the old one."""
+    try:
+        files.replace_dir(work, folder)
+    except OSError as e:
+        raise TrainError(f"cannot replace {folder}: {files.explain(e)}; the new run is in {work}") from None
+    shutil.rmtree(work, ignore_errors=True)  # it now holds the old run
+    return folder

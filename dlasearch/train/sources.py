@@ -63,7 +63,8 @@ _CIFAR10 = _Source("cifar-10-batches-py", (), {
 
 
 # Horizontal flips keep the class of clothes and objects, not of handwritten digits.
-_FLIP = {"digits": False, "mnist": False, "fashion_mnist": True, "cifar10": True, "npz": False}
+_FLIP = {"digits": False, "mnist": False, "fashion_mnist": True, "cifar10": True, "npz": False,
+         "mnist_seg": False, "fashion_seg": True, "folder": True}  # an .npz of masks flips (data._load_dense)
 
 
 def default_root() -> Path:
@@ -239,7 +240,8 @@ def _labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def _load_npz(path):
+def _npz_arrays(path) -> tuple[Path, dict]:
+    """Every array of an .npz file, read at once (no pickles)."""
     if path is None:
         raise DataError("data=npz needs path=<file.npz> with arrays x, y (or x_train, y_train, x_test, y_test)")
     path = Path(path).expanduser()
@@ -250,6 +252,18 @@ def _load_npz(path):
         raise DataError(f"{path}: no such file") from None
     except (OSError, ValueError, EOFError, KeyError, zlib.error, zipfile.BadZipFile) as e:
         raise DataError(f"{path}: not a readable .npz archive (truncated or damaged: {e})") from None
+    return path, arrays
+
+
+def _npz_is_dense(arrays: dict) -> bool:
+    """Masks, not labels: the y arrays are (N, H, W), a label per pixel."""
+    y = arrays.get("y_train", arrays.get("y"))
+    return y is not None and y.ndim == 3
+
+
+def _load_npz(path, arrays: dict | None = None):
+    if arrays is None:
+        path, arrays = _npz_arrays(path)
     if {"x_train", "y_train"} <= set(arrays):
         pairs = [("x_train", "y_train"), ("x_test", "y_test")] if "x_test" in arrays else [("x_train", "y_train")]
     elif {"x", "y"} <= set(arrays):

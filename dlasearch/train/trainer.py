@@ -1,4 +1,5 @@
-"""The trainer: SGD with warm-up and cosine decay over a ``Dataset``, on the engine in ``engine``.
+"""The trainer: SGD with warm-up and cosine (classification) or poly (dense data) decay over a ``Dataset``,
+on the engine in ``engine``.
 
 ``train(model, data, config)`` trains in place and returns a ``TrainResult``; ``measure_arch`` gives
 the metrics known before training (params, MACs, training memory, speed).
@@ -7,35 +8,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 from typing import Callable, Collection
 
 import torch
 
+from dlasearch import measure
 from dlasearch.arch import check_fit
 from dlasearch.errors import TrainError
 from dlasearch.train import engine
+from dlasearch.train.freeze import frozen
 from dlasearch.train.config import TrainConfig, TrainResult, resolve_device
 from dlasearch.train.data import Dataset
+from dlasearch.train.dense import check_options
 
 __all__ = ['evaluate', 'train', 'measure_arch']
-
-
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim > 1 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def _schedule(total: int, warmup: int) -> Callable[[int], float]:
-    """LR factor per step: linear warm-up to 1, then cosine to 0 at ``total``."""
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-    return factor
 
 
 @contextlib.contextmanager
@@ -78,12 +64,11 @@ def train(model: torch.nn.Module, data: Dataset, config: TrainConfig | None = No
     device = resolve_device(cfg.device)
     if getattr(model, "ir", None) is not None:
         check_fit(model.ir, data)
+    check_options(cfg, data)
     prec = engine.choose_precision(cfg.precision, cfg.channels_last, device)
     cudnn = (torch.backends.cudnn.flags(enabled=True, benchmark=not cfg.deterministic,
                                         deterministic=cfg.deterministic)
              if device.type == "cuda" else contextlib.nullcontext())
-    from dlasearch.deploy.checkpoint import frozen
-
     with _threads(cfg.threads), cudnn, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
             frozen(model, cfg.freeze):
         torch.manual_seed(cfg.seed)
@@ -102,8 +87,6 @@ def measure_arch(model: torch.nn.Module, data: Dataset, config: TrainConfig, lat
     On CUDA, ``cuda_peak`` also measures it with two real steps (``train_memory_cuda_peak_bytes``).
     Searches and comparisons skip that: it costs a trial 0.2-0.4 s on an H100, and the count stays
     within 5% of it (tests/test_cuda.py)."""
-    from dlasearch.train import measure
-
     device = resolve_device(config.device)
     prec = engine.choose_precision(config.precision, config.channels_last, device)
     amp = prec.amp
@@ -113,7 +96,13 @@ def measure_arch(model: torch.nn.Module, data: Dataset, config: TrainConfig, lat
         model = model.to(device)
     else:
         model = model.to(device)
-        mem = measure.train_memory(model, shape, autocast_dtype=amp, cuda_peak=cuda_peak)
+        mem = measure.train_memory(model, shape, autocast_dtype=amp, cuda_peak=False)
+    problem = measure.too_big(mem["total"], device)
+    if problem:  # before the first step, not the allocator's traceback in it
+        raise TrainError(f"batch_size={config.batch_size} at {'x'.join(map(str, shape[1:]))}: one training step "
+                         f"{problem}; lower batch_size or data.image_size")
+    if cuda_peak and device.type == "cuda":  # two real steps: only once the count says they fit
+        mem["cuda_peak"] = measure.train_memory(model, shape, autocast_dtype=amp, cuda_peak=True)["cuda_peak"]
     out = {"params": measure.params(model), "macs": measure.macs(model, (1, *shape[1:])),
            "train_memory_bytes": mem["total"], "precision": prec.to_dict()["precision"]}
     if "cuda_peak" in mem:

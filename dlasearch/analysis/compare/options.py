@@ -8,12 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dlasearch.analysis.compare.sizing import DEFAULT_BLOCKS, STAGE_CHANNELS
-from dlasearch.analysis.compare.statistics import REFERENCE
-from dlasearch.errors import CompareError
+from dlasearch.analysis.compare.statistics import DENSE_REFERENCE, REFERENCE
+from dlasearch.decoders import DECODERS, NECKS
+from dlasearch.errors import CompareError, did_you_mean
 from dlasearch.patterns import LETTERS, PATTERNS
+from dlasearch import files
+from dlasearch.train import TrainConfig, data_options
 
 __all__ = ['parse_patterns', 'parse_seeds', 'parse_number', 'parse_budget', 'parse_blocks', 'parse_baseline',
-           'baseline_key', 'short_number', 'CompareOptions', 'parse_options']
+           'parse_decoders', 'baseline_key', 'short_number', 'CompareOptions', 'parse_options']
 
 ALIASES = {"plain": "chain", **LETTERS}
 
@@ -22,7 +25,9 @@ DEFAULT_BASELINE = (2.0,)
 
 
 OPTIONS = ("patterns", "data", "root", "path", "limit", "val_fraction", "image_size", "seeds", "budget",
-           "blocks", "baseline", "out", "name")
+           "blocks", "baseline", "out", "name", "task", "decoders")
+TASKS = ("classify", "segment")
+DEFAULT_DECODERS = tuple(d for d in DECODERS if d not in NECKS)  # none, fcn, fpn, unet, ida_up
 
 
 _NOT_TRAIN_OPTIONS = ("seed", "progress")
@@ -47,6 +52,23 @@ def parse_patterns(value) -> list[str]:
                                f"{', '.join(PATTERNS)} (plain = chain, or Figure-1 letters a-f)")
         if name not in out:
             out.append(name)
+    return out
+
+
+def parse_decoders(value) -> list[str]:
+    """``"none,fpn"`` or a list -> decoder names in order, without repeats (task=segment's rows)."""
+    if value is None:
+        return list(DEFAULT_DECODERS)
+    items = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else None
+    if not items:
+        raise CompareError(f"decoders={value!r}: expected a comma-separated list such as none,fpn,ida_up")
+    out = []
+    for item in (str(i).strip() for i in items):
+        if item not in DECODERS:
+            raise CompareError(f"decoders: unknown decoder {item!r}{did_you_mean(item, DECODERS)}; allowed: "
+                               f"{', '.join(DECODERS)}")
+        if item not in out:
+            out.append(item)
     return out
 
 
@@ -127,8 +149,8 @@ def parse_baseline(value) -> tuple[float, ...]:
     return tuple(out)
 
 
-def baseline_key(multiple: float) -> str:
-    return f"{REFERENCE}_{multiple:g}x"
+def baseline_key(multiple: float, reference: str = REFERENCE) -> str:
+    return f"{reference}_{multiple:g}x"
 
 
 def short_number(x: float) -> str:
@@ -140,8 +162,6 @@ def short_number(x: float) -> str:
 
 
 def _train_config(options: dict):
-    from dlasearch.train import TrainConfig
-
     return TrainConfig(**{**options, "progress": False})  # one progress line per run, no bars
 
 
@@ -159,10 +179,27 @@ class CompareOptions:
     image_size: object
     folder: Path
     tracking_log: object = None
+    task: str = "classify"
+    decoders: tuple = ()      # task=segment: the decoders on every pattern
+
+    @property
+    def reference(self) -> str:
+        return REFERENCE if self.task == "classify" else DENSE_REFERENCE
+
+    def rows(self) -> list[tuple[str, str, str | None]]:
+        """(key, pattern, decoder) of every budget-matched row, the reference first: the patterns for
+        classification; for segment every pattern x decoder (``dla+fpn``), plus ``chain+none``."""
+        if self.task == "classify":
+            return [(p, p, None) for p in self.patterns]
+        cells = [(f"{p}+{d}", p, d) for p in self.patterns for d in self.decoders]
+        ref = (DENSE_REFERENCE, *DENSE_REFERENCE.split("+"))
+        return [ref] + [c for c in cells if c[0] != DENSE_REFERENCE]
 
     def resolved(self) -> dict:
         """The fully resolved config, as ``config.yaml`` holds it and ``--cfg`` prints it."""
-        return {"command": "compare", "patterns": self.patterns, "data": {**self.data, "image_size": self.image_size},
+        dense = {"task": self.task, "decoders": list(self.decoders)} if self.task != "classify" else {}
+        return {"command": "compare", **dense, "patterns": self.patterns,
+                "data": {**self.data, "image_size": self.image_size},
                 "seeds": self.seeds, "budget": {"params": self.budget, "tolerance": self.tolerance},
                 "blocks": list(self.blocks), "baseline": list(self.baselines), "out": str(self.folder),
                 "log": self.tracking_log, "train": dataclasses.asdict(self.config)}
@@ -170,13 +207,20 @@ class CompareOptions:
 
 def parse_options(patterns=None, data="digits", seeds=3, budget=None, *, root=None, path=None, limit=None,
                   val_fraction=None, image_size=32, blocks=DEFAULT_BLOCKS, baseline=DEFAULT_BASELINE, out=None,
-                  name=None, train: dict | None = None, tracking_log=None, log=print) -> CompareOptions:
+                  name=None, train: dict | None = None, tracking_log=None, log=print, task="classify",
+                  decoders=None) -> CompareOptions:
     """Check every option of ``compare`` (see its docstring) and return them typed; raises ``CompareError``."""
-    from dlasearch import files
-    from dlasearch.train import data_options
-
+    if task not in TASKS:
+        raise CompareError(f"task={task!r}{did_you_mean(str(task), TASKS)}; allowed: {', '.join(TASKS)} "
+                           f"(segment: every pattern with every decoder, on dense data such as mnist_seg)")
+    if decoders is not None and task != "segment":
+        raise CompareError("decoders= needs task=segment: a classifier has no decoder")
     order = parse_patterns(patterns)
-    if REFERENCE not in order:
+    if task == "segment":
+        decoder_list = parse_decoders(decoders)
+        if REFERENCE not in order or "none" not in decoder_list:
+            log(f"added {DENSE_REFERENCE!r}: every row is compared with it")
+    elif REFERENCE not in order:
         order.insert(0, REFERENCE)
         log(f"added {REFERENCE!r}: every pattern is compared with it")
     if budget is None:
@@ -197,4 +241,5 @@ def parse_options(patterns=None, data="digits", seeds=3, budget=None, *, root=No
     folder = Path(str(out)).expanduser() if out is not None else \
         files.results_root() / "compare" / str(name or f"{label}-{short_number(budget_params)}")
     return CompareOptions(order, parse_seeds(seeds), budget_params, tolerance, parse_blocks(blocks),
-                          parse_baseline(baseline), _train_config(train), opts, image_size, folder, tracking_log)
+                          parse_baseline(baseline), _train_config(train), opts, image_size, folder, tracking_log,
+                          task, tuple(decoder_list) if task == "segment" else ())

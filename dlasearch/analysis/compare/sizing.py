@@ -5,6 +5,9 @@ import math
 from dataclasses import dataclass
 
 from dlasearch.errors import CompareError
+from dlasearch.ir import to_module
+from dlasearch.patterns import build
+from dlasearch.measure import params
 
 __all__ = ['widths_at', 'make_spec', 'Sized', 'size']
 
@@ -39,13 +42,18 @@ def widths_at(multiplier: float, divisor: int) -> tuple[int, ...]:
     return tuple(max(MIN_WIDTH, divisor * round(c * multiplier / divisor)) for c in BASE_WIDTHS)
 
 
-def make_spec(pattern: str, widths, blocks, in_channels: int, num_classes: int) -> dict:
-    """The comparison backbone with ``pattern`` and per-stage ``widths`` (conv stages first)."""
+def make_spec(pattern: str, widths, blocks, in_channels: int, num_classes: int, decoder: str | None = None) -> dict:
+    """The comparison backbone with ``pattern`` and per-stage ``widths`` (conv stages first); with a
+    ``decoder``, a ``task: segment`` network whose decoder keeps its own default width (the multiplier
+    scales the encoder, and through it ida_up's stage widths)."""
     nconv = len(CONV_STAGES)
-    return {"pattern": pattern, "in_channels": in_channels, "num_classes": num_classes, "stem": dict(STEM),
+    spec = {"pattern": pattern, "in_channels": in_channels, "num_classes": num_classes, "stem": dict(STEM),
             "conv_stages": [{"convs": 1, "channels": w, "stride": s}
                             for w, (_, s) in zip(widths[:nconv], CONV_STAGES)],
             "stages": [{"blocks": b, "channels": w, "stride": 2} for b, w in zip(blocks, widths[nconv:])]}
+    if decoder is not None:
+        spec.update(task="segment", decoder=decoder)
+    return spec
 
 
 @dataclass
@@ -58,26 +66,23 @@ class Sized:
     multiplier: float
     divisor: int
     params: int
+    decoder: str | None = None  # dense comparisons: the decoder on top of ``pattern``
 
 
 class _Counter:
     """Parameter counts per widths tuple, each compiled once on the meta device."""
 
-    def __init__(self, pattern, blocks, in_channels, num_classes):
-        self.args = (pattern, blocks, in_channels, num_classes)
+    def __init__(self, pattern, blocks, in_channels, num_classes, decoder=None):
+        self.args = (pattern, blocks, in_channels, num_classes, decoder)
         self.cache: dict = {}
 
     def spec(self, widths) -> dict:
-        pattern, blocks, c, k = self.args
-        return make_spec(pattern, widths, blocks, c, k)
+        pattern, blocks, c, k, decoder = self.args
+        return make_spec(pattern, widths, blocks, c, k, decoder)
 
     def __call__(self, widths) -> int:
         if widths not in self.cache:
             import torch
-
-            from dlasearch.ir import to_module
-            from dlasearch.patterns import build
-            from dlasearch.train.measure import params
 
             with torch.device("meta"):  # shapes only: a huge candidate allocates nothing
                 self.cache[widths] = params(to_module(build(self.spec(widths))))
@@ -104,7 +109,7 @@ def _candidates(divisor: int, top: float) -> list[tuple[float, tuple]]:
 
 
 def size(pattern: str, budget: float, tolerance: float = 0.05, blocks=DEFAULT_BLOCKS, in_channels: int = 3,
-         num_classes: int = 10) -> Sized:
+         num_classes: int = 10, decoder: str | None = None) -> Sized:
     """Find the multiplier that puts ``pattern`` within ``tolerance`` of ``budget`` parameters.
 
     Parameters grow monotonically with the multiplier, so a bisection over the
@@ -112,20 +117,21 @@ def size(pattern: str, budget: float, tolerance: float = 0.05, blocks=DEFAULT_BL
     one wins.  Widths are multiples of 8 when that lands within tolerance; one
     8-channel step of the widest stage changes params by about 16/width, which
     small budgets cannot absorb, so multiples of 4, 2 and 1 are tried next.
-    Raises ``CompareError`` when no width fits.
+    Raises ``CompareError`` when no width fits.  ``decoder``: size the dense network of ``pattern`` with it.
     """
-    count = _Counter(pattern, tuple(blocks), in_channels, num_classes)
+    count = _Counter(pattern, tuple(blocks), in_channels, num_classes, decoder)
+    name = pattern if decoder is None else f"{pattern}+{decoder}"
     hi_limit = budget * (1 + tolerance)
     narrowest = count(widths_at(0.0, 1))
     if narrowest > hi_limit:
         raise CompareError(
-            f"budget.params={budget:,.0f} is too small for pattern {pattern!r}: even its narrowest form "
+            f"budget.params={budget:,.0f} is too small for pattern {name!r}: even its narrowest form "
             f"(every stage {MIN_WIDTH} channels, fixed {STEM['channels']}-channel stem) has {narrowest:,} "
             f"params; use budget.params >= {math.ceil(narrowest / (1 + tolerance)):,}")
     top = 1.0
     while count(widths_at(top, 1)) <= hi_limit:
         if top >= MAX_MULTIPLIER:
-            raise CompareError(f"budget.params={budget:,.0f} is too large: pattern {pattern!r} has only "
+            raise CompareError(f"budget.params={budget:,.0f} is too large: pattern {name!r} has only "
                                f"{count(widths_at(top, 1)):,} params at width multiplier {top:g}")
         top *= 2
     nearest: list[int] = []
@@ -141,8 +147,8 @@ def size(pattern: str, budget: float, tolerance: float = 0.05, blocks=DEFAULT_BL
         err, m, w = min((abs(count(cands[i][1]) - budget) / budget, *cands[i]) for i in (lo, hi)
                         if 0 <= i < len(cands))
         if err <= tolerance:
-            return Sized(pattern, count.spec(w), w, m, divisor, count(w))
+            return Sized(pattern, count.spec(w), w, m, divisor, count(w), decoder)
         nearest = [count(cands[i][1]) for i in (lo, hi) if 0 <= i < len(cands)]
     near = " and ".join(f"{p:,}" for p in nearest) or "none"
-    raise CompareError(f"pattern {pattern!r} cannot be sized to budget.params={budget:,.0f} ±{tolerance:.0%}: "
+    raise CompareError(f"pattern {name!r} cannot be sized to budget.params={budget:,.0f} ±{tolerance:.0%}: "
                        f"the nearest widths give {near} params; change budget.params or budget.tolerance")

@@ -1,0 +1,165 @@
+"""Committed results rerun anywhere: their documented commands, run in a clone at another absolute path
+with a copy of the data, reuse every run and train nothing; a data file is known by its content hash."""
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+import dlasearch.train
+from dlasearch import files, search
+from dlasearch.search.study import find_study
+from dlasearch.analysis.compare import CompareError, check_settings
+from dlasearch.cli import main
+from dlasearch.configfile import same_data
+from tests.test_data import SHARED
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "results"
+CIFAR = Path("cifar-10-subset") / "cifar10_subset.npz"
+
+
+def documented(prefix: str) -> list[list[str]]:
+    """The commands of results/README.md's ``sh`` blocks that start with ``prefix``, as argument lists."""
+    text = (RESULTS / "README.md").read_text()
+    out = []
+    for block in re.findall(r"```sh\n(.*?)```", text, re.S):
+        for cmd in block.replace("\\\n", " ").splitlines():
+            if cmd.startswith(prefix):
+                out.append(shlex.split(cmd)[1:])
+    return out
+
+
+def no_training(*a, **k):
+    raise AssertionError("a finished run was trained again")
+
+
+@pytest.fixture
+def clone(tmp_path, monkeypatch):
+    """An empty project at another absolute path (``<tmp>/elsewhere/project``), the working folder, with
+    ``../shared/data`` beside it; training forbidden.  Returns (project, shared data folder)."""
+    project = tmp_path / "elsewhere" / "project"
+    (project / "results").mkdir(parents=True)
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(dlasearch.train, "train", no_training)
+    return project, tmp_path / "elsewhere" / "shared" / "data"
+
+
+def _copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
+
+
+COMPARISONS = {"fashion_mnist-100k": (Path("FashionMNIST"), 24), "cifar10_subset-1m": (CIFAR, 40),
+               "cifar10_subset-1m-90ep": (CIFAR, 30)}
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"no shared data folder at {SHARED}")
+@pytest.mark.parametrize("name", sorted(COMPARISONS))
+def test_each_committed_comparison_reruns_from_a_clone_at_another_path(name, clone, capsys):
+    project, shared = clone
+    data, runs = COMPARISONS[name]
+    _copy(RESULTS / "compare" / name, project / "results" / "compare" / name)
+    _copy(SHARED / data, shared / data)
+    [command] = [c for c in documented("dlasearch compare") if f"name={name}" in c
+                 or (name == "fashion_mnist-100k" and "data=fashion_mnist" in c)]
+    assert main(command + ["threads=1"] * ("threads=1" not in command)) == 0
+    out = capsys.readouterr().out
+    assert f"0 run(s) trained, {runs} reused" in out
+
+
+@pytest.mark.skipif(not (SHARED / CIFAR).is_file(), reason=f"no CIFAR-10 subset at {SHARED / CIFAR}")
+def test_the_committed_benchmark_rebuilds_and_reports_from_a_clone_at_another_path(clone, capsys):
+    """`bench build` (both studies resumed, nothing trained: workers find them finished) and `bench report`
+    rewrite exactly the committed table, analysis and README (NOTES.md first; the regret replay cached)."""
+    project, shared = clone
+    for part in ("bench-cifar5k", "bench-cifar5k-seed1", "bench/cifar5k"):
+        _copy(RESULTS / part, project / "results" / part)
+    _copy(SHARED / CIFAR, shared / CIFAR)
+    [build] = documented("dlasearch bench build")
+    [report] = documented("dlasearch bench report")
+    trials = {s: len(_study(project, s).trials) for s in ("bench-cifar5k", "bench-cifar5k-seed1")}
+    assert main(build) == 0
+    assert main(report) == 0
+    out = capsys.readouterr().out
+    assert "created" not in out and "trial #" not in out and "replayed" not in out
+    assert {s: len(_study(project, s).trials) for s in trials} == trials
+    folder = project / "results" / "bench" / "cifar5k"
+    for f in ("bench.csv", "meta.json", "analysis.json", "regret.csv", "README.md"):
+        assert (folder / f).read_text() == (RESULTS / "bench" / "cifar5k" / f).read_text(), f
+    assert (folder / "README.md").read_text().startswith("# Benchmark `cifar5k`\n\n" + (
+        RESULTS / "bench" / "cifar5k" / "NOTES.md").read_text().strip())
+
+
+def _study(project: Path, name: str) -> optuna.Study:
+    return find_study(name, str(project / "results" / name / "journal.log"))[0]
+
+
+ABSOLUTE = re.compile(r"""(?:^|[\s"'=:(\[])(/(?:[\w.-]+/)+[\w.-]*)""", re.M)  # /a/b... after a delimiter
+
+
+def test_committed_results_name_no_folder_of_this_machine_and_need_no_migration():
+    """No absolute path (this machine's project or data, or any other) and no kernel/host string in any
+    committed text result; bench/migrate_results.py finds nothing left to rewrite."""
+    listed = subprocess.run(["git", "ls-files", "results"], cwd=REPO, capture_output=True, text=True).stdout.split()
+    for rel in listed or [str(p.relative_to(REPO)) for p in RESULTS.rglob("*")]:
+        path = REPO / rel
+        if path.suffix in (".png", ".safetensors") or not path.is_file():
+            continue
+        text = path.read_text(errors="replace")
+        assert str(REPO.parent) + "/" not in text and not ABSOLUTE.search(text), \
+            f"{rel} names an absolute path: {(ABSOLUTE.search(text) or [None, REPO.parent])[1]}"
+        assert not re.search(r"Linux-\d|glibc", text), f"{rel} names a kernel or C library"
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "migrate_results.py"), "--check"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and "nothing to rewrite" in done.stdout, done.stdout + done.stderr
+
+
+def test_a_data_file_is_compared_by_content_wherever_it_lies(tmp_path, monkeypatch):
+    a, b, other = tmp_path / "a" / "x.npz", tmp_path / "b" / "y.npz", tmp_path / "z.npz"
+    for p, text in ((a, "same"), (b, "same"), (other, "different")):
+        p.parent.mkdir(exist_ok=True)
+        p.write_text(text)
+    old, new = same_data({"name": "npz", "path": str(a), "root": "/x"}, {"name": "npz", "path": str(b)})
+    assert old == new and old["path"].startswith("sha256:")
+    assert same_data({"path": str(a)}, {"path": str(other)})[0] != same_data({"path": str(a)}, {"path": str(other)})[1]
+    gone = str(tmp_path / "gone.npz")  # a stored path that is not here and no hash: compared by path
+    assert same_data({"path": gone}, {"path": str(b)}) == ({"path": gone}, {"path": str(b.resolve())})
+    stored = {"path": "../elsewhere/x.npz", "sha256": files.content_hash(a)}  # a migrated record
+    assert same_data(stored, {"path": str(b)})[0] == same_data(stored, {"path": str(b)})[1]
+    monkeypatch.chdir(tmp_path / "a")
+    assert files.portable(a) == "x.npz" and files.portable(b) == "../b/y.npz"
+    assert files.portable("/") == "/"  # farther than one folder up: absolute
+
+
+def test_a_study_and_a_comparison_resume_with_a_copy_of_their_data_at_another_path(tmp_path):
+    from tests.test_search import tiny
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x.npz").write_bytes(b"data")
+    sp = tiny(tmp_path, seed_published=False, data={"path": str(tmp_path / "d" / "x.npz")})
+    study = search.open_study(sp)
+    assert json.loads(study.user_attrs["contract"])["data"]["sha256"] == files.content_hash(tmp_path / "d" / "x.npz")
+    shutil.move(tmp_path / "d", tmp_path / "moved")
+    search.open_study({**sp, "data": {**sp["data"], "path": str(tmp_path / "moved" / "x.npz")}})
+    (tmp_path / "moved" / "x.npz").write_bytes(b"other data")
+    with pytest.raises(search.SearchError, match="data.path"):
+        search.open_study({**sp, "data": {**sp["data"], "path": str(tmp_path / "moved" / "x.npz")}})
+
+    folder = tmp_path / "cmp"
+    folder.mkdir()
+    (tmp_path / "copy.npz").write_bytes(b"other data")
+    stored = {"version": 1, "data": {"name": "npz", "path": "/nowhere/x.npz",
+                                     "sha256": files.content_hash(tmp_path / "copy.npz")}}
+    (folder / "settings.json").write_text(json.dumps(stored))
+    check_settings(folder, {"version": 1, "data": {"name": "npz", "path": str(tmp_path / "copy.npz")}})
+    (tmp_path / "third.npz").write_bytes(b"third data")
+    with pytest.raises(CompareError, match="data.path"):
+        check_settings(folder, {"version": 1, "data": {"name": "npz", "path": str(tmp_path / "third.npz")}})
