@@ -24,7 +24,9 @@ FIXTURES = json.loads((Path(__file__).parent / "reference" / "proxies" / "fixtur
 # float32 ones (their sums and numpy's reductions run in float32) to a few float32 ulps.
 CASES = {"synflow": ("synflow", {}, 1e-9), "synflow_bn": ("synflow", {"bn": "train"}, 1e-9),
          "snip": ("snip", {}, 1e-5), "grad_norm": ("grad_norm", {}, 1e-5), "naswot": ("naswot", {}, 1e-9),
-         "zen": ("zen", {}, 1e-5), "zen_repeat3": ("zen", {"repeat": 3}, 1e-5), "zico": ("zico", {}, 1e-5)}
+         "zen": ("zen", {}, 1e-5), "zen_repeat3": ("zen", {"repeat": 3}, 1e-5), "zico": ("zico", {}, 1e-3)}
+# zico divides mean |g| by std(g) over entries whose std is near 0, so the reduction order that the number of
+# torch threads sets moves it by ~1e-4 (263.731 at 2 threads against the fixture's 263.768 at 1)
 
 
 @pytest.fixture(scope="module")

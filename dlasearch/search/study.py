@@ -63,11 +63,11 @@ def fixed_params(trial) -> dict | None:
     return trial.study._storage.get_trial_system_attrs(trial_id(trial)).get("fixed_params")
 
 
-def fail_trial(study: optuna.Study, tid: int, reason: str, **attrs) -> None:
-    """Mark a RUNNING trial FAIL with ``fail_reason`` (and ``attrs``) from outside its objective;
+def fail_trial(study: optuna.Study, tid: int, reason: str, **extra) -> None:
+    """Mark a RUNNING trial FAIL with ``fail_reason`` (and the ``extra`` attributes) from outside its objective;
     raises ``UpdateFinishedTrialError`` or ``RuntimeError`` when another process finished it first."""
     set_trial_attr(study, tid, attrs.FAIL_REASON, reason)
-    for k, v in attrs.items():
+    for k, v in extra.items():
         set_trial_attr(study, tid, k, v)
     study._storage.set_trial_state_values(tid, TrialState.FAIL)
 
