@@ -7,7 +7,7 @@ else is a bug and keeps its traceback.  Every error class lives here (as
 
 __all__ = ['DLASearchError', 'IRError', 'ExportError', 'CheckpointError', 'SearchError', 'PrecheckError', 'SpaceError',
            'JournalError', 'FilesError', 'TrainError', 'DataError', 'ReportError', 'CompareError', 'PredictError',
-           'did_you_mean']
+           'did_you_mean', 'pick']
 
 
 class DLASearchError(ValueError):
@@ -72,3 +72,25 @@ def did_you_mean(value, allowed) -> str:
 
     close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def pick(value, allowed, field: str, error=None, aliases=None, example: str = "", note: str = "") -> list[str]:
+    """``"a,b"`` or a list -> the named choices in order, without repeats, each one of ``allowed`` (after
+    ``aliases``); an unknown or empty one raises ``error`` naming ``field``, the closest name and the
+    choices.  One rule for every comma list a command takes (patterns, decoders, export formats)."""
+    error = error or DLASearchError
+    aliases = aliases or {}
+    items = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else []
+    out = []
+    for raw in (str(i).strip() for i in items):
+        name = aliases.get(raw, raw)
+        if name not in allowed:
+            close = did_you_mean(raw, [*allowed, *aliases])
+            for alias, target in aliases.items():
+                close = close.replace(repr(alias), repr(target))
+            raise error(f"{field}={raw!r}{close}; allowed: {', '.join(allowed)}{note}")
+        if name not in out:
+            out.append(name)
+    if not out:
+        raise error(f"{field}={value!r}: expected a comma-separated list" + (f" such as {example}" if example else ""))
+    return out

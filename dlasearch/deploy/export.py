@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from dlasearch.errors import ExportError, did_you_mean
+from dlasearch.errors import ExportError, pick
 from dlasearch.files import explain, replace_dir, sibling_dir
 from dlasearch import zoo
 from dlasearch.deploy import checkpoint
@@ -34,17 +34,8 @@ IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "image_
 
 
 def parse_formats(value) -> list[str]:
-    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
-    out = []
-    for f in (str(i).strip() for i in items):
-        if f not in FORMATS:
-            raise ExportError(f"format={f!r}{did_you_mean(f, FORMATS)}; allowed: {', '.join(FORMATS)} "
-                              f"(comma-separated)")
-        if f not in out:
-            out.append(f)
-    if not out:
-        raise ExportError(f"format= is empty; allowed: {', '.join(FORMATS)}")
-    return out
+    return pick(value if isinstance(value, (list, tuple)) else str(value), list(FORMATS), "format", ExportError,
+                example=",".join(FORMATS), note=" (comma-separated)")
 
 
 def _check_onnx() -> None:

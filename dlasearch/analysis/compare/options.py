@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 from dlasearch.analysis.compare.sizing import DEFAULT_BLOCKS, STAGE_CHANNELS
 from dlasearch.analysis.compare.statistics import DENSE_REFERENCE, REFERENCE
 from dlasearch.decoders import DECODERS, NECKS
-from dlasearch.errors import CompareError, did_you_mean
+from dlasearch.errors import CompareError, did_you_mean, pick
 from dlasearch.patterns import LETTERS, PATTERNS
 from dlasearch import files
 from dlasearch.train import TrainConfig, data_options
@@ -37,39 +36,15 @@ def parse_patterns(value) -> list[str]:
     """``"chain,skip"``, a list, or letters/aliases -> pattern names in order, without repeats."""
     if value is None:
         return list(PATTERNS)
-    items = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else None
-    if not items:
-        raise CompareError(f"patterns={value!r}: expected a comma-separated list such as chain,ida,dla")
-    allowed = [*PATTERNS, *ALIASES]
-    out = []
-    for item in items:
-        name = str(item).strip()
-        name = ALIASES.get(name, name)
-        if name not in PATTERNS:
-            close = difflib.get_close_matches(str(item).strip(), allowed, n=1)
-            hint = f" (did you mean {ALIASES.get(close[0], close[0])!r}?)" if close else ""
-            raise CompareError(f"patterns: unknown pattern {str(item).strip()!r}{hint}; allowed: "
-                               f"{', '.join(PATTERNS)} (plain = chain, or Figure-1 letters a-f)")
-        if name not in out:
-            out.append(name)
-    return out
+    return pick(value, list(PATTERNS), "patterns", CompareError, ALIASES, "chain,ida,dla",
+                " (plain = chain, or Figure-1 letters a-f)")
 
 
 def parse_decoders(value) -> list[str]:
     """``"none,fpn"`` or a list -> decoder names in order, without repeats (task=segment's rows)."""
     if value is None:
         return list(DEFAULT_DECODERS)
-    items = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else None
-    if not items:
-        raise CompareError(f"decoders={value!r}: expected a comma-separated list such as none,fpn,ida_up")
-    out = []
-    for item in (str(i).strip() for i in items):
-        if item not in DECODERS:
-            raise CompareError(f"decoders: unknown decoder {item!r}{did_you_mean(item, DECODERS)}; allowed: "
-                               f"{', '.join(DECODERS)}")
-        if item not in out:
-            out.append(item)
-    return out
+    return pick(value, list(DECODERS), "decoders", CompareError, example="none,fpn,ida_up")
 
 
 def parse_seeds(value) -> list[int]:
