@@ -38,3 +38,10 @@ def tiny_spec(pattern="dla", **kw):
     }
     spec.update(kw)
     return spec
+
+
+def with_sections(base: dict, over: dict) -> dict:
+    """``base`` space overrides with ``over`` merged in, one section deep (a dict updates, anything else replaces)."""
+    for k, v in over.items():
+        base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
+    return base

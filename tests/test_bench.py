@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
+from conftest import with_sections
 from dlasearch import search
 from dlasearch.analysis import benchmark
 from dlasearch.cli import main
@@ -22,9 +23,7 @@ TINY = {"pattern": {"choices": ["chain", "skip"]}, "levels": {"choices": [1]}, "
 def tiny_space(tmp_path, **over):
     base = {"data": {"name": "digits", "limit": 300, "flip": None}, "train": {"epochs": 1, "batch_size": 64},
             "study": {"results": str(tmp_path)}, "params": TINY}
-    for k, v in over.items():
-        base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
-    return space.load("bench", base)
+    return space.load("bench", with_sections(base, over))
 
 
 @pytest.fixture(scope="module")

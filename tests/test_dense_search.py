@@ -11,6 +11,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+from conftest import with_sections
 import dlasearch
 from dlasearch import search
 from dlasearch.analysis import report
@@ -36,9 +37,7 @@ def tiny_seg(tmp_path, **over):
     """space=seg on 200 scenes, 1 epoch: a few seconds per trial."""
     base = {"study": {"results": str(tmp_path), "trials": 2, "seed": 0}, "train": {"epochs": 1},
             "data": {"limit": 200, "root": str(SHARED)}}
-    for k, v in over.items():
-        base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
-    return space.load("seg", base)
+    return space.load("seg", with_sections(base, over))
 
 
 @pytest.fixture(scope="module")

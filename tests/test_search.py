@@ -10,6 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from conftest import with_sections
 from dlasearch import search
 from dlasearch.search import space
 from dlasearch.cli import main
@@ -29,9 +30,7 @@ def tiny(tmp_path, name="hda", small=True, **over):
             "data": {"limit": 300}}
     if small and name == "hda":
         base["params"] = {"pattern": {"value": "hda"}, **SMALL}
-    for k, v in over.items():
-        base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
-    return space.load(name, base)
+    return space.load(name, with_sections(base, over))
 
 
 def trials(sp):
