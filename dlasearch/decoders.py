@@ -25,6 +25,10 @@ and the necks, which repeat (``neck_repeats``) a multi-scale fusion unit over th
   upsampling from coarser, strided 3x3 convs from finer), summed, ReLU; HRNetV2's head concatenates
   all branches at the finest resolution.
 
+``decoder_mode`` replaces how a decoder's aggregation nodes merge (``DECODER_MODES``: each decoder's
+own mode first, then the others its structure allows); nasfpn's cells carry their own op, and
+``none`` aggregates nothing.
+
 The functions take a ``patterns.Builder`` (duck-typed: this module sits beside ``patterns``, which
 imports it, so it cannot import ``patterns`` back).
 """
@@ -32,9 +36,10 @@ from __future__ import annotations
 
 from dlasearch.errors import did_you_mean
 from dlasearch.ir import IRError
+from dlasearch.ir.fusion import FUSIONS
 
 __all__ = ["DECODERS", "NECKS", "NECK_REPEATS", "CELL_OPS", "NASFPN_PAPER", "DEFAULT_CHANNELS", "FCN_LEVELS",
-           "check", "check_cells", "nasfpn_cells", "decode", "ida_up", "logits"]
+           "MODES", "DECODER_MODES", "check_mode", "check", "check_cells", "nasfpn_cells", "decode", "ida_up", "logits"]
 
 NECKS = ("bifpn", "nasfpn", "hrnet_fuse")
 DECODERS = ("none", "fcn", "fpn", "unet", "ida_up") + NECKS
@@ -49,6 +54,14 @@ _WIDTHLESS = ("none", "fcn")  # decoders whose maps are class scores
 # nasfpn: one stack of the paper's cells; hrnet_fuse: one exchange unit before HRNetV2's head
 NECK_REPEATS = {"bifpn": 2, "nasfpn": 1, "hrnet_fuse": 1}
 CELL_OPS = ("sum", "gpa")
+MODES = tuple(FUSIONS)  # concat, sum, wsum, gpa: an aggregation node's merge (``ir.fusion``)
+# decoder_mode: the modes each decoder's aggregation nodes can take, its own first.  fcn's and fpn's
+# parameter-free merges keep their width (no concat); bifpn's 3-input nodes and hrnet_fuse's n-input sums
+# rule out gpa (two inputs); unet projects both inputs of a node to decoder_channels for a mode other than
+# concat; none aggregates nothing, and nasfpn's cells give their op themselves (``cells``).
+DECODER_MODES = {"none": (), "fcn": ("sum", "wsum", "gpa"), "fpn": ("sum", "wsum", "gpa"),
+                 "unet": ("concat", "sum", "wsum", "gpa"), "ida_up": ("concat", "sum", "wsum", "gpa"),
+                 "bifpn": ("wsum", "sum", "concat"), "nasfpn": (), "hrnet_fuse": ("sum", "wsum")}
 # The NAS-FPN paper's 7 merging cells (Ghiasi et al. 2019, the reference code's NASFPN_BLOCK_SPECS) over
 # P3..P7: (inputs, level, op), levels 0..4 = P3..P7; inputs 0..4 are P3..P7, 5.. the cells before.
 NASFPN_PAPER = (((1, 3), 1, "gpa"), ((1, 5), 1, "sum"), ((0, 6), 0, "sum"), ((6, 7), 1, "sum"),
@@ -91,6 +104,27 @@ def check_cells(cells, n: int) -> tuple:
     return tuple(out)
 
 
+def check_mode(mode, field: str) -> str:
+    """An aggregation ``mode`` (one of ``MODES``), or ``IRError`` naming ``field``."""
+    if not isinstance(mode, str) or mode not in MODES:
+        raise IRError(f"spec.{field}={mode!r}: unknown fusion mode{did_you_mean(mode, MODES)}; "
+                      f"allowed: {', '.join(MODES)}")
+    return mode
+
+
+def _check_decoder_mode(dec: str, mode) -> None:
+    if mode is None:
+        return
+    check_mode(mode, "decoder_mode")
+    allowed = DECODER_MODES[dec]
+    if not allowed:
+        why = "its cells give each merge's op, spec.cells" if dec == "nasfpn" else "it aggregates nothing"
+        raise IRError(f"spec.decoder_mode={mode!r}: decoder {dec!r} has no mode to choose ({why}); leave it null")
+    if mode not in allowed:
+        raise IRError(f"spec.decoder_mode={mode!r}: decoder {dec!r} cannot merge by {mode}; allowed: "
+                      f"{', '.join(allowed)} (null: its own, {allowed[0]})")
+
+
 def check(s: dict, n: int) -> dict:
     """Check the decoder fields of a spec dict (``task`` already checked) whose decoder would read ``n``
     levels; raise ``IRError`` naming the field.  Returns the fields to store (``cells`` as tuples)."""
@@ -100,9 +134,10 @@ def check(s: dict, n: int) -> dict:
                       f"allowed: {', '.join(DECODERS)}")
     if width is not None and (isinstance(width, bool) or not isinstance(width, int) or width < 1):
         raise IRError(f"spec.decoder_channels={width!r}: expected null (the decoder's default) or an int >= 1")
-    if s["task"] != "segment" and (dec != "ida_up" or width is not None):
-        key = "decoder" if dec != "ida_up" else "decoder_channels"
+    if s["task"] != "segment" and (dec != "ida_up" or width is not None or s["decoder_mode"] is not None):
+        key = "decoder" if dec != "ida_up" else "decoder_channels" if width is not None else "decoder_mode"
         raise IRError(f"spec.{key}={s[key]!r}: a decoder needs task=segment (task={s['task']!r})")
+    _check_decoder_mode(dec, s["decoder_mode"])
     if width is not None and dec in _WIDTHLESS:
         raise IRError(f"spec.decoder_channels={width}: decoder {dec!r} has no width of its own (its maps are "
                       f"class scores); leave it null or use another decoder")
@@ -127,28 +162,32 @@ def check(s: dict, n: int) -> dict:
 
 
 def decode(b, decoder: str, levels: list, strides: list, first_level: int, classes: int,
-           width: int | None = None, repeats: int | None = None, cells=None) -> str:
+           width: int | None = None, repeats: int | None = None, cells=None, mode: str | None = None) -> str:
     """Add ``decoder`` over ``levels`` (stage outputs shallow -> deep from ``first_level``, at absolute
-    ``strides``) and per-pixel logits at input size; return the output node."""
+    ``strides``) and per-pixel logits at input size; return the output node.  ``mode``: the merge of
+    the decoder's aggregation nodes (null: the decoder's own, ``DECODER_MODES``)."""
     if decoder in NECKS:
         reps = repeats or NECK_REPEATS[decoder]
         if decoder == "hrnet_fuse":
-            y = _hrnet(b, levels, strides, first_level, width, reps)
+            y = _hrnet(b, levels, strides, first_level, width, reps, mode or "sum")
         elif decoder == "bifpn":
-            y = _bifpn(b, levels, strides, first_level, width or DEFAULT_CHANNELS, reps)
+            y = _bifpn(b, levels, strides, first_level, width or DEFAULT_CHANNELS, reps, mode or "wsum")
         else:
             y = _nasfpn(b, levels, strides, first_level, width or DEFAULT_CHANNELS, reps, cells)
         return logits(b, y, classes, strides[0])
     if decoder == "ida_up":
-        y = ida_up(b, levels, [s // strides[0] for s in strides], width=width)
+        y = ida_up(b, levels, [s // strides[0] for s in strides], width=width, mode=mode)
         return logits(b, y, classes, strides[0])
     if decoder == "none":
         return logits(b, levels[-1], classes, strides[-1])
     if decoder == "fcn":
-        return _fcn(b, levels, strides, first_level, classes)
-    if decoder in ("fpn", "unet"):
-        y = (_fpn if decoder == "fpn" else _unet)(b, levels, strides, first_level, width or DEFAULT_CHANNELS)
-        return logits(b, y, classes, strides[0])
+        return _fcn(b, levels, strides, first_level, classes, mode or "sum")
+    if decoder == "fpn":
+        return logits(b, _fpn(b, levels, strides, first_level, width or DEFAULT_CHANNELS, mode or "sum"), classes,
+                      strides[0])
+    if decoder == "unet":
+        return logits(b, _unet(b, levels, strides, first_level, width or DEFAULT_CHANNELS, mode), classes,
+                      strides[0])
     raise IRError(f"spec.decoder={decoder!r}: allowed: {', '.join(DECODERS)}")
 
 
@@ -175,7 +214,7 @@ def _to_input(b, y, factor: int) -> str:
     return b.node("output", "output", [y])
 
 
-def _fcn(b, levels, strides, first_level, classes) -> str:
+def _fcn(b, levels, strides, first_level, classes, mode="sum") -> str:
     """FCN-8s: score maps summed coarse to fine (score maps are what is aggregated, not features)."""
     k0 = max(0, len(levels) - FCN_LEVELS)
     idx = range(k0, len(levels))
@@ -184,40 +223,47 @@ def _fcn(b, levels, strides, first_level, classes) -> str:
     for k in reversed(idx[:-1]):
         i = first_level + k
         y = _up(b, y, scores[k], strides[k + 1] // strides[k], f"decoder.up{i}")
-        y = b.node(f"decoder.sum{i}", "aggregate", [y, scores[k]], classes, mode="sum", conv=False)
+        y = b.node(f"decoder.sum{i}", "aggregate", [y, scores[k]], classes, mode=mode, conv=False)
     return _to_input(b, y, strides[k0])
 
 
-def _fpn(b, levels, strides, first_level, width) -> str:
+def _fpn(b, levels, strides, first_level, width, mode="sum") -> str:
     """FPN: the top-down path (input 0 of each sum) meets 1x1 laterals (input 1); smooth the finest."""
     lat = [b.node(f"decoder.lateral{first_level + k}", "project", [x], width) for k, x in enumerate(levels)]
     y = lat[-1]
     for k in reversed(range(len(levels) - 1)):
         i = first_level + k
         y = _up(b, y, lat[k], strides[k + 1] // strides[k], f"decoder.up{i}", mode="nearest", learnable=False)
-        y = b.node(f"decoder.sum{i}", "aggregate", [y, lat[k]], width, mode="sum", conv=False)
+        y = b.node(f"decoder.sum{i}", "aggregate", [y, lat[k]], width, mode=mode, conv=False)
     return b.node("decoder.smooth", "conv", [y], width, kernel=3)
 
 
-def _unet(b, levels, strides, first_level, width) -> str:
-    """U-Net: upsample (learnable), concatenate with the stage of that resolution, 3x3 conv unit."""
-    y = levels[-1]
+def _unet(b, levels, strides, first_level, width, mode=None) -> str:
+    """U-Net: upsample (learnable), concatenate with the stage of that resolution, 3x3 conv unit.  Another
+    ``mode`` merges equal widths: the deepest stage and each lateral are first projected to ``width``."""
+    y, merge = levels[-1], {} if mode in (None, "concat") else {"mode": mode}
+    if merge:
+        y = b.project(y, width, f"decoder.lateral{first_level + len(levels) - 1}")
     for k in reversed(range(len(levels) - 1)):
         i = first_level + k
-        u = _up(b, y, levels[k], strides[k + 1] // strides[k], f"decoder.up{i}")
-        y = b.node(f"decoder.node{i}", "aggregate", [u, levels[k]], width, kernel=3)
+        lat = b.project(levels[k], width, f"decoder.lateral{i}") if merge else levels[k]
+        u = _up(b, y, lat, strides[k + 1] // strides[k], f"decoder.up{i}")
+        y = b.node(f"decoder.node{i}", "aggregate", [u, lat], width, kernel=3, **merge)
     return y
 
 
-def ida_up(b, layers: list, scales: list, path: str = "dla_up", width: int | None = None) -> str:
+def ida_up(b, layers: list, scales: list, path: str = "dla_up", width: int | None = None,
+           mode: str | None = None) -> str:
     """The original DLAUp: IDA over stages back to the resolution of ``layers[0]``.
 
     ``layers`` shallow -> deep, ``scales`` their strides relative to ``layers[0]``.
     Each IDA step projects to a common width (conv+BN+ReLU), upsamples with a
     learnable bilinear-initialised depthwise transposed conv, and aggregates
     pairwise with a 3x3 node, iteratively from the deepest pair outwards.  The width of
-    a step is that of its shallowest stage (the original), or ``width`` for every step.
+    a step is that of its shallowest stage (the original), or ``width`` for every step.  ``mode``
+    (null: concat, the original) merges each node's two equal-width inputs another way.
     """
+    merge = {} if mode in (None, "concat") else {"mode": mode}
     layers = list(layers)
     chans = [b.ch[x] for x in layers]
     scales = list(scales)
@@ -237,7 +283,7 @@ def ida_up(b, layers: list, scales: list, path: str = "dla_up", width: int | Non
             ups.append(x)
         y, ys = ups[0], []
         for k in range(1, len(ups)):
-            y = b.node(f"{ida}.node_{k}", "aggregate", [y, ups[k]], out, kernel=3,
+            y = b.node(f"{ida}.node_{k}", "aggregate", [y, ups[k]], out, kernel=3, **merge,
                        modules={"conv": f"{b.prefix}{ida}.node_{k}.0", "bn": f"{b.prefix}{ida}.node_{k}.1"})
             ys.append(y)
         layers[j + 1:] = ys
@@ -261,14 +307,14 @@ def _resample(b, x, src: int, dst: int, strides, refs, path: str) -> str:
     return _up(b, x, refs[dst], strides[src] // strides[dst], f"{path}_up", mode="nearest", learnable=False)
 
 
-def _bifpn(b, levels, strides, fl, width, repeats) -> str:
+def _bifpn(b, levels, strides, fl, width, repeats, mode="wsum") -> str:
     """BiFPN (Tan et al. 2020, Fig. 2d): per layer a top-down pass, nodes [input, up(coarser)], then a
     bottom-up pass, nodes [input, top-down, down(finer output)] ([input, down] at the top), each a
     weighted sum then ReLU, separable 3x3 conv, BN.  The head reads the finest output (EfficientDet's
     segmentation reads P2 alone), so the last layer's bottom-up pass, which only feeds coarser outputs,
     is not built."""
     n = len(levels)
-    unit = dict(kernel=3, mode="wsum", order="act_conv_bn", separable=True)
+    unit = dict(kernel=3, mode=mode, order="act_conv_bn", separable=True)
     p = [b.node(_at(fl, k, "proj"), "project", [x], width) for k, x in enumerate(levels)]
     for r in range(repeats):
         td = list(p)
@@ -330,7 +376,7 @@ def _nasfpn(b, levels, strides, fl, width, repeats, cells) -> str:
     return b.node("decoder.head_sum", "aggregate", [feats[0], *ups], width, mode="sum", conv=False)
 
 
-def _hrnet(b, levels, strides, fl, width, repeats) -> str:
+def _hrnet(b, levels, strides, fl, width, repeats, mode="sum") -> str:
     """HRNet's exchange unit (Sun et al. 2019): branch j = ReLU(sum_i T_ij(x_i)), T the identity (i = j),
     1x1 conv+BN then nearest upsampling (i coarser), or stride-2 3x3 conv+BN+ReLU steps whose last has
     no ReLU (i finer).  Branch k is ``width * 2**k`` wide (HRNet-W<width>; entered through a 3x3 conv
@@ -357,7 +403,7 @@ def _hrnet(b, levels, strides, fl, width, repeats) -> str:
                         x = b.node(f"{t}_{s}", "conv", [x], widths[j] if s == steps - 1 else widths[i], stride=2,
                                    relu=s < steps - 1)
                 terms.append(x)
-            ys.append(b.node(_at(fl, j, f"fuse{r}"), "aggregate", terms, widths[j], mode="sum", conv=False,
+            ys.append(b.node(_at(fl, j, f"fuse{r}"), "aggregate", terms, widths[j], mode=mode, conv=False,
                              relu=True))
         xs = ys
     ups = [xs[0]] + [_up(b, x, xs[0], strides[k] // strides[0], f"decoder.head_up{fl + k}", learnable=False)

@@ -5,7 +5,7 @@ else is a bug and keeps its traceback.  Every error class lives here (as
 ``optuna.exceptions`` does), so a helper can move without dragging its module.
 """
 
-__all__ = ['DLASearchError', 'IRError', 'ExportError', 'CheckpointError', 'SearchError', 'PrecheckError', 'SpaceError',
+__all__ = ['DLASearchError', 'IRError', 'ExportError', 'CheckpointError', 'SearchError', 'ProxyError', 'PrecheckError', 'SpaceError',
            'JournalError', 'FilesError', 'TrainError', 'DataError', 'ReportError', 'CompareError', 'PredictError',
            'did_you_mean', 'pick']
 
@@ -28,6 +28,10 @@ class CheckpointError(DLASearchError):
 
 class SearchError(DLASearchError):
     """A study that cannot be opened, resumed or attached to as asked."""
+
+
+class ProxyError(SearchError):
+    """Optuna's gRPC storage proxy lost (or failing) in the middle of a study: the study resumes."""
 
 
 class PrecheckError(DLASearchError):

@@ -14,7 +14,7 @@ Spec (a dict, e.g. from JSON/YAML, checked into the typed ``Spec`` by ``Spec.par
     conv_stages: [{convs: 1, channels: 16}, {convs: 1, channels: 32, stride: 2}]
     stages:                                       # residual-block stages
       - {blocks: 2, channels: 64, stride: 2}
-      - {blocks: 4, channels: 128, stride: 2}
+      - {blocks: 4, channels: 128, stride: 2, mode: sum}   # mode: its aggregation nodes' merge (concat)
     block: basic                   # basic | bottleneck | bottleneckx
     cardinality: 32                # bottleneckx groups
     root_kernel: 1                 # aggregation conv kernel
@@ -23,10 +23,19 @@ Spec (a dict, e.g. from JSON/YAML, checked into the typed ``Spec`` by ``Spec.par
     first_level: 1                 # segment: shallowest conv/block stage the decoder reads
     decoder: ida_up                # segment: none | fcn | fpn | unet | ida_up | bifpn | nasfpn | hrnet_fuse
     decoder_channels: null         # segment: decoder width; null = ida_up's and hrnet_fuse's stage widths, else 32
+    decoder_mode: null             # segment: the decoder's aggregation merge (decoders.DECODER_MODES); null = its own
     neck_repeats: null             # bifpn | nasfpn | hrnet_fuse: repeated layers/stacks/units (null: 2 | 1 | 1)
     cells: null                    # nasfpn: [[input, input, level, op], ...]; null = the NAS-FPN paper's cells
 
 Tree patterns (tree, reentrant, hda, dla) need ``blocks`` a power of two >= 2.
+
+A stage's ``mode`` (concat | sum | wsum | gpa, ``ir.fusion``) is how its aggregation nodes merge: the
+tree roots inside it, the IDA node that joins it (``ida``), the final merge at its resolution (``skip``,
+last stage).  concat is DLA's; the others merge equal widths, so an input of another width (the stage
+input a ``dla`` root reads, an earlier stage in ``ida``/``skip``) is first projected (1x1 conv + BN) to
+the stage's; gpa merges two inputs (input 0 gates input 1), so a root with more merges its first two
+by gpa (no conv) and sums the rest in.  ``chain`` has no aggregation node: the mode changes nothing.
+At concat a stage keeps its JSON form and every existing architecture its fingerprint.
 """
 from __future__ import annotations
 
@@ -61,10 +70,12 @@ class ConvStage:
 
 @dataclass(frozen=True)
 class Stage:
-    """A stage of ``blocks`` residual blocks of ``channels``; its first block has ``stride``."""
+    """A stage of ``blocks`` residual blocks of ``channels``; its first block has ``stride``; its
+    aggregation nodes merge by ``mode``."""
     blocks: int
     channels: int
     stride: int = 2
+    mode: str = "concat"
 
 
 @dataclass(frozen=True)
@@ -84,6 +95,7 @@ class Spec:
     first_level: int = 1
     decoder: str = "ida_up"
     decoder_channels: int | None = None
+    decoder_mode: str | None = None
     neck_repeats: int | None = None
     cells: tuple | None = None
 
@@ -98,6 +110,9 @@ class Spec:
         """Plain dicts and lists, as stored in trial attributes and spec JSON files."""
         d = dataclasses.asdict(self)
         d["conv_stages"], d["stages"] = list(d["conv_stages"]), list(d["stages"])
+        for st in d["stages"]:
+            if st["mode"] == "concat":  # the default stays out: a spec's JSON form is what it always was
+                del st["mode"]
         if d["cells"] is not None:
             d["cells"] = [list(c) for c in d["cells"]]
         return d
@@ -165,6 +180,7 @@ def _check_stage(s: dict, group: str, i: int, st):
     _int(st.get("channels"), f"{group}[{i}].channels")
     _int(st["stride"], f"{group}[{i}].stride")
     if group == "stages":
+        decoders.check_mode(st.get("mode", "concat"), f"stages[{i}].mode")
         _check_block_stage(s, i, st)
     return cls(**st)
 
@@ -272,12 +288,21 @@ class Builder:
         ins = [x] if residual is None or residual == x else [x, residual]
         return self.node(path, "block", ins, out, stride=stride, **self.block_kw)
 
-    def agg(self, path, inputs, out, kernel=1, residual=False):
-        return self.node(path, "aggregate", inputs, out, kernel=kernel, residual=0 if residual else None)
+    def agg(self, path, inputs, out, kernel=1, residual=False, mode="concat"):
+        """An aggregation node merging ``inputs`` by ``mode``; other modes than concat first project the
+        inputs of another width to ``out``, and gpa over more than two inputs sums its pair with the rest."""
+        if mode == "concat":
+            return self.node(path, "aggregate", inputs, out, kernel=kernel, residual=0 if residual else None)
+        inputs = [self.project(x, out, f"{path}.project{j}") for j, x in enumerate(inputs)]
+        if mode == "gpa" and len(inputs) > 2:
+            pair = self.node(f"{path}.gpa", "aggregate", inputs[:2], out, mode="gpa", conv=False)
+            inputs, mode = [pair, *inputs[2:]], "sum"
+        return self.node(path, "aggregate", inputs, out, kernel=kernel, residual=0 if residual else None, mode=mode)
 
     # ------------------------------------------------------------ trees
 
-    def tree_hda(self, x, levels, out, stride, path, level_root, kernel, residual_root, children=None):
+    def tree_hda(self, x, levels, out, stride, path, level_root, kernel, residual_root, children=None,
+                 mode="concat"):
         """The original DLA ``Tree``: pattern (f), with the stage input joining the root if level_root."""
         children = [] if children is None else children
         bottom = self.down(x, stride, f"{path}.downsample")
@@ -287,12 +312,13 @@ class Builder:
             residual = self.project(bottom, out, f"{path}.project")
             x1 = self.block(f"{path}.tree1", x, out, stride, residual)
             x2 = self.block(f"{path}.tree2", x1, out)
-            return self.agg(f"{path}.root", [x2, x1, *children], out, kernel, residual_root)
-        x1 = self.tree_hda(x, levels - 1, out, stride, f"{path}.tree1", False, kernel, residual_root)
+            return self.agg(f"{path}.root", [x2, x1, *children], out, kernel, residual_root, mode)
+        x1 = self.tree_hda(x, levels - 1, out, stride, f"{path}.tree1", False, kernel, residual_root, mode=mode)
         children.append(x1)
-        return self.tree_hda(x1, levels - 1, out, 1, f"{path}.tree2", False, kernel, residual_root, children)
+        return self.tree_hda(x1, levels - 1, out, 1, f"{path}.tree2", False, kernel, residual_root, children,
+                             mode)
 
-    def tree_plain(self, x, levels, out, stride, path, kernel, residual_root, reenter):
+    def tree_plain(self, x, levels, out, stride, path, kernel, residual_root, reenter, mode="concat"):
         """Patterns (d) (``reenter=False``: the next subtree continues from the last block) and
         (e) (``reenter=True``: it continues from the previous aggregation).  Returns (root, last block)."""
         if levels == 1:
@@ -300,11 +326,12 @@ class Builder:
             residual = self.project(bottom, out, f"{path}.project")
             x1 = self.block(f"{path}.tree1", x, out, stride, residual)
             x2 = self.block(f"{path}.tree2", x1, out)
-            return self.agg(f"{path}.root", [x2, x1], out, kernel, residual_root), x2
-        left, last = self.tree_plain(x, levels - 1, out, stride, f"{path}.tree1", kernel, residual_root, reenter)
+            return self.agg(f"{path}.root", [x2, x1], out, kernel, residual_root, mode), x2
+        left, last = self.tree_plain(x, levels - 1, out, stride, f"{path}.tree1", kernel, residual_root, reenter,
+                                     mode)
         right, last = self.tree_plain(left if reenter else last, levels - 1, out, 1, f"{path}.tree2", kernel,
-                                      residual_root, reenter)
-        return self.agg(f"{path}.root", [right, left], out, kernel, residual_root), last
+                                      residual_root, reenter, mode)
+        return self.agg(f"{path}.root", [right, left], out, kernel, residual_root, mode), last
 
     def chain_stage(self, x, blocks, out, stride, path):
         bottom = self.down(x, stride, f"{path}.downsample")
@@ -350,9 +377,9 @@ def _backbone(b: Builder, s: Spec) -> tuple[str, list, list]:
         if pat in ("chain", "skip", "ida"):
             x = b.chain_stage(x, n, out, stride, path)
         elif pat in ("tree", "reentrant"):
-            x, _ = b.tree_plain(x, lv, out, stride, path, k, rr, reenter=pat == "reentrant")
+            x, _ = b.tree_plain(x, lv, out, stride, path, k, rr, reenter=pat == "reentrant", mode=st.mode)
         else:
-            x = b.tree_hda(x, lv, out, stride, path, pat == "dla" and i > 0, k, rr)
+            x = b.tree_hda(x, lv, out, stride, path, pat == "dla" and i > 0, k, rr, mode=st.mode)
         stage_outs.append(x)
         strides.append(strides[-1] * stride)
         if pat == "ida":
@@ -361,13 +388,13 @@ def _backbone(b: Builder, s: Spec) -> tuple[str, list, list]:
             else:
                 f = strides[-1] // strides[-2]
                 prev = b.down(ida, f, f"ida.{i}.downsample")
-                ida = b.agg(f"ida.{i}.root", [x, prev], out, k, rr)
+                ida = b.agg(f"ida.{i}.root", [x, prev], out, k, rr, st.mode)
     levels += stage_outs
     if pat == "skip" and len(stage_outs) > 1:
         deepest = strides[-1]
         ins = [b.down(o, deepest // strides[offset + 1 + j], f"skip.{j}.downsample")
                for j, o in enumerate(stage_outs[:-1])]
-        x = b.agg("skip.root", [stage_outs[-1], *ins], s.stages[-1].channels, k, rr)
+        x = b.agg("skip.root", [stage_outs[-1], *ins], s.stages[-1].channels, k, rr, s.stages[-1].mode)
     elif pat == "ida" and ida is not None:
         x = ida
     return x, levels, strides
@@ -392,5 +419,5 @@ def build(spec: "dict | Spec", name: str | None = None) -> IR:
     if pat in ("skip", "ida"):
         chosen[-1] = x
     decoders.decode(b, s.decoder, chosen, strides[1 + fl:], fl, s.num_classes, s.decoder_channels, s.neck_repeats,
-                    s.cells)
+                    s.cells, s.decoder_mode)
     return validate(b.ir)

@@ -14,13 +14,15 @@ from __future__ import annotations
 import math
 
 __all__ = ['chance', 'standard_error', 'chance_limit', 'at_chance', 'chance_line', 'chance_record', 'guesser_line',
-           'chance_warning', 'fmt']
+           'chance_warning', 'fmt', 'mean_ci', 'tied', 'TIE_MARK', 'BEST_MARK', 'TIE_SE']
 
 DASH = "–"  # the cell of a statistic that needs more samples than there are
 MIN_SPREAD = 2  # std, confidence interval: two values at least
 MIN_TEST = 2  # a two-sample test (Welch): two values on each side
 MIN_CORRELATION = 5  # rank correlation: below five points every p-value is 0, 1 or close to it
 CHANCE_MARK = "≈chance"
+TIE_MARK, BEST_MARK = "tied", "best"  # a score the validation set cannot tell from the best one, and that one
+TIE_SE = 2  # "tied": the gap to the best is at most this many standard errors of the difference
 FOOTNOTE_DASH = f"{DASH}: needs at least {MIN_SPREAD} seeds (a rank correlation at least {MIN_CORRELATION} runs)."
 
 
@@ -37,6 +39,33 @@ def chance(labels) -> float:
 def standard_error(p: float, n: int) -> float:
     """Binomial standard error of an accuracy ``p`` measured on ``n`` images."""
     return math.sqrt(max(p * (1 - p), 0.0) / n) if n > 0 else math.nan
+
+
+def tied(best: float, best_se: float, score: float, se: float) -> bool:
+    """Whether ``score`` is within ``TIE_SE`` standard errors of ``best``: the standard error of the
+    difference of two binomial accuracies, sqrt(best_se**2 + se**2).  Both are measured on the same
+    validation images, which makes the true error of the difference somewhat smaller, so the mark
+    errs towards "cannot tell them apart".  False when either SE is unknown (NaN, None)."""
+    if any(v is None or not math.isfinite(v) for v in (best, best_se, score, se)):
+        return False
+    return best - score <= TIE_SE * math.sqrt(best_se ** 2 + se ** 2) + 1e-12
+
+
+def mean_ci(values) -> tuple[float, float, float, float]:
+    """(mean, sample std, 95% CI low, high) with the t-distribution; NaN where n is too small
+    (missing and non-finite values are left out)."""
+    import numpy as np
+    from scipy import stats
+
+    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    if len(x) == 0:
+        return (math.nan,) * 4
+    m = float(x.mean())
+    if len(x) < MIN_SPREAD:
+        return m, math.nan, math.nan, math.nan
+    s = float(x.std(ddof=1))
+    h = float(stats.t.ppf(0.975, len(x) - 1)) * s / math.sqrt(len(x))
+    return m, s, m - h, m + h
 
 
 def chance_limit(chance_level: float, n: int) -> float:

@@ -17,6 +17,7 @@ a study trial or a file) lives in ``deploy.checkpoint``, above the search it rea
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -158,10 +159,17 @@ def load_weights(model: torch.nn.Module, source, graph: irmod.IR | None = None) 
     shapes = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
     head = head_keys(graph) if graph is not None else set()
     note = ""
+    stem = [k for k in shapes if _input_conv(k, sd[k], own[k], graph)]
+    if len(stem) == 1:
+        k = stem[0]
+        sd[k], how = adapt_input_conv(sd[k], own[k].shape[1])
+        note = f"{where}: stem adapted to {own[k].shape[1]}-channel input ({k}: {how}, as timm's in_chans does)"
+        shapes = [x for x in shapes if x != k]
     if not missing and not unexpected and shapes and set(shapes) <= head:
         k = sorted(shapes)[0]
-        note = (f"{where}: classifier re-initialised: the checkpoint predicts {sd[k].shape[0]} classes, "
-                f"this model {own[k].shape[0]} ({', '.join(sorted(shapes))} left at their initial values)")
+        note = "; ".join(filter(None, [note, (
+            f"{where}: classifier re-initialised: the checkpoint predicts {sd[k].shape[0]} classes, "
+            f"this model {own[k].shape[0]} ({', '.join(sorted(shapes))} left at their initial values)")]))
         for k in head:
             sd.pop(k, None)
         shapes = []
@@ -178,6 +186,28 @@ def load_weights(model: torch.nn.Module, source, graph: irmod.IR | None = None) 
         raise CheckpointError(f"{where}: does not match the architecture: " + "; ".join(parts))
     model.load_state_dict(sd, strict=not note)
     return note
+
+
+def _input_conv(key: str, theirs: torch.Tensor, ours: torch.Tensor, graph) -> bool:
+    """Whether ``key`` is the stem conv that reads the image and differs only in its input channels."""
+    if graph is None or theirs.dim() != 4 or ours.dim() != 4:
+        return False
+    if theirs.shape[0] != ours.shape[0] or theirs.shape[2:] != ours.shape[2:]:
+        return False
+    inputs = graph.of_kind("input")
+    return len(inputs) == 1 and ours.shape[1] == graph.nodes[inputs[0]]["channels"]
+
+
+def adapt_input_conv(weight: torch.Tensor, channels: int) -> tuple[torch.Tensor, str]:
+    """A pretrained stem's weight for ``channels`` input channels, as timm's ``adapt_input_conv``:
+    one channel sums the pretrained ones (a grey image is R=G=B, so the response is unchanged); more
+    repeat them cyclically, scaled so the expected response stays the same.  Returns (weight, how)."""
+    given = weight.shape[1]
+    if channels == 1:
+        return weight.sum(dim=1, keepdim=True), f"summed over its {given} input channels"
+    reps = math.ceil(channels / given)
+    return (weight.repeat(1, reps, 1, 1)[:, :channels] * (given / channels),
+            f"its {given} input channels repeated to {channels} and scaled by {given}/{channels}")
 
 
 _PROJECT = re.compile(r"^(?P<tree>.*)\.project\.[01]\.")

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,31 @@ def _readonly(path: Path, request):
         mode = path.stat().st_mode
         path.chmod(0o555 if path.is_dir() else 0o444)
         request.addfinalizer(lambda: path.chmod(mode))
+
+
+def _stale_lock(tmp_path, study, request):
+    """A lock file left by a killed process that cannot be removed (immutable; a read-only folder when not root)."""
+    results = _copy(study, tmp_path)
+    log = results / "hda" / "journal.log"
+    lock = Path(f"{log}.lock")
+    lock.touch()
+    old = lock.stat().st_mtime - 3600
+    os.utime(lock, (old, old))
+    _readonly(lock if os.geteuid() == 0 else lock.parent, request)
+    return {"argv": ["run", "study=hda", f"storage={log}", "trials=2"], "needles": [str(lock), "remove it by hand"],
+            "kept": [log]}
+
+
+def _mlflow_unreachable(tmp_path, study, request):
+    """An MLflow server that does not answer: MLflow's client retried for minutes, then a traceback."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = "http://127.0.0.1:9"  # discard: nothing listens there
+    request.addfinalizer(lambda: os.environ.pop("MLFLOW_TRACKING_URI") if before is None
+                         else os.environ.__setitem__("MLFLOW_TRACKING_URI", before))
+    pytest.importorskip("mlflow")
+    return {"argv": ["train", "arch=dla34", "data=digits", "data.limit=50", "epochs=1", "latency=false",
+                     "log=mlflow", "out=t4"], "needles": ["MLFLOW_TRACKING_URI=http://127.0.0.1:9", "log=mlflow"],
+            "after": lambda: not (tmp_path / "t4").exists() or pytest.fail("a refused train left out= behind")}
 
 
 def _rank_out(kind):
@@ -170,6 +196,7 @@ CASES = {
                           "no-trial-id": b'{"op_code":6,"worker_id":"w","state":1,"values":[0.5]}'}.items()
        for cmd in ("run", "report")},
     "2-stale-weights-temp": _stale_weights_temp,
+    "2-journal-lock-cannot-be-removed": _stale_lock,
     **{f"3-{' '.join(argv[1:])}": (lambda argv, needle: lambda tmp_path, study: {"argv": argv, "needles": [needle]})(
         argv, needle) for argv, needle in [
         (["export", "study=base", "trial=abc"], "trial='abc': expected an int"),
@@ -208,6 +235,7 @@ CASES = {
     "10-train-huge-image": lambda tmp_path, study: {
         "argv": ["train", "arch=dla34", "data=digits", "data.image_size=100000", "data.limit=300", "epochs=1",
                  "latency=false", "out=t3"], "needles": ["image_size=100000", "TB, this machine has"]},
+    "11-train-mlflow-unreachable": _mlflow_unreachable,
     "10-run-huge-image": lambda tmp_path, study: {
         "argv": ["run", "space=hda", "study=big", "data.image_size=100000", "data.limit=300", "epochs=1", "trials=1"],
         "needles": ["image_size=100000", "TB, this machine has"]},
@@ -233,3 +261,22 @@ def test_battery(case, study, tmp_path, capsys, monkeypatch, request):
         assert (p.read_bytes() if p.is_file() else None) == content, p
     if c.get("after"):
         c["after"]()
+
+
+def test_export_on_a_full_disk_is_one_line_and_leaves_out_as_it_was(tmp_path):
+    """torch's zip writer aborted the process (exit 134, C++ frames) when a write failed."""
+    out = tmp_path / "dla34"
+    assert main(["export", "from=dla34", f"out={out}", "format=py"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    limit = 3_000_000  # model.py fits, model.pt (63 MB) does not
+    code = ("import resource, signal, sys\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
+            "from dlasearch.cli import main\n"
+            f"sys.exit(main(['export', 'from=dla34', 'out={out}', 'format=py', 'overwrite=true']))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1 and "ulimit -f" in err[0] and str(out) in err[0], proc.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["dla34"]  # no temporary folder left beside it

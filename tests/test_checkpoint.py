@@ -12,6 +12,8 @@ from conftest import tiny_spec
 from dlasearch.deploy import checkpoint
 from dlasearch.train import data as datamod
 from dlasearch import search, zoo
+from dlasearch.arch import resolve_arch
+from dlasearch.ir import to_module
 from dlasearch.cli import main
 from numerics import load_case, original_weights
 
@@ -76,6 +78,9 @@ def test_finetune_a_timm_named_checkpoint_with_other_classes_and_frozen_backbone
                  "freeze=backbone", "lr=0.01", "latency=false", f"out={out}"]) == 0
     printed = capsys.readouterr().out
     assert "classifier re-initialised" in printed and "predicts 1000 classes, this model 4" in printed
+    total = sum(v.numel() for v in zoo.create("dla34", num_classes=4).parameters())
+    assert f"freeze=backbone: {total - 4 * 512 - 4:,} parameters frozen" in printed  # all but fc: 4x512 + 4
+    assert "2,052 trainable (fc)" in printed
     before = checkpoint.read_state_dict(ckpt)[0]
     after = checkpoint.read_state_dict(out / "model.safetensors")[0]
     assert after["fc.weight"].shape == (4, 512, 1, 1)
@@ -190,3 +195,32 @@ def test_search_keeps_best_weights_on_postgres(tmp_path):
         _search_keeps_best(tmp_path, storage=url, name=name)
     finally:
         optuna.delete_study(study_name=name, storage=url)
+
+
+@pytest.mark.parametrize("channels", [1, 6])
+def test_rgb_weights_adapt_the_stem_to_other_channel_counts(channels):
+    """A 3-channel checkpoint on grayscale data failed blaming fc.weight; the stem is adapted as timm's
+    in_chans: summed for 1 channel (a grey image gives the RGB net's output), repeated and scaled for more."""
+    torch.manual_seed(0)
+    rgb = zoo.create("dla34").eval()
+    graph = resolve_arch("dla34", channels, 1000)
+    model = to_module(graph).eval()
+    note = checkpoint.load_weights(model, rgb.state_dict(), graph)
+    assert "stem adapted to" in note and f"{channels}-channel" in note and "classifier" not in note
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        if channels == 1:  # R=G=B: summing the stem's input channels leaves every output unchanged
+            torch.testing.assert_close(model(x), rgb(x.expand(-1, 3, -1, -1)), rtol=1e-4, atol=1e-4)
+        else:  # channels equal: repeating twice and halving keeps the response (exactly so at a multiple of 3)
+            torch.testing.assert_close(model(x.expand(-1, channels, -1, -1)), rgb(x.expand(-1, 3, -1, -1)),
+                                       rtol=1e-4, atol=1e-4)
+
+
+def test_train_with_rgb_weights_on_grayscale_data_adapts_the_stem(tmp_path, capsys):
+    ckpt = tmp_path / "dla34.safetensors"
+    save_file(zoo.create("dla34").state_dict(), str(ckpt))
+    assert main(["train", "arch=dla34", f"weights={ckpt}", "data=digits", "data.limit=64", "epochs=1",
+                 "batch_size=16", "latency=false", f"out={tmp_path / 'g'}"]) == 0
+    printed = capsys.readouterr().out
+    assert "stem adapted to 1-channel input" in printed and "summed over its 3 input channels" in printed
+    assert "classifier re-initialised" in printed and "predicts 1000 classes, this model 10" in printed

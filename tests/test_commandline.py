@@ -136,14 +136,14 @@ def test_resume_by_name_uses_the_stored_settings(tmp_path, monkeypatch, capsys):
     search.run(sp, log=lambda *a: None)
     journal = tmp_path / "hda" / "journal.log"
     monkeypatch.chdir(tmp_path)  # nothing in the current folder says which space the study used
-    assert main(["run", "study=hda", f"storage={journal}", "trials=2"]) == 0
+    assert main(["run", "study=hda", f"storage={journal}", "trials=2", "study.max_duplicates=1"]) == 0
     t = search.open_study(sp, create=False).get_trials()
-    assert len(t) == 2
+    assert len(t) == 2  # one architecture: trained, then proposed again, which ends it (max_duplicates=1)
     assert yaml.safe_load((tmp_path / "hda" / "config.yaml").read_text())["data"]["limit"] == 200
     capsys.readouterr()
     assert main(["run", "study=hda", f"storage={journal}", "epochs=3"]) == 2
     err = capsys.readouterr().err
-    assert "only trials, timeout, workers can change" in err and "epochs" in err
+    assert "only trials, timeout, workers, max_duplicates, confirm can change" in err and "epochs" in err
     assert main(["run", "study=nosuch"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
 
@@ -155,7 +155,8 @@ def test_changed_contract_names_key_and_both_values(tmp_path):
 
 
 def test_worker_exports_and_says_when_finished(tmp_path, capsys):
-    sp = tiny_space(tmp_path)
+    # one architecture: its second trial repeats the first, which ends the study (max_duplicates=1)
+    sp = tiny_space(tmp_path, study={"results": str(tmp_path), "trials": 1, "seed": 0, "max_duplicates": 1})
     search.run(sp, log=lambda *a: None)
     journal = tmp_path / "hda" / "journal.log"
     csv = tmp_path / "hda" / "trials.csv"
@@ -233,6 +234,27 @@ def test_tensorboard_gets_per_epoch_metrics(tmp_path):
     acc = EventAccumulator(str(events))
     acc.Reload()
     assert [e.step for e in acc.Scalars("val_accuracy")] == [1, 2]
+
+
+def test_tensorboard_study_names_runs_by_pattern_logs_hparams_and_is_kept_on_resume(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    sp = tiny_space(tmp_path)
+    sp["log"] = "tensorboard"
+    search.run(sp, log=lambda *a: None)
+    (run,) = (tmp_path / "hda" / "tensorboard").iterdir()
+    assert run.name == "trial0-hda"
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("val_accuracy")] == [1]
+    assert "hparam/val_accuracy" in acc.Tags()["scalars"]  # add_hparams' metric, in the trial's own run
+    plugin = acc.PluginTagToContent("hparams")
+    assert "_hparams_/session_start_info" in plugin and b"pattern" in plugin["_hparams_/session_start_info"]
+    lines = []
+    search.run({**sp, "log": None, "study": {**sp["study"], "trials": 2}}, log=lines.append)  # resumed without log=
+    assert any("log=tensorboard: as this study was last run" in str(x) for x in lines)
+    assert sorted(p.name for p in (tmp_path / "hda" / "tensorboard").iterdir()) == ["trial0-hda", "trial1-hda"]
 
 
 def test_mlflow_study_logs_each_trial(tmp_path):

@@ -17,7 +17,7 @@ BUDGET = 20000
 COMMON = {"data": "digits", "budget": {"params": BUDGET}, "limit": 300,
           "train": {"epochs": 1, "batch_size": 64, "threads": 1}}
 CLI = ["data=digits", f"budget.params={BUDGET}", "data.limit=300", "epochs=1", "batch_size=64", "threads=1"]
-PLOTS = ("accuracy_vs_params", "accuracy_vs_memory", "accuracy_spread")
+PLOTS = ("accuracy_vs_params", "accuracy_vs_memory", "accuracy_spread", "accuracy_curve")
 
 
 def cli_with(*extra):

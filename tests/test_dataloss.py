@@ -257,15 +257,37 @@ def test_full_disk_during_the_weights_upload_keeps_the_trial_and_the_rerun_keeps
     assert again.returncode == 0 and "retraining" not in output, output
 
 
-def test_a_read_only_store_keeps_the_checkpoint_aside_and_the_rerun_uploads_it(tmp_path):
+def test_a_read_only_store_is_refused_before_any_training(tmp_path, capsys):
     store = tmp_path / "hda" / "artifacts"
     store.mkdir(parents=True)
     undo = _make_read_only(store)
+    try:
+        assert main(["run", *run_args(f"study.results={tmp_path}", *BIG)]) == 2
+    finally:
+        undo()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "study.artifacts" in err[0] and str(store) in err[0], err
+    assert not (tmp_path / "hda" / "journal.log").exists()  # refused before the study was made
+
+
+def test_a_store_that_turns_read_only_keeps_the_checkpoint_aside_and_the_rerun_uploads_it(tmp_path, monkeypatch):
+    store = tmp_path / "hda" / "artifacts"
+    store.mkdir(parents=True)
+    undo = []
+    upload = keep.upload
+
+    def read_only_then_upload(*args, **kwargs):  # the store was writable when the run started
+        undo.append(_make_read_only(store))
+        return upload(*args, **kwargs)
+
+    monkeypatch.setattr(keep, "upload", read_only_then_upload)
     argv = ["run", *run_args(f"study.results={tmp_path}", *BIG)]
     try:
         assert main(argv) == 0
     finally:
-        undo()
+        for u in undo:
+            u()
+    monkeypatch.undo()
     journal = tmp_path / "hda" / "journal.log"
     (t,) = trials_of(journal, "hda").trials
     pending = Path(t.user_attrs[keep.PENDING])

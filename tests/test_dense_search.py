@@ -87,10 +87,10 @@ def test_seg_study_report_and_predict_from_a_trial(seg_study, tmp_path):
 @needs_mnist
 def test_one_architecture_twice_is_trained_once_and_resumes(tmp_path):
     fixed = {"pattern": {"value": "chain"}, "decoder": {"value": "fpn"}, "decoder_channels": {"value": 16},
-             "levels": {"value": 1}, "width": {"value": 16}}
-    sp = tiny_seg(tmp_path, params=fixed)
+             "levels": {"value": 1}, "width": {"value": 16}, "decoder_mode": {"value": None}}
+    sp = tiny_seg(tmp_path, params=fixed, study={"max_duplicates": 1})  # one architecture: repeats end the study
     search.run(sp, log=lambda *a: None)
-    search.run(tiny_seg(tmp_path, params=fixed, study={"trials": 3}), log=lambda *a: None)
+    search.run(tiny_seg(tmp_path, params=fixed, study={"trials": 3, "max_duplicates": 2}), log=lambda *a: None)
     t = search.open_study(sp, create=False).get_trials(deepcopy=False)
     assert [x.user_attrs.get("duplicate_of") for x in t] == [None, 0, 0]
     assert t[1].user_attrs["miou_fg"] == t[0].user_attrs["miou_fg"] == t[2].values[0]
@@ -107,6 +107,7 @@ def test_compare_task_segment_writes_its_table(tmp_path, capsys):
     assert (summary.params_vs_target.abs() <= 0.05).all() and summary.test_miou_fg_mean.between(0, 1).all()
     assert "Δ vs chain+none" in (tmp_path / "cmp" / "comparison.md").read_text()
     assert (tmp_path / "cmp" / "miou_fg_vs_params.png").is_file()
+    assert "![miou_fg_curve](miou_fg_curve.svg)" in (tmp_path / "cmp" / "comparison.md").read_text()
     capsys.readouterr()
     assert main(argv) == 0  # finished runs are kept, not redone
     assert "0 run(s) trained, 2 reused" in capsys.readouterr().out
@@ -173,3 +174,22 @@ def test_a_study_from_before_schedule_and_class_weights_resumes(tmp_path):
         del contract["train"][k]
     study.set_user_attr("contract", json.dumps(contract))
     search.open_study(space.load("hda", {"study": {"results": str(tmp_path), "trials": 1}, "data": {"limit": 200}}))
+
+
+def test_compare_rows_can_name_a_decoders_merge_mode():
+    """``decoders=ida_up,ida_up.sum``: the same decoder with another merge is a row of its own."""
+    from dlasearch.analysis.compare import CompareError, make_spec, parse_decoders
+    from dlasearch.patterns import build
+
+    assert parse_decoders("ida_up,ida_up.sum,ida_up.wsum,fpn,bifpn") == ["ida_up", "ida_up.sum", "ida_up.wsum",
+                                                                          "fpn", "bifpn"]
+    for bad, needle in (("ida_up.avg", "decoders='ida_up.avg'"), ("none.sum", "decoders='none.sum'")):
+        with pytest.raises(CompareError, match=needle):
+            parse_decoders(bad)
+    widths = (8, 16, 16, 32, 64)
+    plain, summed = (make_spec("dla", widths, (2, 2, 2), 1, 11, d) for d in ("ida_up", "ida_up.sum"))
+    assert summed["decoder"] == "ida_up" and summed["decoder_mode"] == "sum" and "decoder_mode" not in plain
+    def merges(spec):  # the decoder's aggregation nodes (ida_up's are dla_up.*) and how they merge
+        return {d.get("mode") for n, d in build(spec).nodes(data=True) if d.get("kind") == "aggregate"
+                and n.startswith("dla_up.")}
+    assert merges(summed) == {"sum"} and "sum" not in merges(plain)

@@ -290,16 +290,23 @@ def test_workers_never_overshoot_and_never_train_one_architecture_twice(tmp_path
                            "params.width.choices=[8]", "params.growth.choices=[2.0]", "params.residual_root.choices=[false]",
                            "params.levels.low=1", "params.levels.high=1", "params.block.choices=[basic]",
                            "params.root_kernel.choices=[1]", "data.limit=300", "epochs=1", "seed_published=false",
-                           "pruner=none", "trials=2", "workers=3"],
+                           "pruner=none", "trials=2", "workers=3", "study.max_duplicates=2"],
                           cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     t = all_trials(tmp_path)
-    counted = [x for x in t if not x.user_attrs.get("surplus") and not x.user_attrs.get("stale")]
-    assert len(counted) == 2, [(x.number, x.state, x.user_attrs.get("fail_reason")) for x in t]
-    trained = [x for x in counted if x.state == TrialState.COMPLETE and "duplicate_of" not in x.user_attrs]
+    kept = [x for x in t if not x.user_attrs.get("surplus") and not x.user_attrs.get("stale")]
+    trained = [x for x in kept if x.state == TrialState.COMPLETE and "duplicate_of" not in x.user_attrs]
     assert len(trained) == 1 and all(x.user_attrs.get("duplicate_of") == trained[0].number
-                                     for x in counted if x is not trained[0])
+                                     for x in kept if x is not trained[0]), \
+        [(x.number, x.state, x.user_attrs.get("fail_reason")) for x in t]
+    # one architecture: its repeats count nothing against trials=2, and the cap ends the study (a worker
+    # already past its check may answer one more)
+    repeats = [x for x in kept if x.user_attrs.get("repeated")]
+    assert search.counted(optuna.load_study(study_name="hda", storage=search.open_storage(
+        str(tmp_path / "hda" / "journal.log")))) == 1
+    assert 2 <= len(repeats) <= 2 + 3 - 1 and len(kept) == 1 + len(repeats)
+    assert "study.max_duplicates=2" in proc.stdout
 
 
 # ------------------------------------------------------------ checked before training, no tracebacks

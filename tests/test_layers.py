@@ -26,7 +26,7 @@ FLOORS = [
     ("train",),
     ("search",),
     ("analysis", "deploy", ""),  # "": the package itself, whose __init__ re-exports dlasearch.load
-    ("cli",),
+    ("cli", "api"),  # api: the command line, called from Python
 ]
 
 

@@ -60,7 +60,8 @@ def test_report_of_a_real_study(study_dir, monkeypatch, capsys):
     for name in ("trials.csv", "trials.md", "history.svg", "history.png", "accuracy_vs_cost.svg",
                  "accuracy_vs_cost.png"):
         assert name in found and (out / name).stat().st_size > 0
-    assert len(pd.read_csv(out / "trials.csv")) == 3
+    df = pd.read_csv(out / "trials.csv")
+    assert len(df) - df.repeated.fillna(False).astype(bool).sum() == 3  # a repeated architecture uses up no trial
     drawn = [f for f in found if f.startswith("arch/") and f.endswith(".svg")]
     assert 1 <= len(drawn) <= 2 and all((out / f.replace(".svg", ".png")).exists() for f in drawn)
     text = (out / "report.md").read_text()
@@ -205,3 +206,24 @@ def test_best_table_lists_each_architecture_once_in_top_order_and_marks_chance(t
     assert "≈chance" in table[-1] and "**1 of 7 complete trials are at chance**" in text
     assert sum(ln.startswith("warning:") for ln in lines) == 1
     assert "validation accuracy (%)" in labels  # the history plot in percent, like every other plot
+
+
+def test_history_has_a_best_so_far_line_and_both_plots_colour_trials_by_pattern(tmp_path, monkeypatch):
+    figures = {}
+    real = report.save_figure
+    monkeypatch.setattr(report, "save_figure", lambda fig, stem: figures.__setitem__(stem.name, fig) or real(fig, stem))
+    for name, objectives in (("one", ("val_accuracy",)), ("two", ("val_accuracy", "params"))):
+        journal = str(tmp_path / f"{name}.log")
+        synthetic(journal, name, 8, objectives=objectives)
+        study = optuna.load_study(study_name=name, storage=search.open_storage(journal))
+        report.progress_plot(study, list(objectives), tmp_path)
+    (ax,) = figures["history"].axes
+    labels = ax.get_legend_handles_labels()[1]
+    assert {"chain", "ida", "hda", "dla", "best so far"} <= set(labels)
+    (line,) = [ln for ln in ax.get_lines() if ln.get_label() == "best so far"]
+    best = list(line.get_ydata())
+    values = [100 * t.values[0] for t in optuna.load_study(study_name="one", storage=search.open_storage(
+        str(tmp_path / "one.log"))).trials]
+    assert best == [max(values[:i + 1]) for i in range(len(values))]  # the running best, in percent
+    (ax,) = figures["pareto"].axes
+    assert {"chain", "ida", "hda", "dla", "Pareto front"} <= set(ax.get_legend_handles_labels()[1])

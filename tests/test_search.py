@@ -64,7 +64,8 @@ def test_resume_adds_trials_without_duplicates(tmp_path):
     sp4 = tiny(tmp_path, study={"trials": 4}, seed_published=False)
     search.run(sp4, log=lambda *a: None)
     t = trials(sp4)
-    assert [x.number for x in t] == [0, 1, 2, 3]
+    assert [x.number for x in t] == list(range(len(t)))
+    assert len([x for x in t if not x.user_attrs.get("repeated")]) == 4  # a repeated architecture uses up no trial
     assert all(x.state in (TrialState.COMPLETE, TrialState.PRUNED) for x in t)
 
 
@@ -91,7 +92,7 @@ def test_duplicate_architecture_is_not_retrained(tmp_path):
         return trainmod.train(*a, **kw)
     sp = tiny(tmp_path, "figure1", params={"pattern": {"value": "hda"}, "width": {"value": 16},
                                            "growth": {"value": 2.0}, "levels": {"value": 1}},
-              study={"trials": 3, "sampler": "random"})
+              study={"trials": 3, "sampler": "random", "max_duplicates": 2})  # one architecture: the cap ends it
     study = search.open_study(sp)
     search.work(study, sp, log=lambda *a: None, train_fn=counting_train)
     t = study.get_trials(deepcopy=False)
@@ -307,3 +308,87 @@ def test_validating_only_at_hyperbands_rungs_changes_no_decision(tmp_path, monke
     assert TrialState.PRUNED in [s for s, _, _ in rungs] and TrialState.COMPLETE in [s for s, _, _ in rungs]
     assert all(v in ([1], [1, 3], [1, 3, 5]) for v in validated) and [1, 3, 5] in validated
     assert [1, 2, 3, 4, 5] in validated_every
+
+
+class _Forwarder:
+    """A TCP forwarder in front of the test database: ``close()`` is the database going down for every
+    client at once (open connections cut, new ones refused), ``open()`` brings it back on the same port."""
+
+    def __init__(self, target: tuple):
+        self.target, self.port, self.conns, self.server = target, None, [], None
+
+    def open(self):
+        import socket
+        import threading
+
+        self.server = socket.create_server(("127.0.0.1", self.port or 0))
+        self.port = self.server.getsockname()[1]
+
+        def pipe(a, b):
+            try:
+                while data := a.recv(65536):
+                    b.sendall(data)
+            except OSError:
+                pass
+
+        def serve(server):
+            while True:
+                try:
+                    c, _ = server.accept()
+                except OSError:
+                    return
+                u = socket.create_connection(self.target)
+                self.conns += [c, u]
+                threading.Thread(target=pipe, args=(c, u), daemon=True).start()
+                threading.Thread(target=pipe, args=(u, c), daemon=True).start()
+        threading.Thread(target=serve, args=(self.server,), daemon=True).start()
+        return self
+
+    def close(self):
+        import socket
+
+        self.server.close()
+        for s in self.conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.conns = []
+
+
+def test_postgres_going_down_mid_study_is_one_line_and_the_rerun_retrains_the_running_trial(tmp_path):
+    """It was optuna's ``UnboundLocalError: ... 'updated_state'`` (the database error masked twice)."""
+    from sqlalchemy.engine import make_url
+
+    url = _pg_url()
+    if url is None:
+        pytest.skip("no PostgreSQL server: set DLASEARCH_TEST_POSTGRES=postgresql://... (.ci/run does)")
+    real = make_url(url)
+    fwd = _Forwarder((real.host or "127.0.0.1", real.port or 5432)).open()
+    via = real.set(host="127.0.0.1", port=fwd.port).render_as_string(hide_password=False)
+    name = f"pgdown{os.getpid()}_{int(time.time())}"
+    args = [f"study={name}", f"storage={via}", "trials=1", "epochs=3", "space=hda", "threads=1"]
+    proc = cli(tmp_path, *args)
+    lines = []
+    for line in proc.stdout:  # cut the database while the first trial trains
+        lines.append(line)
+        if "epoch 1/3" in line:
+            fwd.close()
+            break
+    output = "".join(lines) + proc.communicate(timeout=600)[0]
+    assert proc.returncode == 2, output
+    last = output.strip().splitlines()[-1]
+    assert "the database stopped answering" in last and "rerun the same command" in last and "Traceback" not in output
+    fwd.open()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "dlasearch.cli", "run", *args[:3]], cwd=tmp_path,
+                              env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+                              capture_output=True, text=True, timeout=600)
+        output = proc.stdout + proc.stderr
+        assert proc.returncode == 0, output
+        t = optuna.load_study(study_name=name, storage=url).get_trials()
+        assert [x.state for x in t] == [TrialState.FAIL, TrialState.COMPLETE], output
+        assert t[0].user_attrs.get("stale") and t[1].params == t[0].params  # the cut trial, trained again
+    finally:
+        fwd.close()
+        optuna.delete_study(study_name=name, storage=url)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -25,7 +24,8 @@ from dlasearch import search
 from dlasearch.analysis import render
 from dlasearch.analysis.predictions import prediction_grid
 from dlasearch.ir import from_json, to_json
-from dlasearch.search import attrs
+from dlasearch.search import attrs, confirm
+from dlasearch.search.results import SE_COLUMN, TIE_COLUMN, tie_note
 
 __all__ = ['objectives', 'complete_trials', 'top_trials', 'progress_plot', 'importance', 'importance_plot',
            'accuracy_plot', 'diagrams', 'report', 'command']
@@ -75,6 +75,22 @@ def complete_trials(study) -> list:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
 
+def without_duplicates(study):
+    """``study`` without the trials answered from an identical earlier architecture, as an in-memory
+    copy (its trials renumbered in order): what the history, the Pareto front and the importances are
+    drawn from, so that an architecture proposed five times counts once."""
+    import optuna
+
+    kept = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()
+            and t.user_attrs.get(attrs.DUPLICATE_OF) is None]
+    if len(kept) == len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]):
+        return study
+    with search.quiet_optuna(optuna.logging.ERROR):
+        copy = optuna.create_study(directions=study.directions)
+        copy.add_trials(kept)
+    return copy
+
+
 def top_trials(study, k: int) -> list:
     """The best ``k`` distinct architectures by validation score (else by the first objective)."""
     done = [t for t in complete_trials(study) if "ir" in t.user_attrs and not t.user_attrs.get(attrs.DUPLICATE_OF)]
@@ -95,49 +111,77 @@ def top_trials(study, k: int) -> list:
 
 # ------------------------------------------------------------------ pieces
 
-def _pyplot():
-    """pyplot on the Agg backend unless the caller already chose one (reports are headless)."""
-    import matplotlib
-
-    if "matplotlib.pyplot" not in sys.modules:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _optuna_plot(fn, stem: Path, **kw) -> list[Path]:
-    """An ``optuna.visualization.matplotlib`` plot, saved; its global style change is undone after."""
-    import matplotlib
-    import optuna
-
-    plt = _pyplot()
-    with matplotlib.rc_context(), warnings.catch_warnings(), plot_style():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        ax = fn(**kw)
-        fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-        try:
-            return save_figure(fig, stem)
-        finally:
-            plt.close(fig)
-
-
 def progress_plot(study, names: list[str], out: Path) -> tuple[list[Path], str]:
-    """History (one objective) or Pareto front (several): (files, note when there is nothing to plot)."""
-    from optuna.visualization import matplotlib as ovm
-
-    if not complete_trials(study):
+    """History (one objective) or Pareto front (several), each trial coloured by its pattern:
+    (files, note when there is nothing to plot)."""
+    done = [t for t in complete_trials(study) if t.values is not None]
+    if not done:
         return [], "No complete trials yet, so no history or Pareto front."
     units = [UNITS.get(n, (1, n)) for n in names]
     if len(names) == 1:
-        (scale, label), = units
-        return _optuna_plot(ovm.plot_optimization_history, out / "history", study=study,
-                            target=lambda t: t.values[0] / scale, target_name=label), ""
-    shown = units[:2] if len(names) > 3 else units
-    kw = {"target_names": [label for _, label in shown],
-          "targets": lambda t: tuple(v / scale for v, (scale, _) in zip(t.values, shown))}
-    files = _optuna_plot(ovm.plot_pareto_front, out / "pareto", study=study, **kw)
-    return files, ("" if len(names) <= 3 else f"Showing the first two of {len(names)} objectives.")
+        return _history_plot(done, study.directions[0].name == "MAXIMIZE", units[0], out), ""
+    front = {t.number for t in study.best_trials}
+    return (_pareto_plot(done, front, units[:2], out),
+            "" if len(names) == 2 else f"Showing the first two of {len(names)} objectives; the front is over all "
+                                       f"{len(names)}, so some of its trials look dominated in this view.")
+
+
+def _by_pattern(ax, trials, x, y) -> None:
+    """One scatter per pattern, in the pattern's colour (the same colours as every comparison plot)."""
+    groups: dict = {}
+    for t in trials:
+        groups.setdefault(t.user_attrs.get(attrs.PATTERN) or "?", []).append(t)
+    for pattern in sorted(groups):
+        ts = groups[pattern]
+        ax.scatter([x(t) for t in ts], [y(t) for t in ts], s=24, alpha=0.8, color=color(pattern), label=pattern,
+                   zorder=3)
+
+
+@plot_style()
+def _history_plot(done, maximize: bool, unit, out: Path) -> list[Path]:
+    """Each trial's score in trial order, coloured by pattern, with the best so far as a step line."""
+    from matplotlib.figure import Figure
+
+    scale, label = unit
+    fig = Figure(figsize=(7.2, 4.4))
+    ax = fig.subplots()
+    _by_pattern(ax, done, lambda t: t.number, lambda t: t.values[0] / scale)
+    best, xs, ys = None, [], []
+    for t in sorted(done, key=lambda t: t.number):
+        v = t.values[0] / scale
+        best = v if best is None or (v > best if maximize else v < best) else best
+        xs.append(t.number)
+        ys.append(best)
+    ax.step(xs, ys, where="post", color="black", lw=1.3, label="best so far", zorder=2)
+    ax.set_xlabel("trial")
+    ax.set_ylabel(label)
+    ax.set_title("optimisation history: each trial (coloured by pattern) and the best so far", fontsize=10)
+    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, out / "history")
+
+
+@plot_style()
+def _pareto_plot(done, front: set, units, out: Path) -> list[Path]:
+    """The trials on the first two objectives, coloured by pattern; the Pareto front ringed and joined."""
+    from matplotlib.figure import Figure
+
+    (sx, lx), (sy, ly) = units
+    fig = Figure(figsize=(7.2, 4.8))
+    ax = fig.subplots()
+    _by_pattern(ax, done, lambda t: t.values[0] / sx, lambda t: t.values[1] / sy)
+    best = sorted((t for t in done if t.number in front), key=lambda t: t.values[0])
+    ax.scatter([t.values[0] / sx for t in best], [t.values[1] / sy for t in best], s=90, facecolors="none",
+               edgecolors="black", lw=1.2, label="Pareto front", zorder=4)
+    if len(best) > 1:
+        ax.plot([t.values[0] / sx for t in best], [t.values[1] / sy for t in best], color="black", lw=0.8,
+                alpha=0.6, zorder=2)
+    ax.set_xlabel(lx)
+    ax.set_ylabel(ly)
+    ax.set_title(f"Pareto front ({len(best)} of {len(done)} trials), coloured by pattern", fontsize=10)
+    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, out / "pareto")
 
 
 def importance(study, names: list[str]):
@@ -255,7 +299,9 @@ def _markdown(df) -> str:
 
     df = df.copy()
     for col in df.columns:
-        if col in ("number", "params", "macs", "train_memory", "epochs_trained", "duplicate_of", "retry_of"):
+        if col in ("params", "macs", "train_memory"):  # one format for counts across the report: 11,508,432
+            df[col] = [("" if pd.isna(v) else f"{int(v):,}") for v in df[col]]
+        elif col in ("number", "epochs_trained", "duplicate_of", "retry_of"):
             df[col] = [("" if pd.isna(v) else str(int(v))) for v in df[col]]
         elif pd.api.types.is_float_dtype(df[col]):
             df[col] = [("" if pd.isna(v) else f"{v:.4g}") for v in df[col]]
@@ -266,8 +312,9 @@ def _markdown(df) -> str:
 
 def _best_table(done, ranked: list, score: str = "val_accuracy"):
     """The complete trials of ``ranked`` in that order, each with the other trials of the same architecture."""
-    cols = [c for c in dict.fromkeys(("number", "pattern", score, "val_accuracy", "params", "macs", "train_memory",
-                                      "arch")) if c in done.columns]
+    se = [SE_COLUMN, TIE_COLUMN] if SE_COLUMN in done and done[SE_COLUMN].notna().any() else []
+    cols = [c for c in dict.fromkeys(("number", "pattern", score, "val_accuracy", *se, "params", "macs",
+                                      "train_memory", "arch")) if c in done.columns]
     rows = done.set_index("number", drop=False).loc[[t.number for t in ranked[:10]]]
     table = rows[cols].copy()
     table["same architecture"] = [", ".join(f"#{n}" for n in done.number[(done.fingerprint == fp)
@@ -348,10 +395,12 @@ def report(name: str, storage: str | None = None, out=None, top: int = 3, log=pr
     done = df[(df.state == "COMPLETE")] if len(df) else df
     score = score_name(study)
     _summary(page, study, str(name), url, names, df, done, log)
+    confirmed = _confirmed(page, study)
     ranked = top_trials(study, max(top, 10))
-    _trials(page, done, ranked, score)
-    _history(page, study, names)
-    _importance(page, study, names)
+    _trials(page, done, ranked, score, confirmed)
+    unique = without_duplicates(study)
+    _history(page, unique, names)
+    _importance(page, unique, names)
     _costs(page, df, score)
     _top(page, study, ranked[:top], top, names)
     if score != "val_accuracy":
@@ -383,6 +432,10 @@ def _summary(page: _Page, study, name: str, url: str, names: list[str], df, done
             md.append(f"- data: {d.get('name')} at {d.get('image_size')}px"
                       + (f", {d['limit']} training images" if d.get("limit") else "")
                       + f"; training: {tr.get('epochs')} epoch(s), batch {tr.get('batch_size')}, lr {tr.get('lr')}")
+    dups = int(df.duplicate_of.notna().sum()) if "duplicate_of" in df else 0
+    if dups:
+        md.append(f"- {dups} trial(s) were answered from an identical earlier architecture (`duplicate_of` in "
+                  f"trials.csv): the history, Pareto front and parameter importance below leave them out")
     low = int(done.at_chance.fillna(False).astype(bool).sum()) if "at_chance" in done else 0
     score = next((n for n in names if n in SCORES), "val_accuracy")
     why = "accuracy within chance + 2 standard errors" if score == "val_accuracy" else \
@@ -395,13 +448,33 @@ def _summary(page: _Page, study, name: str, url: str, names: list[str], df, done
     page.md += md
 
 
-def _trials(page: _Page, done, ranked, score: str = "val_accuracy") -> None:
+def _confirmed(page: _Page, study) -> bool:
+    """The study's ``confirm=`` table, first: the top architectures' mean over more seeds (True: it has one)."""
+    df = confirm.table(study)
+    if df is None or not len(df):
+        return False
+    seeds = df.attrs.get("seeds", [])
+    page.text("confirmed.csv", df.to_csv(index=False))
+    page.md += ["", "## Confirmed over seeds", "",
+                f"The top {len(df)} distinct architectures of the search, trained again with training seeds "
+                f"{', '.join(map(str, seeds))} (same data split and settings):", "", confirm.markdown(df), "",
+                confirm.NOTE[0].upper() + confirm.NOTE[1:] + ". [confirmed.csv](confirmed.csv)", ""]
+    return True
+
+
+def _trials(page: _Page, done, ranked, score: str = "val_accuracy", confirmed: bool = False) -> None:
     page.md += ["", "## Trials", ""]
     if len(done) and score in done and done[score].notna().any() and ranked:
         what = "accuracy" if score == "val_accuracy" else score
         page.md += [f"Best distinct architectures by validation {what} (in the order of the top architectures "
                     "below; each once, with the other trials that built it):", "",
                     _markdown(_best_table(done, ranked, score)), ""]
+        note = tie_note(done, confirmed)
+        if note:
+            page.md += [note[0].upper() + note[1:] + ".", ""]
+        elif score != "val_accuracy":
+            page.md += [f"No standard error is given for {score}: its pixels are not independent draws, so the "
+                        f"binomial one would be invented; `confirm=K seeds=S` measures the spread over seeds.", ""]
     page.md += ["Every trial: [trials.csv](trials.csv) · [trials.md](trials.md)", ""]
 
 

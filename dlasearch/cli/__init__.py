@@ -66,7 +66,7 @@ SHORTCUTS = {"run": RUN_SHORTCUTS}
 
 
 POSITIONAL = {"bench": "action", "render": "arch", "train": "arch", "run": "space", "export": "from", "predict": "from",
-              "rank": "space"}
+              "rank": "space", "storage": "action"}
 
 
 USAGE = {"zoo": "dlasearch zoo [format=markdown|csv]",
@@ -81,7 +81,8 @@ USAGE = {"zoo": "dlasearch zoo [format=markdown|csv]",
          "predict": "dlasearch predict from=RUN|CHECKPOINT | study=NAME trial=N images=FILE.npz|FOLDER|FILE.png "
                     "[out=DIR]",
          "bench": "dlasearch bench build|lookup|report name=NAME [space=bench] [key=value ...]",
-         "rank": "dlasearch rank space=NAME [n=20] [proxies=a,b,...] [key=value ...]"}
+         "rank": "dlasearch rank space=NAME [n=20] [proxies=a,b,...] [key=value ...]",
+         "storage": "dlasearch storage serve storage=postgresql://...|sqlite:///FILE [host=localhost] [port=13000]"}
 
 
 def version() -> str:
@@ -104,8 +105,8 @@ def command_help(name: str) -> str:
     text = optmod.help_text(name, COMMANDS[name][0].__doc__.strip().splitlines()[0], USAGE[name])
     if name == "run":
         text += ("\n\nDefaults shown are the fallbacks; a space file sets its own (`dlasearch run space=NAME --cfg`"
-                 " prints them). Without space=, study=NAME resumes a stored study: only trials, timeout and "
-                 "workers may change.")
+                 " prints them). Without space=, study=NAME resumes a stored study: only trials, timeout, "
+                 "workers, max_duplicates and confirm may change.")
     return text
 
 

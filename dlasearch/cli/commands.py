@@ -13,12 +13,12 @@ from dlasearch.analysis import benchmark, compare, render, report
 from dlasearch.configfile import print_config
 from dlasearch.deploy import export, predict
 from dlasearch.errors import DLASearchError, did_you_mean
-from dlasearch.search import bench, rank, resume, space as spacemod
+from dlasearch.search import bench, rank, resume, space as spacemod, storage_proxy
 from dlasearch.search.study import with_pinned
 from dlasearch.zoo import table as zoo_table
 
 __all__ = ['cmd_zoo', 'cmd_train', 'cmd_render', 'cmd_run', 'cmd_worker', 'cmd_compare', 'cmd_export', 'cmd_predict',
-           'cmd_report', 'cmd_rank', 'cmd_bench', 'print_config']
+           'cmd_report', 'cmd_rank', 'cmd_bench', 'cmd_storage', 'print_config']
 
 
 def _ints_at_least(command: str, args: dict, **lows: int) -> None:
@@ -160,6 +160,21 @@ def cmd_bench(args: dict) -> int:
 BENCH_ACTIONS = ("build", "lookup", "report")
 
 
+def cmd_storage(args: dict) -> int:
+    """Serve a study database to many workers through Optuna's gRPC storage proxy (docs/scale.md)."""
+    action = args.pop("action", None)
+    if action not in STORAGE_ACTIONS or "storage" not in args:
+        raise DLASearchError(f"storage: needs an action ({', '.join(STORAGE_ACTIONS)}) and storage=DATABASE_URL, "
+                             f"e.g. `dlasearch storage serve storage=postgresql://user@db/optuna host=0.0.0.0 "
+                             f"port=13000`")
+    storage_proxy.serve(str(args["storage"]), str(args.get("host", "localhost")),
+                        args.get("port", storage_proxy.DEFAULT_PORT))
+    return 0
+
+
+STORAGE_ACTIONS = ("serve",)
+
+
 def _bench_lookup(b, args: dict) -> int:
     df = b.df
     if "fingerprint" in args:
@@ -198,5 +213,7 @@ COMMANDS = {
                          "resumable) | lookup name=N [pattern= top=] | report name=N"),
     "rank": (cmd_rank, "score sampled architectures of a space with zero-cost proxies, no training: "
                        "space=hda n=20"),
+    "storage": (cmd_storage, "serve a database to many workers (Optuna's gRPC proxy): serve "
+                             "storage=postgresql://... host=0.0.0.0 port=13000; workers take storage=grpc://HOST:PORT"),
 }
 

@@ -133,6 +133,10 @@ SPACE_HELP = {
     "study.screen": "train the best of K sampler proposals by study.proxy (null: no screening)",
     "study.proxy": "the screening proxy: synflow, snip, grad_norm, naswot, zen, zico, params or macs",
     "study.artifacts": "artifact folder for trial weights (default results/<study>/artifacts)",
+    "study.max_duplicates": "sampler proposals of an already evaluated architecture (answered from it, not "
+    "counted against trials) before the study ends (default: 3 x trials)",
+    "study.confirm.top": "after the search, train the top K distinct architectures again (0: none)",
+    "study.confirm.seeds": "more training seeds per confirmed architecture: mean and 95% CI over them",
 }
 _SPACE_TYPES = {str: "str", int: "int", float: "float", bool: "bool", list: "list", dict: "mapping"}
 
@@ -147,6 +151,10 @@ def _run():
             for sub, t in typ.items():
                 name = f"{key}.{sub}"
                 if key == "train":
+                    continue
+                if isinstance(t, dict):  # study.confirm.top / .seeds
+                    opts += [_o(f"{name}.{leaf}", _SPACE_TYPES[lt], space.DEFAULTS[key][sub][leaf],
+                                SPACE_HELP.get(f"{name}.{leaf}", "")) for leaf, lt in t.items()]
                     continue
                 types = t if isinstance(t, tuple) else (t,)
                 words = [_SPACE_TYPES[x] for x in types if x in _SPACE_TYPES]
@@ -277,8 +285,21 @@ def _bench():
     return [_o(k, "any", defaults.get(k), h) for k, h in BENCH_HELP.items()]
 
 
+STORAGE_HELP = {"action": "serve (or the first word)",
+                "storage": "the database the proxy serves: postgresql://USER@HOST/DB or sqlite:///FILE",
+                "host": "address to listen on (0.0.0.0: every interface, for workers on other machines)",
+                "port": "port to listen on"}
+
+
+def _storage():
+    defaults = {"action": REQUIRED, "storage": REQUIRED, "host": "localhost", "port": 13000}
+    types = {"action": "choice", "storage": "str", "host": "str", "port": "int"}
+    return [_o(k, types[k], defaults[k], h, ("serve",) if k == "action" else ()) for k, h in STORAGE_HELP.items()]
+
+
 COMMANDS = {"zoo": _zoo, "bench": _bench, "train": _train, "run": _run, "worker": _worker, "compare": _compare,
-            "report": _report, "render": _render, "export": _export, "predict": _predict, "rank": _rank}
+            "report": _report, "render": _render, "export": _export, "predict": _predict, "rank": _rank,
+            "storage": _storage}
 
 
 def table(command: str) -> list[Option]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import io
 import json
 import logging
 import os
@@ -166,8 +167,18 @@ def write_py(model, pre: dict, classes, folder: Path) -> list[Path]:
     compile(text, "model.py", "exec")  # a syntax error here is a dlasearch bug: fail before writing
     (folder / "model.py").write_text(text)
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    torch.save(sd, folder / "model.pt")
+    _write_buffered(folder / "model.pt", lambda f: torch.save(sd, f))
     return [folder / "model.py", folder / "model.pt"]
+
+
+def _write_buffered(path: Path, save) -> None:
+    """``save(file)`` into memory, then the bytes to ``path``: torch's zip writer, writing to a file
+    that fails (a full disk, a file-size limit), throws from its destructor and aborts the process
+    (exit 134, C++ frames) before any handler runs; Python's own write raises an ``OSError``."""
+    buf = io.BytesIO()
+    save(buf)
+    with open(path, "wb") as f:
+        f.write(buf.getbuffer())
 
 
 # ------------------------------------------------------------------ pt2 / onnx
@@ -179,7 +190,7 @@ def _example(pre: dict, channels: int) -> torch.Tensor:
 def write_pt2(model, x: torch.Tensor, folder: Path) -> list[Path]:
     batch = torch.export.Dim("batch", min=1, max=65536)
     ep = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
-    torch.export.save(ep, folder / "model.pt2")
+    _write_buffered(folder / "model.pt2", lambda f: torch.export.save(ep, f))
     return [folder / "model.pt2"]
 
 
@@ -273,6 +284,9 @@ def export(model, formats, out, *, overwrite: bool = False, source: str = "", lo
             replace_dir(tmp, out)
         except OSError as e:
             raise ExportError(f"out={out}: cannot replace it: {explain(e)}") from None
+    except OSError as e:  # writing the files beside out, before out is touched
+        raise ExportError(f"out={out}: cannot write the export beside it ({tmp.name}): {explain(e)}; "
+                          f"{out} is as it was") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     files = {p.name: (out / p.name).stat().st_size for p in written}

@@ -27,11 +27,13 @@ TRAIN_SECONDS = "train_seconds"
 EPOCHS_TRAINED = "epochs_trained"
 STATUS = "status"
 AT_CHANCE = "at_chance"
+VAL_N = "val_n"  # validation images the accuracy was measured on (classification): its standard error
 
 # how it ended, and where it came from
 FAIL_REASON = "fail_reason"
 REJECTED = "rejected"  # over budget, with the reason
 DUPLICATE_OF = "duplicate_of"
+REPEATED = "repeated"  # a sampler's proposal of an architecture the study holds: answered, not counted
 SEEDED_FROM = "seeded_from"  # a published configuration
 SCREENED = "screened"  # the best of K proposals by a proxy
 RETRY_OF = "retry_of"
@@ -43,6 +45,7 @@ STALE = "stale"
 SURPLUS = "surplus"
 CANDIDATE = "candidate"  # a screening candidate
 INTERRUPTED = "interrupted"  # failed by its environment: queued again
+# (and ``REPEATED``: a duplicate the sampler proposed; the study ends after ``study.max_duplicates`` of them)
 
 # the running trial's bookkeeping
 WORKER = "worker"
@@ -57,6 +60,9 @@ WEIGHTS_PENDING = "weights_pending"
 # study-level attributes
 SPACE = "space"
 CONTRACT = "contract"
+TRACKING_LOG = "tracking_log"  # ``log=`` the study was last run with: a resume without log= keeps it
+CONFIRM = "confirm"  # the last confirm= run: {"top", "seeds", "fingerprints"} (search.confirm)
+CONFIRM_RUN = "confirm:"  # + "<fingerprint>:<seed>": one confirming training run's result, as JSON
 
 MEASURED = (PARAMS, MACS, TRAIN_MEMORY, PRECISION)  # known before training
 CARRIED = (SEEDED_FROM, SCREENED, REPEAT_OF)  # what a queued trial's retry keeps of it

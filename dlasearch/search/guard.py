@@ -84,7 +84,9 @@ def stop_if_orphaned() -> None:
 # ------------------------------------------------------------ concurrency
 
 INTERRUPTED = attrs.INTERRUPTED  # failed by its environment, not by itself: not counted, queued again
-NOT_COUNTED = (attrs.STALE, attrs.SURPLUS, attrs.CANDIDATE, INTERRUPTED)  # retried, redundant, a screening candidate
+# retried, redundant, a screening candidate, or a sampler's proposal of an architecture already evaluated
+# (answered from it at no cost; a queued trial that repeats one still counts: it was asked for by name)
+NOT_COUNTED = (attrs.STALE, attrs.SURPLUS, attrs.CANDIDATE, INTERRUPTED, attrs.REPEATED)
 # a write that failed for want of room or a writable disk: the machine's fault, not the trial's
 ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)
 

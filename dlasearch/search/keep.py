@@ -226,7 +226,9 @@ def fetch(study: str, trial: int, storage: str | None = None, artifacts: str | N
         artifacts = (space.get("study") or {}).get("artifacts")
     if artifacts is None:
         local = url[len("journal://"):] if url.startswith("journal://") else url
-        artifacts = Path(local).parent / "artifacts" if "://" not in local else files.study_dir(study, None) / "artifacts"
+        made = space.get("study") or {}  # a database's store is where `run` put it: results_dir of its space
+        artifacts = Path(local).parent / "artifacts" if "://" not in local else \
+            files.study_dir(study, made.get("storage") or url, made.get("results")) / "artifacts"
     aid = _artifact(loaded, trial)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"trial{trial}.safetensors"

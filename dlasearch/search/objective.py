@@ -1,6 +1,7 @@
 """One trial of a search: sample a spec, build, fingerprint, measure, check budgets, train, record."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -28,7 +29,19 @@ def describe(spec: dict) -> str:
             f"widths {'-'.join(str(s['channels']) for s in st)}, {spec['block']}"
             + (f" x{spec['cardinality']}" if spec["block"] == "bottleneckx" else "")
             + (f", root k{spec['root_kernel']}" if spec["root_kernel"] != 1 else "")
-            + (", residual root" if spec["residual_root"] else "") + _decoder(spec))
+            + (", residual root" if spec["residual_root"] else "")
+            + (f", modes {'-'.join(s.get('mode', 'concat') for s in st)}" if any("mode" in s for s in st) else "")
+            + _decoder(spec))
+
+
+def hparams(spec: dict) -> dict:
+    """What TensorBoard groups trials by: the pattern, depth (stages, blocks), width and block."""
+    st = spec["stages"]
+    hp = {"pattern": spec["pattern"], "stages": len(st), "blocks": sum(s["blocks"] for s in st),
+          "width": st[0]["channels"], "last_width": st[-1]["channels"], "block": spec["block"]}
+    if spec.get("task", "classify") != "classify":
+        hp["decoder"] = str(spec.get("decoder"))
+    return hp
 
 
 def _decoder(spec: dict) -> str:
@@ -36,12 +49,14 @@ def _decoder(spec: dict) -> str:
         return ""
     width = spec.get("decoder_channels")
     return (f", decoder {spec.get('decoder', 'ida_up')}" + (f" {width}ch" if width else "")
+            + (f" {spec['decoder_mode']}" if spec.get("decoder_mode") else "")
+            + (f" {len(spec['cells'])} cells" if spec.get("cells") else "")
             + (f" from level {spec['first_level']}" if spec.get("first_level", 1) != 1 else ""))
 
 
 # per-trial user attributes a duplicate copies from the trial it repeats (and trials.csv shows)
 RESULT_ATTRS = (*attrs.MEASURED, attrs.VAL_ACCURACY, attrs.VAL_SCORE, attrs.MIOU_FG, attrs.MIOU, attrs.BOUNDARY_ODS,
-                attrs.TRAIN_SECONDS, attrs.STATUS, attrs.REJECTED, attrs.AT_CHANCE)
+                attrs.TRAIN_SECONDS, attrs.STATUS, attrs.REJECTED, attrs.AT_CHANCE, attrs.VAL_N)
 
 
 class Objective:
@@ -61,6 +76,7 @@ class Objective:
         self.progress = self.tracker = None
         self.epochs_run, self.position = 0, "?"
         self.fatal = self._batch = None
+        self.was_duplicate = False  # the last trial was answered from an identical earlier one
         self.grace = space["study"]["grace"]
         url = storage_url(space)
         self.claims = None if "://" in url and not url.startswith("journal://") else \
@@ -73,6 +89,7 @@ class Objective:
         return vals[0] if len(vals) == 1 else vals
 
     def __call__(self, trial: optuna.Trial):
+        self.was_duplicate = False
         try:
             trial.set_user_attr(attrs.WORKER, worker_id())
             if guard.surplus(trial, self.space["study"]["trials"]):
@@ -142,7 +159,7 @@ class Objective:
         if over:
             trial.set_user_attr(attrs.REJECTED, "; ".join(over))
             raise optuna.TrialPruned(f"over budget: {'; '.join(over)}")
-        result = self.train_fn(model, self.data, config, callback=self._reporter(trial),
+        result = self.train_fn(model, self.data, config, callback=self._reporter(trial, hparams(spec)),
                                eval_epochs=self._eval_epochs())
         trial.set_user_attr(attrs.STATUS, result.status)
         trial.set_user_attr(attrs.TRAIN_SECONDS, result.train_seconds)
@@ -152,6 +169,8 @@ class Objective:
         score = result.val_score if result.val_score is not None else result.val_accuracy
         trial.set_user_attr(attrs.VAL_ACCURACY, result.val_accuracy)
         trial.set_user_attr(attrs.VAL_SCORE, score)
+        if self.chance is not None and result.val_accuracy is not None:  # its binomial SE (none for dense scores)
+            trial.set_user_attr(attrs.VAL_N, self.chance[1])
         for k in ("miou_fg", "miou", "boundary_ods"):  # the dense task's metrics, for trials.csv
             if result.val_metrics.get(f"val_{k}") is not None:
                 trial.set_user_attr(k, result.val_metrics[f"val_{k}"])
@@ -190,12 +209,17 @@ class Objective:
         for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
             if t.user_attrs.get(attrs.FINGERPRINT) == fp and t.number != trial.number:
                 trial.set_user_attr(attrs.DUPLICATE_OF, t.number)
+                repeated = fixed_params(trial) is None  # the sampler's proposal, not a queued trial
+                if repeated:
+                    trial.set_user_attr(attrs.REPEATED, True)  # not counted against trials (guard.NOT_COUNTED)
+                self.was_duplicate = True
                 for k in RESULT_ATTRS:
                     if k in t.user_attrs:
                         trial.set_user_attr(k, t.user_attrs[k])
                 if t.state == TrialState.PRUNED:
                     raise optuna.TrialPruned(f"same architecture as trial #{t.number}, which was pruned")
-                self.log(f"  trial #{trial.number}: same architecture as #{t.number}; reusing its result")
+                self.log(f"  trial #{trial.number}: same architecture as #{t.number}; reusing its result"
+                         + (" (not counted against trials)" if repeated else ""))
                 return t.values[0] if len(t.values) == 1 else list(t.values)
         return None
 
@@ -207,6 +231,17 @@ class Objective:
         model = to_module(ir, init=config.init, seed=config.seed)
         self.train_fn(model, self.data, config, eval_epochs=set())
         return model, ir, self.data, config
+
+    def train_seed(self, ir, seed: int):
+        """Train ``ir`` once more with training seed ``seed`` (initial weights, batch order), the study's
+        other settings unchanged, validating after the last epoch only: ``train``'s result."""
+        config = dataclasses.replace(self._config(), seed=seed)
+        model = to_module(ir, init=config.init, seed=config.seed)
+        return self.train_fn(model, self.data, config, eval_epochs=set())
+
+    def base_seed(self) -> int:
+        """The training seed the search trained every trial with (``train.seed``, else ``study.seed``)."""
+        return self._config().seed
 
     def _config(self):
         """The training config; TrainConfig checks every value (so a bad space fails before any trial)."""
@@ -221,7 +256,7 @@ class Objective:
         """Validate where the result is read: the pruner's epochs and the last, or every epoch when tracked."""
         return None if self.tracker is not None else pruner_epochs(self.space)
 
-    def _reporter(self, trial):
+    def _reporter(self, trial, hp: dict | None = None):
         """Per validation: progress, tracking, and (single objective) Optuna's pruning."""
         self.epochs_run = 0
 
@@ -232,7 +267,7 @@ class Objective:
                 self.progress.update(f"trial {self.position} (#{trial.number}) epoch {epoch}/"
                                      f"{self.space['train']['epochs']} val {score:.3f}", n=done)
             if self.tracker is not None:
-                self.tracker.epoch(trial.number, epoch, metrics)
+                self.tracker.epoch(trial.number, epoch, metrics, hp)
             if self.multi:
                 return
             trial.report(score, epoch)

@@ -51,9 +51,10 @@ class _Smallest:
 
 
 def _symbolic_choices(space: dict) -> dict:
-    """Categorical parameters whose choices are not ordered sizes (pattern, block type, flags)."""
+    """Categorical parameters whose choices are not ordered sizes (pattern, block type, flags); not the per-stage
+    ``mode``: every mode builds, and a trial asks for it per stage (``stage0.mode``), not by its own name."""
     return {n: p["choices"] for n, p in space["params"].items()
-            if "choices" in p and not all(isinstance(c, (int, float)) and not isinstance(c, bool)
+            if "choices" in p and n not in spacemod.PER_STAGE and not all(isinstance(c, (int, float)) and not isinstance(c, bool)
                                           for c in p["choices"])}
 
 

@@ -2,19 +2,22 @@
 from __future__ import annotations
 
 import json
+import math
 
 import optuna
 from optuna.trial import TrialState
 
-from dlasearch import files
+from dlasearch import files, stats
 from dlasearch.errors import SearchError
 from dlasearch.ir import from_json
 from dlasearch.search import keep
-from dlasearch.search.space import score_objective
-from dlasearch.search.study import find_study, results_dir, study_name
+from dlasearch.search.space import duplicate_cap, score_objective
+from dlasearch.search.study import counted, duplicates, find_study, results_dir, study_name
 from dlasearch.search import attrs
 
-__all__ = ['export', 'trials_frame', 'trial_ir']
+__all__ = ['export', 'trials_frame', 'trial_ir', 'mark_ties', 'tie_note', 'SE_COLUMN', 'TIE_COLUMN']
+
+SE_COLUMN, TIE_COLUMN = "val_accuracy_se", "tied"  # trials.csv: the binomial SE, and best / tied / blank
 
 
 def export(study: optuna.Study, space: dict, log=print) -> dict:
@@ -38,17 +41,28 @@ def export(study: optuna.Study, space: dict, log=print) -> dict:
         files.write_text(out / "storage.txt", f"{space['study']['storage']}\n", SearchError)
     weights = keep.save_best(study, space, best, best_dir)
     score = score_objective(space)  # val_accuracy, or a dense task's miou_fg / boundary_ods
-    cols = [c for c in ("number", "state", "pattern", score, "val_accuracy", "params", "macs", "train_memory",
-                        "arch") if c in df.columns] + (["at_chance"] if len(df) and df.at_chance.any() else [])
+    have_se = len(df) and SE_COLUMN in df and df[SE_COLUMN].notna().any()
+    cols = [c for c in ("number", "state", "pattern", score, "val_accuracy") if c in df.columns] \
+        + ([SE_COLUMN, TIE_COLUMN] if have_se else []) \
+        + [c for c in ("params", "macs", "train_memory", "arch") if c in df.columns] \
+        + (["at_chance"] if len(df) and df.at_chance.any() else [])
     cols = list(dict.fromkeys(cols))
     unique = df[(df.state == "COMPLETE") & df.duplicate_of.isna()] if len(df) else df
     top = unique.sort_values(score, ascending=False).head(10)[cols] if len(unique) and score in df else unique
     dups = int(df.duplicate_of.notna().sum()) if len(df) else 0
+    free = duplicates(study)
     log(f"\n{len(df)} trials in {study_name(space)!r}: "
         + (", ".join(f"{n} {s}" for s, n in df.state.value_counts().items()) if len(df) else "none finished yet")
-        + (f" ({dups} answered from an identical earlier architecture)" if dups else ""))
+        + (f" ({dups} answered from an identical earlier architecture"
+           + (f", {free} of them not counted against trials" if free else "") + ")" if dups else ""))
+    if free >= duplicate_cap(space) and counted(study) < space["study"]["trials"]:
+        log(f"the study ended at its cap on repeated architectures (study.max_duplicates={duplicate_cap(space)}) "
+            f"with {counted(study)} of {space['study']['trials']} trials")
     if len(top):
-        log(top.to_markdown(index=False, floatfmt=".4g"))
+        log(top.rename(columns={SE_COLUMN: "±SE"}).to_markdown(index=False, floatfmt=".4g"))
+        note = tie_note(df, confirmed=space["study"]["confirm"]["top"] > 0)
+        if note:
+            log(note)
     low = unique[unique.at_chance.fillna(False).astype(bool)] if len(unique) else unique
     if len(low):
         what = "accuracy" if score == "val_accuracy" else score
@@ -79,13 +93,54 @@ def trials_frame(study: optuna.Study):
         row = {"number": t.number, "state": t.state.name,
                "value": t.values[0] if t.values else None,
                "duration_s": t.duration.total_seconds() if t.duration else None}
-        for k in (attrs.PATTERN, attrs.ARCH, attrs.FINGERPRINT, *attrs.MEASURED, attrs.VAL_ACCURACY, *dense,
-                  attrs.TRAIN_SECONDS, attrs.AT_CHANCE, attrs.EPOCHS_TRAINED, attrs.DUPLICATE_OF, attrs.SEEDED_FROM,
-                  attrs.RETRY_OF, attrs.REJECTED, attrs.SCREENED, attrs.FAIL_REASON):
+        for k in (attrs.PATTERN, attrs.ARCH, attrs.FINGERPRINT, *attrs.MEASURED, attrs.VAL_ACCURACY):
+            row[k] = u.get(k)
+        # binomial on the validation images; blank for a dense study, whose trials record no val_n: its
+        # pixels are not independent draws, so a binomial SE would be invented (confirm= gives the seed spread)
+        p, n = u.get(attrs.VAL_ACCURACY), u.get(attrs.VAL_N)
+        row[attrs.VAL_N] = n
+        row[SE_COLUMN] = stats.standard_error(p, n) if p is not None and n else None
+        row[TIE_COLUMN] = None
+        for k in (*dense, attrs.TRAIN_SECONDS, attrs.AT_CHANCE, attrs.EPOCHS_TRAINED, attrs.DUPLICATE_OF,
+                  attrs.REPEATED, attrs.SEEDED_FROM, attrs.RETRY_OF, attrs.REJECTED, attrs.SCREENED, attrs.FAIL_REASON):
             row[k] = u.get(k)
         row.update({f"param_{k}": v for k, v in t.params.items()})
         rows.append(row)
-    return pd.DataFrame(rows)
+    return mark_ties(pd.DataFrame(rows))
+
+
+def mark_ties(df):
+    """Fill ``tied``: ``best`` for the complete trial(s) with the highest validation accuracy, ``tied``
+    for those within ``stats.TIE_SE`` standard errors of it (``stats.tied``), blank otherwise and
+    wherever the SE is unknown (dense studies, trials recorded before ``val_n``)."""
+    if not len(df) or SE_COLUMN not in df:
+        return df
+    ok = (df.state == "COMPLETE") & df[SE_COLUMN].notna() & df[attrs.VAL_ACCURACY].notna()
+    if not ok.any():
+        return df
+    i = df[ok][attrs.VAL_ACCURACY].idxmax()
+    best, best_se = float(df.at[i, attrs.VAL_ACCURACY]), float(df.at[i, SE_COLUMN])
+    df[TIE_COLUMN] = [(stats.BEST_MARK if p == best else stats.TIE_MARK if stats.tied(best, best_se, p, se) else "")
+                      if good else None
+                      for good, p, se in zip(ok, df[attrs.VAL_ACCURACY], df[SE_COLUMN])]
+    return df
+
+
+def tie_note(df, confirmed: bool = False) -> str | None:
+    """The line under a table with tie marks: what ``tied`` means, on how many images, and what helps."""
+    if not len(df) or TIE_COLUMN not in df or not (df[TIE_COLUMN] == stats.TIE_MARK).any():
+        return None
+    ties = df[(df[TIE_COLUMN] == stats.TIE_MARK) & df[attrs.DUPLICATE_OF].isna()]
+    n = df[attrs.VAL_N].dropna()
+    images = f" on {int(n.iloc[0])} validation images" if len(n) and n.nunique() == 1 else ""
+    gap = (df[df[TIE_COLUMN] == stats.BEST_MARK][attrs.VAL_ACCURACY].max() - ties[attrs.VAL_ACCURACY].min()
+           if len(ties) else math.nan)
+    return (f"{len(ties)} architecture(s) marked {stats.TIE_MARK}: within {stats.TIE_SE} standard errors of the "
+            f"best (binomial SE sqrt(p(1-p)/n){images}"
+            + (f"; the widest gap is {100 * gap:.2f} points" if math.isfinite(gap) else "")
+            + "): this validation set cannot tell them apart; "
+            + ("the confirmed table trains the top ones again with more seeds" if confirmed else
+               "confirm=K seeds=S trains the top K again with S more seeds"))
 
 
 def trial_ir(study: str, trial: int, storage: str | None = None):

@@ -3,7 +3,8 @@
 ``run study=NAME [trials=N]`` (no ``space=``) reopens the study with the space,
 data, training settings and storage it was created with; only ``trials``,
 ``timeout`` and ``workers`` may change, since anything else would mix trials
-that are not comparable.
+that are not comparable, and what happens around the trials: ``max_duplicates``
+and ``confirm`` (``confirm=K seeds=S``: the confirmation after the search).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from dlasearch.train import tracking
 
 __all__ = ['resolve', 'stored', 'differences']
 
-CHANGEABLE = ("trials", "timeout", "workers")
+CHANGEABLE = ("trials", "timeout", "workers", "max_duplicates", "confirm")
 IDENTITY = ("name", "storage")
 
 
@@ -50,7 +51,7 @@ def stored(name: str, storage, args: dict) -> dict:
     study, url = find_study(name, url)
     sp = stored_space(study)
     extra = {k: v for k, v in flatten(args).items()
-             if not (k.startswith("study.") and k[len("study."):] in CHANGEABLE + IDENTITY)}
+             if not (k.startswith("study.") and k[len("study."):].split(".")[0] in CHANGEABLE + IDENTITY)}
     if extra:
         key, value = next(iter(extra.items()))
         raise DLASearchError(f"study {name!r} exists: resuming keeps the space, data, training and storage it "
@@ -58,7 +59,8 @@ def stored(name: str, storage, args: dict) -> dict:
                              f"Start a new study with space=... study=NEW_NAME")
     for k in CHANGEABLE:
         if k in args["study"]:
-            sp["study"][k] = args["study"][k]
+            v = args["study"][k]  # confirm: the keys given, the others as stored
+            sp["study"][k] = {**sp["study"][k], **v} if isinstance(v, dict) and isinstance(sp["study"].get(k), dict) else v
     sp["study"]["name"] = name
     sp["study"]["storage"] = storage if storage else sp["study"]["storage"]
     sp.pop("log", None)

@@ -17,14 +17,24 @@ Searchable parameters (under ``params``), each ``{choices: [...]}``,
   ``width_multiplier``: scales every block stage
 - ``block``: basic | bottleneck | bottleneckx; ``cardinality``
 - ``root_kernel``, ``residual_root``
+- ``mode``: per stage, how its aggregation nodes merge (concat | sum | wsum | gpa; ``patterns.Stage.mode``)
 - dense prediction (``task: segment``, as a ``{value}`` or in ``backbone``): ``decoder`` (none | fcn |
   fpn | unet | ida_up | bifpn | nasfpn | hrnet_fuse), ``decoder_channels`` (only decoders with a width
-  of their own take it: make it conditional, ``when: {decoder: [fpn, unet, ida_up]}``), ``first_level``
+  of their own take it: make it conditional, ``when: {decoder: [fpn, unet, ida_up]}``), ``first_level``,
+  ``decoder_mode`` (null, the decoder's own, or a mode it allows: ``decoders.DECODER_MODES``; make it
+  conditional on the decoders that allow the choices)
+- NAS-FPN's merging cells (``decoder: nasfpn`` trials only): ``cells``, how many, and ``cell_op``, the
+  choice of each cell's op (sum | gpa; default both).  ``sample_cells`` turns the flat trial parameters
+  into the spec's ``cells``: each cell's inputs ``cell{c}.a`` and ``cell{c}.k`` (b = (a + 1 + k) mod the
+  features it can read, so b != a), its level ``cell{c}.level``, and the last L cells (L levels)
+  output every level once, as NAS-FPN's output cells (``output{j}.level`` picks among the levels left).
+  Every sampled list is valid; the number of levels must be fixed (``stages`` and ``first_level``
+  not searched) and ``cells`` at least L.
 
 A dense space ranks by its task's score (``objectives: [miou_fg]``, or ``boundary_ods`` on boundary
 data), which is the trial's ``val_score``; a classification space by ``val_accuracy``.
 
-Per-stage parameters are named ``stage{i}.levels``; a parameter keeps one name
+Per-stage parameters are named ``stage{i}.levels``, ``stage{i}.mode``; a parameter keeps one name
 and one distribution for the whole study (the space is stored in the study and
 a resumed study refuses a changed one).
 """
@@ -35,14 +45,14 @@ from pathlib import Path
 from typing import Any
 
 from dlasearch import files
-from dlasearch.decoders import DECODERS
+from dlasearch.decoders import CELL_OPS, DECODERS, MODES
 from dlasearch.errors import SpaceError, did_you_mean
 from dlasearch.patterns import LETTERS, PATTERNS
 from dlasearch.search.proxies import PROXIES
 from dlasearch.zoo import MODELS
 
-__all__ = ['validate', 'available', 'load', 'expand_shortcuts', 'sample', 'published_params', 'task_of',
-           'score_objective']
+__all__ = ['validate', 'available', 'load', 'expand_shortcuts', 'sample', 'sample_cells', 'published_params', 'task_of',
+           'score_objective', 'duplicate_cap', 'PER_STAGE', 'cell_levels']
 
 MAX_LEVELS = 10  # 1024 blocks per stage; deeper trees take minutes just to build the IR
 
@@ -61,13 +71,18 @@ PARAMS = {
     "pattern": "choice", "stages": "int", "levels": "int", "width": "int", "growth": "number",
     "width_multiplier": "number", "block": "choice", "cardinality": "int", "root_kernel": "int",
     "residual_root": "bool", "task": "choice", "decoder": "choice", "decoder_channels": "int", "first_level": "int",
+    "mode": "choice", "decoder_mode": "choice", "cells": "int", "cell_op": "choice",
 }
+PER_STAGE = ("levels", "mode")  # sampled once per stage, as stage{i}.<name>
+CELL_PARAMS = ("cells", "cell_op")  # sampled by sample_cells, in decoder: nasfpn trials only
 DEFAULT_PARAM_VALUES = {"pattern": "dla", "stages": None, "levels": None, "width": None, "growth": 2.0,
                         "width_multiplier": 1.0, "block": "basic", "cardinality": 32, "root_kernel": 1,
                         "residual_root": False, "task": "classify", "decoder": "ida_up", "decoder_channels": None,
-                        "first_level": 1}
+                        "first_level": 1, "mode": "concat", "decoder_mode": None, "cells": None, "cell_op": None}
 DENSE_KEYS = ("decoder", "decoder_channels", "first_level")  # spec keys only a task: segment spec holds
-CHOICES = {"block": ("basic", "bottleneck", "bottleneckx"), "task": ("classify", "segment"), "decoder": DECODERS}
+DENSE_PARAMS = (*DENSE_KEYS, "decoder_mode", *CELL_PARAMS)  # params and backbone keys only a dense space takes
+CHOICES = {"block": ("basic", "bottleneck", "bottleneckx"), "task": ("classify", "segment"), "decoder": DECODERS,
+           "mode": MODES, "decoder_mode": (None, *MODES), "cell_op": CELL_OPS}
 # The score objective of each task: what a trial's ``val_score`` holds (train.dense.SCORE_NAMES).
 SCORES = {"val_accuracy": "classify", "miou_fg": "segment", "boundary_ods": "boundary"}
 OBJECTIVES = {"val_accuracy": "maximize", "miou_fg": "maximize", "boundary_ods": "maximize", "params": "minimize",
@@ -87,7 +102,8 @@ SCHEMA: dict[str, Any] = {
     "study": {"name": (str, type(None)), "storage": (str, type(None)), "trials": int, "workers": int,
               "seed": int, "sampler": str, "pruner": str, "timeout": (int, float, type(None)),
               "heartbeat": int, "grace": int, "results": str, "keep": str, "artifacts": (str, type(None)),
-              "threads": (int, type(None)), "screen": (int, type(None)), "proxy": str},
+              "threads": (int, type(None)), "screen": (int, type(None)), "proxy": str,
+              "max_duplicates": (int, type(None)), "confirm": {"top": int, "seeds": int}},
     "objectives": list,
     "budget": {"params": (int, float, type(None)), "macs": (int, float, type(None)),
                "train_memory": (int, float, type(None))},
@@ -105,7 +121,9 @@ DEFAULTS: dict[str, Any] = {
     "study": {"name": None, "storage": None, "trials": 20, "workers": 1, "seed": 0, "sampler": "tpe",
               "pruner": "hyperband", "timeout": None, "heartbeat": 10, "grace": 60, "results": files.RESULTS,
               "keep": "best", "artifacts": None, "threads": None,
-              "screen": None, "proxy": "params"},
+              "screen": None, "proxy": "params",
+              "max_duplicates": None,  # None: 3 x trials (DUPLICATE_CAP)
+              "confirm": {"top": 0, "seeds": 3}},  # after the search: the top K architectures, S more seeds each
     "objectives": ["val_accuracy"],
     "budget": {"params": None, "macs": None, "train_memory": None},
     "backbone": {"stem": {"channels": 16, "kernel": 3},
@@ -123,7 +141,9 @@ SHORTCUTS = {"trials": "study.trials", "workers": "study.workers", "seed": "stud
              "storage": "study.storage", "epochs": "train.epochs", "data": "data.name",
              "batch_size": "train.batch_size", "timeout": "study.timeout",
              "keep": "study.keep", "threads": "study.threads",
-             "screen": "study.screen", "proxy": "study.proxy"}
+             "screen": "study.screen", "proxy": "study.proxy",
+             "confirm": "study.confirm.top", "seeds": "study.confirm.seeds"}
+DUPLICATE_CAP = 3  # study.max_duplicates unset: this many times study.trials
 
 
 def _fail(path: str, msg: str) -> SpaceError:
@@ -224,7 +244,8 @@ def _check_value(name: str, v, path: str):
     if kind == "choice":
         allowed = list(PATTERNS) + list(LETTERS) if name == "pattern" else list(CHOICES[name])
         if v not in allowed:
-            raise _fail(path, f"{v!r} is not allowed{did_you_mean(v, allowed)}; allowed: {', '.join(allowed)}")
+            raise _fail(path, f"{v!r} is not allowed{did_you_mean(v, allowed)}; allowed: "
+                              f"{', '.join('null' if a is None else a for a in allowed)}")
     elif kind == "bool":
         if not isinstance(v, bool):
             raise _fail(path, f"{v!r} must be true or false")
@@ -258,6 +279,7 @@ def validate(space: dict) -> dict:
         bad = [o for o in objs if o not in OBJECTIVES] or objs
         raise _fail("objectives", f"{bad!r} invalid; choose distinct names from: {', '.join(OBJECTIVES)}")
     _check_task(s)
+    _check_cells(s)
     st = s["study"]
     for k, allowed in (("sampler", SAMPLERS), ("pruner", PRUNERS), ("keep", KEEP)):
         if st[k] not in allowed:
@@ -277,6 +299,13 @@ def validate(space: dict) -> dict:
     for k in ("trials", "workers", "heartbeat", "grace", "threads"):
         if st[k] is not None and st[k] < 1:
             raise _fail(f"study.{k}", f"{st[k]} must be >= 1")
+    if st["max_duplicates"] is not None and st["max_duplicates"] < 1:
+        raise _fail("study.max_duplicates", f"{st['max_duplicates']} must be >= 1 (1: the first repeated architecture "
+                                            f"ends the study; null: {DUPLICATE_CAP} x trials)")
+    if st["confirm"]["top"] < 0:
+        raise _fail("study.confirm.top", f"{st['confirm']['top']} must be >= 0 (0: no confirmation)")
+    if st["confirm"]["seeds"] < 1:
+        raise _fail("study.confirm.seeds", f"{st['confirm']['seeds']} must be >= 1 (more seeds per architecture)")
     if st["timeout"] is not None and (isinstance(st["timeout"], bool) or st["timeout"] <= 0):
         raise _fail("study.timeout", f"{st['timeout']!r} must be a positive number of seconds (or null)")
     if st["name"] is not None:
@@ -300,7 +329,14 @@ def validate(space: dict) -> dict:
 
 
 BACKBONE_KEYS = ("stem", "conv_stages", "stages", "in_channels", "num_classes", "block", "cardinality", "root_kernel",
-                 "residual_root", "pattern", "task", *DENSE_KEYS)
+                 "residual_root", "pattern", "task", *DENSE_KEYS, "decoder_mode")
+
+
+def duplicate_cap(space: dict) -> int:
+    """How many sampler proposals of an already evaluated architecture a study answers before it ends:
+    ``study.max_duplicates``, or ``DUPLICATE_CAP`` x ``study.trials`` when unset."""
+    cap = space["study"].get("max_duplicates")
+    return DUPLICATE_CAP * space["study"]["trials"] if cap is None else cap
 
 
 def task_of(space: dict) -> str:
@@ -329,13 +365,50 @@ def _check_task(s: dict) -> None:
             raise _fail("params.task", "the task is fixed per study: give {value: segment} (or backbone.task)")
         task = p["value"]
     task = task or s["backbone"].get("task", "classify")
-    dense = [f"params.{k}" for k in DENSE_KEYS if k in s["params"]] + \
-        [f"backbone.{k}" for k in DENSE_KEYS if k in s["backbone"]]
+    dense = [f"params.{k}" for k in DENSE_PARAMS if k in s["params"]] + \
+        [f"backbone.{k}" for k in DENSE_PARAMS if k in s["backbone"]]
     if task == "classify" and dense:
         raise _fail(dense[0], "a decoder needs task: segment (backbone.task or params.task.value)")
     if (task == "classify") != (scores[0] == "val_accuracy"):
         want = "val_accuracy" if task == "classify" else "miou_fg (or boundary_ods on boundary data)"
         raise _fail("objectives", f"{scores[0]} does not score task {task!r} architectures; use {want}")
+
+
+def _fixed(s: dict, name: str, default):
+    """A parameter's one value (its ``value``, else the backbone's, else ``default``)."""
+    p = s["params"].get(name)
+    return p["value"] if p is not None and "value" in p else s["backbone"].get(name, default)
+
+
+def cell_levels(s: dict) -> int:
+    """The pyramid levels a space's nasfpn decoder reads (conv and block stages from ``first_level`` on)."""
+    stages = s["params"]["stages"]["value"] if "value" in s["params"].get("stages", {}) else len(s["backbone"]["stages"])
+    return len(s["backbone"]["conv_stages"]) + stages - _fixed(s, "first_level", DEFAULT_PARAM_VALUES["first_level"])
+
+
+def _check_cells(s: dict) -> None:
+    """``cells`` and ``cell_op``: a nasfpn decoder, a fixed number of levels L, at least L cells, no grid."""
+    params = s["params"]
+    if "cell_op" in params and "cells" not in params:
+        raise _fail("params.cell_op", "the op of each merging cell needs params.cells (how many cells)")
+    if "cells" not in params:
+        return
+    dec = params.get("decoder")
+    decs = (dec.get("choices") or [dec.get("value")]) if dec else [s["backbone"].get("decoder", "ida_up")]
+    if "nasfpn" not in decs:
+        raise _fail("params.cells", f"merging cells belong to decoder nasfpn, which this space never builds "
+                                    f"(decoder: {', '.join(map(str, decs))}); add nasfpn to params.decoder (or backbone.decoder)")
+    for k in ("stages", "first_level"):
+        if k in params and "value" not in params[k]:
+            raise _fail(f"params.{k}", f"searched beside params.cells, whose inputs and levels index the decoder's "
+                                       f"levels: their number must be fixed; give {k} as {{value: V}}")
+    n, p = cell_levels(s), params["cells"]
+    low = p.get("value", p.get("low", min(p.get("choices", [0]))))
+    if low < n:
+        raise _fail("params.cells", f"{low} cells cannot output each of the {n} levels once (NAS-FPN's last cells "
+                                    f"are its output cells, one per level); use at least {n}")
+    if s["study"]["sampler"] == "grid":
+        raise _fail("study.sampler", "grid cannot enumerate merging cells (params.cells); use tpe or random")
 
 
 def _parse_yaml(path: Path) -> dict:
@@ -416,7 +489,7 @@ def sample(space: dict, trial) -> dict:
     """Ask ``trial`` for every active parameter and return the ``patterns`` spec it describes."""
     params = space["params"]
     values: dict = {}
-    order = [n for n in PARAMS if n in params and n != "levels"]
+    order = [n for n in PARAMS if n in params and n not in PER_STAGE + CELL_PARAMS]
     for n in order:
         p = params[n]
         if _active(p, values):
@@ -426,7 +499,7 @@ def sample(space: dict, trial) -> dict:
     n_stages = values.get("stages", len(base_stages))
     v = {k: values.get(k, DEFAULT_PARAM_VALUES[k]) for k in DEFAULT_PARAM_VALUES}
     v.update({k: bb[k] for k in ("block", "cardinality", "root_kernel", "residual_root", "pattern", "task",
-                                 *DENSE_KEYS) if k in bb and k not in values})
+                                 *DENSE_KEYS, "decoder_mode") if k in bb and k not in values})
     block = v["block"]
     multiple = 32 if block == "bottleneckx" else 8
     stages = []
@@ -443,6 +516,10 @@ def sample(space: dict, trial) -> dict:
             ch = base["channels"] * (2 ** max(0, i - len(base_stages) + 1) if i >= len(base_stages) else 1)
         stages.append({"blocks": blocks, "channels": _round(ch * v["width_multiplier"], multiple),
                        "stride": base.get("stride", 2)})
+        if "mode" in params and _active(params["mode"], values):
+            stages[-1]["mode"] = _suggest_param(trial, f"stage{i}.mode", params["mode"])
+        elif "mode" in base:  # a spec without modes keeps exactly the keys it always had
+            stages[-1]["mode"] = base["mode"]
     pattern = LETTERS.get(v["pattern"], v["pattern"])
     spec = {"pattern": pattern, "stem": bb.get("stem", DEFAULTS["backbone"]["stem"]),
             "conv_stages": bb.get("conv_stages", DEFAULTS["backbone"]["conv_stages"]), "stages": stages,
@@ -450,7 +527,38 @@ def sample(space: dict, trial) -> dict:
             "residual_root": v["residual_root"]}
     if v["task"] != "classify":  # a classification spec keeps exactly the keys it always had
         spec.update(task=v["task"], **{k: v[k] for k in DENSE_KEYS})
+        if v["decoder_mode"] is not None:
+            spec["decoder_mode"] = v["decoder_mode"]
+        if v["decoder"] == "nasfpn" and "cells" in params and _active(params["cells"], values):
+            n_levels = len(spec["conv_stages"]) + n_stages - v["first_level"]
+            ops = params["cell_op"] if "cell_op" in params else {"choices": list(CELL_OPS)}
+            spec["cells"] = sample_cells(trial, _suggest_param(trial, "cells", params["cells"]), n_levels, ops)
     return spec
+
+
+def sample_cells(trial, n_cells: int, n_levels: int, op: dict) -> list:
+    """NAS-FPN's search space as flat trial parameters -> the spec's ``cells`` (``decoders.check_cells``).
+
+    Cell c reads two of the ``n_levels + c`` features before it (the levels, then the earlier cells):
+    ``cell{c}.a`` one of them, ``cell{c}.k`` which other, b = (a + 1 + k) mod (n_levels + c), so the
+    two always differ.  The last ``n_levels`` cells are output cells, one per level (NAS-FPN's rule): the
+    j-th of them takes the ``output{j}.level``-th of the levels not yet output, the cells before them
+    ``cell{c}.level``, any level.  ``cell{c}.op`` is drawn from ``op`` (a parameter: choices or value).
+    Each name always has the same choices, as Optuna needs, and every sampled list is valid."""
+    if n_cells < n_levels:
+        raise SpaceError(f"params.cells: {n_cells} cells cannot output each of the {n_levels} levels once; "
+                         f"use at least {n_levels}")
+    left, cells = list(range(n_levels)), []
+    for c in range(n_cells):
+        m, j = n_levels + c, c - (n_cells - n_levels)
+        a = trial.suggest_categorical(f"cell{c}.a", list(range(m)))
+        b = (a + 1 + trial.suggest_categorical(f"cell{c}.k", list(range(m - 1)))) % m
+        if j < 0:
+            level = trial.suggest_categorical(f"cell{c}.level", list(range(n_levels)))
+        else:
+            level = left.pop(trial.suggest_categorical(f"output{j}.level", list(range(n_levels - j))))
+        cells.append([a, b, level, _suggest_param(trial, f"cell{c}.op", op)])
+    return cells
 
 
 def _contains(p: dict, v) -> bool:
@@ -471,7 +579,8 @@ def published_params(space: dict) -> list[dict]:
         cand = {"pattern": "dla", "stages": 4, "block": c.block, "cardinality": c.cardinality,
                 "root_kernel": 1, "residual_root": c.residual_root, "width": c.channels[2],
                 "growth": c.channels[3] / c.channels[2], "width_multiplier": 1.0,
-                **{f"stage{i}.levels": lv for i, lv in enumerate(c.levels[2:])}}
+                **{f"stage{i}.levels": lv for i, lv in enumerate(c.levels[2:])},
+                **{f"stage{i}.mode": "concat" for i in range(len(c.levels[2:]))}}  # the published DLAs concatenate
         fixed = {k: v for k, v in cand.items() if k.split(".")[-1] in params}
         if not all(_contains(params[k.split(".")[-1]], v) for k, v in fixed.items()):
             continue

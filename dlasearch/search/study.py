@@ -3,7 +3,7 @@
 Opening, creating, resuming and finding studies (a journal file under ``results/<study>/`` by
 default, or any RDB URL), samplers and pruners, and the liveness of running trials (heartbeats,
 stale trials of dead workers). Optuna's private storage calls are wrapped here, so an Optuna
-upgrade touches this file alone.
+upgrade touches this file alone (and ``proxy``, for its gRPC storage proxy).
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 import warnings
+import zlib
 from pathlib import Path
 
 import optuna
@@ -22,14 +23,15 @@ from optuna.trial import TrialState
 from dlasearch import files
 from dlasearch.configfile import data_identity, differences, same_data
 from dlasearch.errors import SearchError, did_you_mean
-from dlasearch.search import guard, journal, space as spacemod
+from dlasearch.search import guard, journal, space as spacemod, storage_proxy
 from dlasearch.train import TrainConfig
 from dlasearch.train.config import with_added_later
 from dlasearch.search import attrs
 
 __all__ = ['worker_id', 'trial_id', 'fixed_params', 'set_trial_attr', 'fail_trial', 'quiet_optuna', 'results_dir', 'study_name',
            'storage_url', 'open_storage', 'make_sampler', 'grid_of', 'make_pruner', 'pruner_epochs', 'open_study', 'find_study', 'attach',
-           'fail_stale', 'requeue_interrupted', 'Heartbeat', 'counted', 'stored_space', 'with_pinned']
+           'fail_stale', 'requeue_interrupted', 'Heartbeat', 'counted', 'duplicates', 'stored_space', 'with_pinned',
+           'sampler_seed']
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -100,11 +102,13 @@ def storage_url(space: dict) -> str:
 
 
 def open_storage(url: str, log=print, write: bool = True):
-    """An Optuna storage for a journal file path or an RDB URL.
+    """An Optuna storage for a journal file path, an RDB URL or ``grpc://host:port`` (``proxy``).
 
     A journal is checked first (``journal.repair``): a torn last record is moved aside and the trials
     it touched are failed as stale and re-queued; a damaged middle is an error, never rewritten.
     ``write=False`` (reading a study) only checks, so a read-only journal can still be reported on."""
+    if storage_proxy.is_grpc(url):
+        return storage_proxy.connect(url)  # Optuna's storage proxy in front of a database (`dlasearch storage serve`)
     if "://" in url:
         if url.startswith("journal://"):
             url = url[len("journal://"):]
@@ -145,14 +149,30 @@ def _fail_torn(storage, tid: int, log) -> None:
     log(f"failed trial #{t.number} (its last record was torn) and re-queued its parameters")
 
 
-def make_sampler(space: dict, offset: int = 0):
-    """The space's sampler; ``offset`` shifts its seed so a resumed study or a second worker does
-    not replay the random draws of the first. Not the grid's: its seed orders the grid, and every
-    worker must number the grid points alike, or two workers' "grid point 7" are two different
-    points and a finished grid leaves points out (224 trials covered 165 of 224 points that way)."""
+def sampler_seed(seed: int, offset: int = 0, worker: int = 0) -> int:
+    """The sampler seed of one process of a study whose seed is ``seed``: ``seed`` itself for the
+    process that creates it, else one drawn from ``(seed, offset, worker)`` (``offset``: the trials
+    the study already holds; ``worker``: the worker's number from ``attach``), so that a resumed
+    study or another worker never replays the draws of one before it, and the same command draws
+    the same again.  Drawn, not added: ``seed + offset + worker`` gave two workers started by hand
+    one seed whenever their pids differed by the trials created in between (pid 31742 with no
+    trial yet, pid 31741 with one), and the second's first trial was the first's, which it waited for."""
+    if not offset and not worker:
+        return seed
+    import numpy as np  # heavy only where a process resumes or joins a study
+
+    return int(np.random.SeedSequence([seed % 2 ** 63, offset % 2 ** 63, worker % 2 ** 63]).generate_state(1)[0])
+
+
+def make_sampler(space: dict, offset: int = 0, worker: int = 0):
+    """The space's sampler, seeded with ``sampler_seed(study.seed, offset, worker)``. Not the grid:
+    its seed orders the grid, and every worker must number the grid points alike, or two workers'
+    "grid point 7" are two different points and a finished grid leaves points out (224 trials
+    covered 165 of 224 points that way); Optuna gives trial N grid point N, so workers take
+    different points anyway."""
     st = space["study"]
     name = st["sampler"]
-    seed = st["seed"] + (0 if name == "grid" else offset)
+    seed = st["seed"] if name == "grid" else sampler_seed(st["seed"], offset, worker)
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
                                           n_startup_trials=min(10, max(2, st["trials"] // 3)))
@@ -170,10 +190,10 @@ def grid_of(space: dict) -> dict[str, list]:
     grid = {}
     for n, p in space["params"].items():
         values = p["choices"] if "choices" in p else [p["value"]]
-        if n == "levels":
+        if n in spacemod.PER_STAGE:  # levels, mode
             n_max = max(space["params"].get("stages", {}).get("choices", [len(space["backbone"]["stages"])])
                         if "stages" in space["params"] else [len(space["backbone"]["stages"])])
-            grid.update({f"stage{i}.levels": values for i in range(n_max)})
+            grid.update({f"stage{i}.{n}": values for i in range(n_max)})
         elif "choices" in p:
             grid[n] = values
     return grid
@@ -226,7 +246,7 @@ def _open_study(space: dict, create: bool, log) -> optuna.Study:
     existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     if name in existing:
         study = optuna.load_study(study_name=name, storage=storage, pruner=make_pruner(space))
-        study.sampler = make_sampler(space, len(study.get_trials(deepcopy=False)) + space["study"].get("worker", 0))
+        study.sampler = make_sampler(space, len(study.get_trials(deepcopy=False)), space["study"].get("worker", 0))
         old = study.user_attrs.get(attrs.CONTRACT)
         stored = None if old is None else _with_added_later(json.loads(old))
         _pin_unset(space, _stored_train(study))
@@ -331,13 +351,14 @@ def stored_space(study: optuna.Study) -> dict:
 def attach(study: str, storage: str, index: int | None = None) -> tuple[optuna.Study, dict]:
     """Open an existing study and the space it was created with (for ``dlasearch worker``).
 
-    ``index`` numbers workers started together; others get one from their pid, so that no two
-    workers draw the same random samples."""
+    ``index`` numbers workers started together; others get one from their host and pid, so that no
+    two workers draw the same random samples."""
     loaded, _ = find_study(study, storage)
     space = stored_space(loaded)
     space["study"]["storage"] = storage
     space["study"]["name"] = study
-    space["study"]["worker"] = 1000 * (index + 1) if index is not None else os.getpid()
+    # host and pid: workers on other machines (every container's process may be pid 1) draw apart too
+    space["study"]["worker"] = 1000 * (index + 1) if index is not None else zlib.crc32(worker_id().encode())
     opened = open_study(space, create=False)
     if index is None:  # workers started by `run` leave it to run, which queued them before starting them
         requeue_interrupted(opened)
@@ -431,6 +452,14 @@ class Heartbeat:
     def __exit__(self, *exc):
         self.stop.set()
         self.thread.join()
+
+
+def duplicates(study: optuna.Study) -> int:
+    """Trials the sampler spent on architectures the study had already evaluated (``attrs.REPEATED``):
+    answered from the earlier result, not counted against ``study.trials``; ``study.max_duplicates``
+    of them end the study (``space.duplicate_cap``)."""
+    return sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED + (TrialState.RUNNING,))
+               if t.user_attrs.get(attrs.REPEATED))
 
 
 def counted(study: optuna.Study) -> int:

@@ -15,7 +15,7 @@ from dlasearch.arch import check_fit, read_arch, resolve_arch, total_stride
 from dlasearch.configfile import write_config
 from dlasearch.errors import TrainError
 from dlasearch.ir import to_module
-from dlasearch.train import data as datamod, scenes, tracking
+from dlasearch.train import data as datamod, freeze, scenes, tracking
 from dlasearch.train.config import TrainConfig, resolve_device
 from dlasearch.train.dense import chance_record, check_options
 from dlasearch.train.trainer import measure_arch, train
@@ -114,6 +114,7 @@ def run(arch: str, data: dict | str | None, config: TrainConfig, *, image_size="
     sibling folder that replaces the old one whole at the end, so a killed retrain leaves the old run.
     """
     read_arch(arch)
+    tracking.parse(log)  # a missing package or an MLflow server that does not answer: before anything runs
     if weights is not None:
         checkpoint.read_state_dict(weights)  # a missing or corrupt file fails before the data loads
     option = "out" if out is not None else "name"
@@ -146,12 +147,18 @@ def run(arch: str, data: dict | str | None, config: TrainConfig, *, image_size="
         note = checkpoint.load_weights(model, weights, graph)
         if note:
             print(note)
+    fixed = freeze.describe(model, config.freeze)
+    if fixed is not None:
+        print(f"freeze={config.freeze}: {fixed['frozen_params']:,} parameters frozen and "
+              f"{fixed['batchnorm_layers_fixed']} BatchNorm layers' statistics fixed; {fixed['trainable_params']:,} "
+              f"trainable ({', '.join(fixed['trained'])})")
     record = {"arch": str(arch), "name": arch_name, "fingerprint": irmod.fingerprint(graph),
               "data": {**ds.summary(), "split_seed": split_seed, "resize": resize},
               "config": dataclasses.asdict(config), "device": str(resolve_device(config.device)),
               "torch": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "normalisation": {"mean": list(ds.mean), "std": list(ds.std)},
-              "weights_from": None if weights is None else str(weights), "weights": checkpoint.WEIGHTS}
+              "weights_from": None if weights is None else str(weights), "weights": checkpoint.WEIGHTS,
+              "freeze": fixed}
     work = files.sibling_dir(folder, "train") if replacing else folder
     try:
         metrics = measure_arch(model, ds, config, latency)  # first: a step that cannot fit leaves no folder behind

@@ -2,22 +2,25 @@
 
 So a user can watch runs in the tools they already use.  Both are optional
 extras (``pip install dlasearch[tensorboard]`` / ``[mlflow]``); asking for one
-that is not installed is a one-line error before anything trains.  TensorBoard
+that is not installed, or an MLflow server that does not answer, is a one-line error
+before anything trains.  TensorBoard
 event files go next to the results (``<folder>/tensorboard``); MLflow uses
 ``$MLFLOW_TRACKING_URI`` when set, else an SQLite store ``<folder>/mlflow.db``.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from pathlib import Path
 
 from dlasearch.errors import DLASearchError
 
-__all__ = ['parse', 'require', 'mlflow_uri', 'Tracker', 'StudyTracker', 'open_tracker']
+__all__ = ['parse', 'require', 'reach', 'mlflow_uri', 'Tracker', 'StudyTracker', 'open_tracker']
 
 BACKENDS = ("tensorboard", "mlflow")
 EXTRA = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
+PROBE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}  # one quick try
 
 
 def parse(log) -> list[str]:
@@ -36,6 +39,8 @@ def parse(log) -> list[str]:
             out.append(name)
     for name in out:
         require(name)
+    if "mlflow" in out and os.environ.get("MLFLOW_TRACKING_URI", "").startswith(("http://", "https://")):
+        reach(os.environ["MLFLOW_TRACKING_URI"])
     return out
 
 
@@ -47,6 +52,29 @@ def require(name: str) -> None:
     except ImportError:
         raise DLASearchError(f"log={name} needs the {name} package: pip install 'dlasearch[{EXTRA[name]}]'") \
             from None
+
+
+@functools.lru_cache(maxsize=None)
+def reach(uri: str) -> None:
+    """Ask the tracking server for one experiment, once and quickly: MLflow's own client retries an
+    unreachable server for minutes and then raises its traceback from inside a trial."""
+    import mlflow
+
+    saved = {k: os.environ.get(k) for k in PROBE}
+    os.environ.update(PROBE)
+    try:
+        mlflow.tracking.MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise DLASearchError(f"log=mlflow: cannot reach the tracking server MLFLOW_TRACKING_URI={uri} ({first}); "
+                             f"start it, unset MLFLOW_TRACKING_URI to log to a local mlflow.db, or drop log=mlflow") \
+            from None
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def mlflow_uri(folder: Path) -> str:
@@ -97,7 +125,7 @@ class StudyTracker:
 
     def __init__(self, backends: list[str], folder: Path, metric_names: list[str]):
         self.folder, self.tensorboard = Path(folder), "tensorboard" in backends
-        self.writer, self.trial, self.callback = None, None, None
+        self.writer, self.trial, self.callback, self.hparams, self.last = None, None, None, {}, {}
         if "mlflow" in backends:
             try:
                 from optuna_integration.mlflow import MLflowCallback
@@ -118,27 +146,45 @@ class StudyTracker:
     def callbacks(self) -> list:
         return [self.callback] if self.callback is not None else []
 
-    def epoch(self, trial: int, epoch: int, metrics: dict) -> None:
+    def epoch(self, trial: int, epoch: int, metrics: dict, params: dict | None = None) -> None:
+        """One validation of ``trial``; ``params`` (its sampled pattern, depth, width, block ...) name its
+        TensorBoard run and become its hyperparameters, so TensorBoard can group and compare trials."""
         numbers = _numbers(metrics)
         if self.tensorboard:
             if self.trial != trial:
                 from torch.utils.tensorboard import SummaryWriter
 
-                if self.writer is not None:
-                    self.writer.close()
-                self.writer = SummaryWriter(log_dir=str(self.folder / "tensorboard" / f"trial{trial}"))
-                self.trial = trial
+                self._close_trial()
+                pattern = (params or {}).get("pattern")
+                self.writer = SummaryWriter(log_dir=str(self.folder / "tensorboard" /
+                                                        (f"trial{trial}-{pattern}" if pattern else f"trial{trial}")))
+                self.trial, self.hparams = trial, _hparams(params or {})
             for k, v in numbers.items():
                 self.writer.add_scalar(k, v, epoch)
             self.writer.flush()
+            self.last = numbers
         if self.callback is not None:
             import mlflow
 
             mlflow.log_metrics(numbers, step=epoch)
 
+    def _close_trial(self) -> None:
+        """End the current trial's run: its hyperparameters with its last validation's numbers."""
+        if self.writer is None:
+            return
+        if self.hparams and self.last:
+            self.writer.add_hparams(self.hparams, {f"hparam/{k}": v for k, v in self.last.items()},
+                                    run_name=".")  # into the trial's own run, not a timestamped sub-run
+        self.writer.close()
+        self.writer = None
+
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        self._close_trial()
+
+
+def _hparams(params: dict) -> dict:
+    """Optuna params as TensorBoard takes them: numbers, strings and bools (anything else as text)."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in sorted(params.items())}
 
 
 def _numbers(metrics: dict) -> dict:

@@ -18,10 +18,10 @@ from dlasearch.analysis.compare.statistics import (
     size_correlation, markdown_table,
 )
 from dlasearch.analysis.compare.plots import (
-    PATTERN_COLORS, PLOT_STYLE, plot_style, save_figure, color, plots,
+    PATTERN_COLORS, PLOT_STYLE, plot_style, save_figure, color, plots, curves,
 )
 from dlasearch.analysis.compare.runner import (
-    SETTINGS, check_writable, check_settings, run_path, compare, command,
+    SETTINGS, check_writable, check_settings, run_path, compare, from_options, command,
 )
 
 __all__ = ['CompareError', 'ALIASES', 'DEFAULT_BASELINE', 'OPTIONS', 'parse_patterns', 'parse_seeds', 'parse_number',
@@ -30,5 +30,5 @@ __all__ = ['CompareError', 'ALIASES', 'DEFAULT_BASELINE', 'OPTIONS', 'parse_patt
            'STAGE_CHANNELS', 'DEFAULT_BLOCKS', 'MIN_WIDTH', 'DIVISORS', 'MAX_MULTIPLIER', 'BASE_WIDTHS', 'widths_at',
            'make_spec', 'Sized', 'size', 'REFERENCE', 'DENSE_REFERENCE', 'Metric', 'ACCURACY', 'metric_for',
            'Chance', 'chance_of', 'mean_ci', 'welch', 'holm', 'summarize', 'size_correlation',
-           'markdown_table', 'PATTERN_COLORS', 'PLOT_STYLE', 'plot_style', 'save_figure', 'color', 'plots', 'SETTINGS',
-           'check_writable', 'check_settings', 'run_path', 'compare', 'command']
+           'markdown_table', 'PATTERN_COLORS', 'PLOT_STYLE', 'plot_style', 'save_figure', 'color', 'plots', 'curves', 'SETTINGS',
+           'check_writable', 'check_settings', 'run_path', 'compare', 'from_options', 'command']

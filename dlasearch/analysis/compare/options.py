@@ -8,7 +8,7 @@ from pathlib import Path
 
 from dlasearch.analysis.compare.sizing import DEFAULT_BLOCKS, STAGE_CHANNELS
 from dlasearch.analysis.compare.statistics import DENSE_REFERENCE, REFERENCE
-from dlasearch.decoders import DECODERS, NECKS
+from dlasearch.decoders import DECODER_MODES, DECODERS, NECKS
 from dlasearch.errors import CompareError, did_you_mean, pick
 from dlasearch.patterns import LETTERS, PATTERNS
 from dlasearch import files
@@ -41,10 +41,13 @@ def parse_patterns(value) -> list[str]:
 
 
 def parse_decoders(value) -> list[str]:
-    """``"none,fpn"`` or a list -> decoder names in order, without repeats (task=segment's rows)."""
+    """``"none,fpn"`` or a list -> decoder names in order, without repeats (task=segment's rows); a
+    decoder with another merge is ``name.mode`` (``ida_up.sum``: its ``decoder_mode``)."""
     if value is None:
         return list(DEFAULT_DECODERS)
-    return pick(value, list(DECODERS), "decoders", CompareError, example="none,fpn,ida_up")
+    moded = [f"{d}.{m}" for d in DECODERS for m in DECODER_MODES[d]]
+    return pick(value, [*DECODERS, *moded], "decoders", CompareError, example="none,fpn,ida_up,ida_up.sum",
+                note=" (a decoder.mode merges that decoder's aggregation nodes by the mode)")
 
 
 def parse_seeds(value) -> list[int]:

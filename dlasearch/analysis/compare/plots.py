@@ -1,15 +1,16 @@
-"""Plots of a comparison (accuracy vs params, vs training memory, per-pattern spread), PNG + SVG."""
+"""Plots of a comparison (accuracy vs params, vs training memory, per-pattern spread, validation curves), PNG + SVG."""
 from __future__ import annotations
 
 import contextlib
 import math
+import re
 from pathlib import Path
 
 from dlasearch import files
 from dlasearch.analysis.compare.statistics import ACCURACY, Metric
 from dlasearch.errors import CompareError
 
-__all__ = ['plot_style', 'save_figure', 'color', 'plots']
+__all__ = ['plot_style', 'save_figure', 'color', 'plots', 'curves']
 
 PATTERN_COLORS = {"chain": "#4d4d4d", "skip": "#1f77b4", "ida": "#2ca02c", "tree": "#ff7f0e",
                   "reentrant": "#9467bd", "hda": "#d62728", "dla": "#17becf"}
@@ -23,8 +24,8 @@ DECODER_MARKERS = {"none": "o", "fcn": "v", "fpn": "p", "unet": "^", "ida_up": "
 
 @contextlib.contextmanager
 def plot_style():
-    """One look for every plot (also a decorator): Optuna draws its history and Pareto plots in
-    ggplot and cannot be told otherwise, so the plots drawn here use ggplot too."""
+    """One look for every plot of comparisons and reports (also a decorator), set per figure so a
+    caller's own matplotlib style is left as it was."""
     import matplotlib.style
 
     with matplotlib.style.context(PLOT_STYLE):
@@ -55,7 +56,7 @@ def color(pattern) -> str:
 def _marker(r) -> str:
     if r.figure == "baseline":
         return "s"
-    return DECODER_MARKERS.get(r.pattern.partition("+")[2], "o")
+    return DECODER_MARKERS.get(r.pattern.partition("+")[2].partition(".")[0], "o")  # ida_up.sum: ida_up's
 
 
 def _stat(r, metric: Metric, k: str) -> float:
@@ -135,3 +136,42 @@ def plots(summary, runs, folder: Path, metric: Metric = ACCURACY) -> list[Path]:
     ax.grid(axis="y", alpha=0.3)
     written += save_figure(fig, folder / f"{name}_spread")
     return written
+
+
+@plot_style()
+def curves(histories: dict, folder: Path, metric: Metric = ACCURACY) -> list[Path]:
+    """Validation score per epoch of every row: the mean over its seeds, the band their min..max.
+
+    It shows whether the schedule was long enough: a row still climbing at its last epoch would rank
+    differently with more training.  ``histories`` maps a row to its runs' per-epoch records."""
+    from matplotlib.figure import Figure
+
+    key = "val_accuracy" if metric is ACCURACY else "val_score"
+    fig = Figure(figsize=(7.2, 4.4))
+    ax = fig.subplots()
+    drawn = 0
+    for row, runs in histories.items():
+        by_epoch: dict = {}
+        for history in runs:
+            for h in history:
+                if isinstance(h, dict) and isinstance(h.get(key), (int, float)) and math.isfinite(h[key]):
+                    by_epoch.setdefault(h["epoch"], []).append(100 * h[key])
+        if not by_epoch:
+            continue
+        epochs = sorted(by_epoch)
+        values = [by_epoch[e] for e in epochs]
+        mean = [sum(v) / len(v) for v in values]
+        style = "--" if re.search(r"_[\d.]+x$", row) else "-"  # the params-only baselines (chain_2x) dashed
+        ax.plot(epochs, mean, style, lw=1.4, color=color(row), marker=DECODER_MARKERS.get(row.partition("+")[2].partition(".")[0]),
+                markevery=max(1, len(epochs) // 6), ms=4, label=f"{row} ({max(len(v) for v in values)} seeds)")
+        ax.fill_between(epochs, [min(v) for v in values], [max(v) for v in values], color=color(row), alpha=0.12)
+        drawn += 1
+    if not drawn:
+        return []
+    name = "accuracy" if metric is ACCURACY else metric.column.removeprefix("test_")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"validation {metric.label.removeprefix('test ')} (%)")
+    ax.set_title("validation score per epoch: mean over seeds (line), min..max (band)", fontsize=10)
+    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, folder / f"{name}_curve")

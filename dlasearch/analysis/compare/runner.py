@@ -11,7 +11,7 @@ from pathlib import Path
 from dlasearch import files, stats as dstats
 from dlasearch.analysis.compare.options import (_NOT_TRAIN_OPTIONS, DEFAULT_BASELINE, OPTIONS, CompareOptions,
                                                 baseline_key, parse_options)
-from dlasearch.analysis.compare.plots import plots
+from dlasearch.analysis.compare.plots import curves, plots
 from dlasearch.analysis.compare.sizing import CONV_STAGES, DEFAULT_BLOCKS, STAGE_CHANNELS, STEM, Sized, size
 from dlasearch.analysis.compare.statistics import (ACCURACY, Metric, chance_of, markdown_table, metric_for,
                                                    size_correlation, summarize)
@@ -27,7 +27,7 @@ from dlasearch.train import TrainConfig, data as datamod, measure_arch, tracking
 from dlasearch.train.config import with_added_later
 from dlasearch.train.progress import Progress
 
-__all__ = ['check_writable', 'check_settings', 'keep_stored', 'run_path', 'compare', 'command']
+__all__ = ['check_writable', 'check_settings', 'keep_stored', 'run_path', 'compare', 'from_options', 'command']
 
 SETTINGS = "settings.json"
 LOCK = ".lock"  # held by the comparison running in the folder (``guard.hold``)
@@ -253,7 +253,9 @@ def _report(o: CompareOptions, rows, archs, records, ds, chance, t_start: float,
     table = markdown_table(summary, metric)
     notes = _notes(summary, rho, rho_p, rho_n, o.budget, o.tolerance, o.seeds, ds, o.config, o.baselines, metric)
     notes += _honesty_notes(summary, o.seeds, chance, metric)
-    written = _write_outputs(folder, summary, runs, table, notes, metric)
+    histories = {r.pattern: [(_read_json(run_path(folder, r.pattern, s)) or {}).get("history") or []
+                             for s in o.seeds] for r in summary.itertuples()}
+    written = _write_outputs(folder, summary, runs, table, notes, metric, histories)
     log("\n" + table + "\n\n" + "\n".join(f"- {n}" for n in notes))
     low = summary[summary.at_chance]
     if len(low):
@@ -406,11 +408,12 @@ def _honesty_notes(summary, seeds, chance, metric: Metric = ACCURACY) -> list[st
     return notes
 
 
-def _write_outputs(folder: Path, summary, runs, table: str, notes: list[str], metric: Metric = ACCURACY) -> list[Path]:
+def _write_outputs(folder: Path, summary, runs, table: str, notes: list[str], metric: Metric = ACCURACY,
+                   histories: dict | None = None) -> list[Path]:
     written = []
     for fname, text in (("comparison.csv", summary.to_csv(index=False)), ("runs.csv", runs.to_csv(index=False))):
         written.append(files.write_text(folder / fname, text, CompareError))
-    images = plots(summary, runs, folder, metric)
+    images = plots(summary, runs, folder, metric) + (curves(histories, folder, metric) if histories else [])
     title = "Aggregation patterns" + (" and decoders" if metric is not ACCURACY else "") + " at one parameter budget"
     md = [f"# {title}", "", table, "", *[f"- {n}" for n in notes], ""]
     md += [f"![{p.stem}]({p.name})" for p in images if p.suffix == ".svg"]
@@ -422,6 +425,13 @@ def _write_outputs(folder: Path, summary, runs, table: str, notes: list[str], me
 
 def command(args: dict) -> int:
     """``dlasearch compare``: see docs/compare_report.md."""
+    from_options(args, log=lambda *a: print(*a, flush=True))
+    return 0
+
+
+def from_options(args: dict, log=print) -> dict:
+    """A comparison from the command line's parsed options (``dlasearch.api.compare`` too); returns
+    ``compare``'s result."""
     train_names = [n for n in TrainConfig.option_names() if n not in _NOT_TRAIN_OPTIONS]
     data = args.get("data")
     if isinstance(data, dict) and "image_size" in data:
@@ -432,7 +442,6 @@ def command(args: dict) -> int:
               f"{', '.join(f'data.{k}=' for k in old)} (as in train and run)", file=sys.stderr)
     opts = {k: args[k] for k in OPTIONS if k in args}
     train = {k: args[k] for k in train_names if k in args}
-    compare(opts.pop("patterns", None), opts.pop("data", "digits"), opts.pop("seeds", 3),
-            opts.pop("budget", None), train=train, log=lambda *a: print(*a, flush=True),
-            tracking_log=args.get("log"), print_config=bool(args.get("print_config")), **opts)
-    return 0
+    return compare(opts.pop("patterns", None), opts.pop("data", "digits"), opts.pop("seeds", 3),
+                   opts.pop("budget", None), train=train, log=log, tracking_log=args.get("log"),
+                   print_config=bool(args.get("print_config")), **opts)

@@ -45,14 +45,16 @@ def widths_at(multiplier: float, divisor: int) -> tuple[int, ...]:
 def make_spec(pattern: str, widths, blocks, in_channels: int, num_classes: int, decoder: str | None = None) -> dict:
     """The comparison backbone with ``pattern`` and per-stage ``widths`` (conv stages first); with a
     ``decoder``, a ``task: segment`` network whose decoder keeps its own default width (the multiplier
-    scales the encoder, and through it ida_up's stage widths)."""
+    scales the encoder, and through it ida_up's stage widths).  ``decoder`` may name a merge mode,
+    ``ida_up.sum`` (``decoders.DECODER_MODES``)."""
     nconv = len(CONV_STAGES)
     spec = {"pattern": pattern, "in_channels": in_channels, "num_classes": num_classes, "stem": dict(STEM),
             "conv_stages": [{"convs": 1, "channels": w, "stride": s}
                             for w, (_, s) in zip(widths[:nconv], CONV_STAGES)],
             "stages": [{"blocks": b, "channels": w, "stride": 2} for b, w in zip(blocks, widths[nconv:])]}
-    if decoder is not None:
-        spec.update(task="segment", decoder=decoder)
+    if decoder is not None:  # "ida_up.sum": ida_up whose aggregation nodes merge by sum (decoder_mode)
+        name, _, mode = decoder.partition(".")
+        spec.update(task="segment", decoder=name, **({"decoder_mode": mode} if mode else {}))
     return spec
 
 

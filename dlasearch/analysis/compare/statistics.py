@@ -70,20 +70,7 @@ def chance_of(data) -> Chance:
     return Chance(rec["chance"], rec["n"], True)
 
 
-def mean_ci(values) -> tuple[float, float, float, float]:
-    """(mean, sample std, 95% CI low, high) with the t-distribution; NaN where n is too small."""
-    import numpy as np
-    from scipy import stats
-
-    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
-    if len(x) == 0:
-        return (math.nan,) * 4
-    m = float(x.mean())
-    if len(x) < 2:
-        return m, math.nan, math.nan, math.nan
-    s = float(x.std(ddof=1))
-    h = float(stats.t.ppf(0.975, len(x) - 1)) * s / math.sqrt(len(x))
-    return m, s, m - h, m + h
+mean_ci = dstats.mean_ci  # (mean, sample std, 95% CI low, high): one definition for compare and a search's confirm=
 
 
 def welch(a, b) -> tuple[float, float, float, float]:
@@ -166,7 +153,7 @@ def figure(key: str) -> str:
     if key in PATTERNS:
         return PATTERNS[key]
     pattern, plus, decoder = key.partition("+")
-    return PATTERNS[pattern] if plus and pattern in PATTERNS and decoder in DECODERS else "baseline"
+    return PATTERNS[pattern] if plus and pattern in PATTERNS and decoder.partition(".")[0] in DECODERS else "baseline"
 
 
 def size_correlation(runs, keys, column: str = "test_accuracy") -> tuple[float, float, int]:
