@@ -5,7 +5,7 @@ else is a bug and keeps its traceback.  Every error class lives here (as
 ``optuna.exceptions`` does), so a helper can move without dragging its module.
 """
 
-__all__ = ['DLASearchError', 'IRError', 'ExportError', 'CheckpointError', 'SearchError', 'ProxyError', 'PrecheckError', 'SpaceError',
+__all__ = ['behind', 'DLASearchError', 'IRError', 'ExportError', 'CheckpointError', 'SearchError', 'ProxyError', 'PrecheckError', 'SpaceError',
            'JournalError', 'FilesError', 'TrainError', 'DataError', 'ReportError', 'CompareError', 'PredictError',
            'did_you_mean', 'pick']
 
@@ -68,6 +68,18 @@ class CompareError(DLASearchError):
 
 class PredictError(DLASearchError):
     """Images that cannot be predicted as asked: missing or unreadable, wrong format or channels, a bad out=."""
+
+
+def behind(e: BaseException | None, match):
+    """The first exception in ``e``'s chain (itself, then its causes and contexts) that is a ``match``
+    (a type, or a predicate), or None.  Optuna re-raises while failing a trial and masks the error
+    that matters (an ``UnboundLocalError`` with the storage's error two contexts down)."""
+    test = match if not isinstance(match, type) else (lambda x: isinstance(x, match))
+    while e is not None:
+        if test(e):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def did_you_mean(value, allowed) -> str:

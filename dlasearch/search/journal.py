@@ -27,7 +27,7 @@ from pathlib import Path
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
 from dlasearch import files
-from dlasearch.errors import JournalError
+from dlasearch.errors import JournalError, behind
 
 __all__ = ['JournalWriteError', 'write_error', 'JournalLock', 'make_lock', 'repair', 'SafeJournalBackend']
 
@@ -44,11 +44,7 @@ class JournalWriteError(OSError):
 
 def write_error(e: BaseException) -> JournalWriteError | None:
     """The ``JournalWriteError`` behind ``e`` (Optuna may wrap it while failing the trial), or None."""
-    while e is not None:
-        if isinstance(e, JournalWriteError):
-            return e
-        e = e.__cause__ or e.__context__
-    return None
+    return behind(e, JournalWriteError)
 
 
 class JournalLock(JournalFileOpenLock):

@@ -24,7 +24,7 @@ import warnings
 import optuna
 from optuna.storages._grpc.client import GrpcClientCache, GrpcStorageProxy  # neither imports grpc yet
 
-from dlasearch.errors import ProxyError, SearchError
+from dlasearch.errors import ProxyError, SearchError, behind
 
 __all__ = ['SCHEME', 'PATIENCE', 'PATIENCE_ENV', 'CONNECT', 'DEFAULT_PORT', 'is_grpc', 'address', 'connect',
            'lost', 'serve', 'check_port', 'PatientGrpcStorage']
@@ -167,11 +167,7 @@ class _Patient:
 
 def lost(e: BaseException) -> ProxyError | None:
     """The ``ProxyError`` behind ``e`` (Optuna masks it when failing the trial raises it again), or None."""
-    while e is not None:
-        if isinstance(e, ProxyError):
-            return e
-        e = e.__cause__ or e.__context__
-    return None
+    return behind(e, ProxyError)
 
 
 # ------------------------------------------------------------------ the server

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from dlasearch import files, stats
 from dlasearch.configfile import write_config
-from dlasearch.errors import SearchError
+from dlasearch.errors import SearchError, behind
 from dlasearch.search import confirm as confirmmod, guard, journal, keep, precheck
 from dlasearch.search.objective import Objective
 from dlasearch.search.results import export
@@ -209,12 +209,11 @@ def _database_down(e: BaseException) -> str | None:
     """The first line of the lost-connection error behind ``e``, or None.  Optuna masks it: telling the
     trial fails, reading the trial back in its ``finally`` fails too, and an ``UnboundLocalError``
     ('updated_state') surfaces with the database error two contexts down."""
-    while e is not None:
-        if isinstance(e, sqlalchemy.exc.OperationalError) or (
-                isinstance(e, sqlalchemy.exc.DBAPIError) and e.connection_invalidated):
-            return str(e.orig if getattr(e, "orig", None) is not None else e).strip().splitlines()[0][:160]
-        e = e.__cause__ or e.__context__
-    return None
+    db = behind(e, lambda x: isinstance(x, sqlalchemy.exc.OperationalError) or (
+        isinstance(x, sqlalchemy.exc.DBAPIError) and x.connection_invalidated))
+    if db is None:
+        return None
+    return str(db.orig if getattr(db, "orig", None) is not None else db).strip().splitlines()[0][:160]
 
 
 def _tracking_log(study: optuna.Study, given, log):
