@@ -193,3 +193,10 @@ def test_compare_rows_can_name_a_decoders_merge_mode():
         return {d.get("mode") for n, d in build(spec).nodes(data=True) if d.get("kind") == "aggregate"
                 and n.startswith("dla_up.")}
     assert merges(summed) == {"sum"} and "sum" not in merges(plain)
+
+
+def test_compare_takes_the_boundary_task(capsys):
+    """``data.task=boundary`` reaches compare (it was refused as an unknown option)."""
+    assert main(["compare", "task=segment", "data=mnist_seg", "data.task=boundary", "decoders=none,ida_up",
+                 "patterns=dla", "budget.params=1e5", "--cfg"]) == 0
+    assert "task: boundary" in capsys.readouterr().out

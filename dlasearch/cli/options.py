@@ -200,7 +200,7 @@ def _compare():
                "(mnist_seg ...), scored by test foreground mIoU against chain+none", ("classify", "segment")),
             _o("decoders", "any", "none,fcn,fpn,unet,ida_up", "task=segment: comma list of none, fcn, fpn, unet, "
                "ida_up, bifpn, nasfpn, hrnet_fuse")]
-    opts += data_options(32, 0.1, (("seed", "int", 0),))
+    opts += data_options(32, 0.1, (("seed", "int", 0), ("task", "str", None)))
     opts += [_o(k, "any", None, f"old spelling of data.{k}") for k in ("root", "path", "limit", "val_fraction",
                                                                          "image_size")]
     return opts + train_options(skip=_NOT_TRAIN_OPTIONS) + COMMON
