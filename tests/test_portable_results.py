@@ -58,7 +58,8 @@ def _copy(src: Path, dst: Path) -> None:
 
 
 COMPARISONS = {"fashion_mnist-100k": (Path("FashionMNIST"), 24), "cifar10_subset-1m": (CIFAR, 40),
-               "cifar10_subset-1m-90ep": (CIFAR, 30), "mnist_seg-boundary-500k": (Path("MNIST"), 12)}
+               "cifar10_subset-1m-90ep": (CIFAR, 30), "mnist_seg-boundary-500k": (Path("MNIST"), 12),
+               "mnist_seg-500k": (Path("MNIST"), 55)}
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason=f"no shared data folder at {SHARED}")
