@@ -13,10 +13,12 @@ the same confusion matrix, so the only difference is the network:
 - ``dla34up``: the zoo's DLA-34 with IDA-up, as published.
 
 It records params, MACs per image (torch's FlopCounterMode / 2: the same count for every model),
-training images/s (models trained one after another inside each seed, so they interleave; run it
-alone on the machine) and test foreground mIoU.  Resumable: every finished (model, seed) run is a
-line of ``--out`` (JSON lines), a rerun trains only what is missing and prints the table from all;
-a file made with other settings is refused.
+test foreground mIoU and the training images/s of each run.  ``--speed`` measures training speed
+on its own, as the comparison to quote: a full training step of every model at the runs' batch,
+precision and memory format, side by side in interleaved rounds (``measure.train_speeds``), with
+nothing else running, into ``speed.json`` beside ``--out``; the table shows it when present.
+Resumable: every finished (model, seed) run is a line of ``--out`` (JSON lines), a rerun trains
+only what is missing and prints the table from all; a file made with other settings is refused.
 
 smp needs torchvision, and no torchvision wheel loads beside the CPU build of torch 2.13.0 that the
 project pins (PyPI's torchvision 0.28.0 is linked against CUDA's libc10_cuda.so), so this runs in a
@@ -26,6 +28,7 @@ venv of its own with torch's CUDA build, which runs on a CPU too (a 5.5 GB insta
         segmentation-models-pytorch -e .
     /tmp/smp/bin/python bench/seg_vs_smp.py [--seeds 3] [--epochs 30] [--limit 2000] [--threads 2]
         [--out results/seg_vs_smp/mnist_seg.jsonl] [--root ../shared/data]
+    /tmp/smp/bin/python bench/seg_vs_smp.py --speed [--threads 2]    # alone on the machine
 """
 from __future__ import annotations
 
@@ -43,13 +46,15 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from dlasearch import train as trainmod  # noqa: E402
+from dlasearch import measure, train as trainmod  # noqa: E402
 from dlasearch.analysis.compare import make_spec, size  # noqa: E402
 from dlasearch.analysis.compare.statistics import mean_ci  # noqa: E402
 from dlasearch.arch import resolve_arch  # noqa: E402
 from dlasearch.ir import to_module  # noqa: E402
 from dlasearch.patterns import build  # noqa: E402
 from dlasearch.train import data as datamod  # noqa: E402
+from dlasearch.train.compiling import cpu_small_maps  # noqa: E402
+from dlasearch.train.precision import choose_precision  # noqa: E402
 
 MODELS = ("smp_fpn", "smp_unet", "dla_ida_up", "dla34up")
 
@@ -93,8 +98,38 @@ def stored(path: Path, settings: dict) -> dict:
     return runs
 
 
-def table(runs: dict) -> str:
-    rows = ["| model | params | MACs/image | train img/s (median) | test fg mIoU % (mean ± sd) | 95% CI | seeds |",
+def speeds(ds, threads: int, rounds: int = 5) -> dict:
+    """Training images/s of every model, side by side, as the runs train them (batch 32, the trainer's
+    precision and memory format, small maps lowered for the fx models): {model: median}, plus the setting."""
+    device = torch.device("cpu")
+    prec = choose_precision("auto", None, device)
+    shape = (32, ds.channels, *ds.image_size)
+    built = {}
+    for name, model in models(ds, 0).items():
+        model = model.to(memory_format=prec.memory_format)
+        built[name], _ = cpu_small_maps(model, shape[1:], device)
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    runs = measure.train_speeds(built, shape, rounds, 5, prec.channels_last, prec.amp,
+                                progress=lambda r: print(f"speed: round {r}/{rounds}", flush=True))
+    share = (time.process_time() - cpu0) / (time.perf_counter() - wall0) / threads
+    return {"img_s": {n: sorted(v)[len(v) // 2] for n, v in runs.items()}, "rounds": runs, "threads": threads,
+            "cpu_share": round(share, 3), "precision": prec.to_dict(), "batch": 32, "torch": torch.__version__,
+            "cpu": cpu_model(), "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def table(runs: dict, speed: dict | None = None) -> str:
+    col = "train img/s (side by side)" if speed else "train img/s (median of runs)"
+    rows = [f"| model | params | MACs/image | {col} | test fg mIoU % (mean ± sd) | 95% CI | seeds |",
             "|---|---:|---:|---:|---:|---|---:|"]
     for name in MODELS:
         rs = [r for (m, _), r in sorted(runs.items()) if m == name]
@@ -104,11 +139,17 @@ def table(runs: dict) -> str:
         mean = sum(scores) / len(scores)
         sd = math.sqrt(sum((s - mean) ** 2 for s in scores) / (len(scores) - 1)) if len(scores) > 1 else math.nan
         lo, hi = mean_ci([s / 100 for s in scores])[1:] if len(scores) > 1 else (math.nan, math.nan)
-        speeds = sorted(r["train_img_s"] for r in rs)
+        speeds_ = sorted(r["train_img_s"] for r in rs)
+        ips = speed["img_s"][name] if speed and name in speed["img_s"] else speeds_[len(speeds_) // 2]
         spread = (f"{mean:.2f} ± {sd:.2f} | [{100 * lo:.2f}, {100 * hi:.2f}]" if len(scores) > 1
                   else f"{mean:.2f} | – (one seed)")
-        rows.append(f"| {name} | {rs[0]['params']:,} | {rs[0]['macs'] / 1e6:.1f}M | {speeds[len(speeds) // 2]:.0f} | "
+        rows.append(f"| {name} | {rs[0]['params']:,} | {rs[0]['macs'] / 1e6:.1f}M | {ips:.0f} | "
                     f"{spread} | {len(rs)} |")
+    if speed:
+        rows.append(f"\nimg/s: {speed['threads']} thread(s) of {speed['cpu']}, {speed['precision']['precision']}, "
+                    f"{speed['precision']['memory_format']}, batch {speed['batch']}, torch {speed['torch']}; median of "
+                    f"{len(next(iter(speed['rounds'].values())))} interleaved rounds ({speed['measured']}; the "
+                    f"process had {speed['cpu_share']:.0%} of its threads' CPU time)")
     return "\n".join(rows)
 
 
@@ -121,6 +162,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--root", default=str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "seg_vs_smp" / "mnist_seg.jsonl")
+    ap.add_argument("--speed", action="store_true", help="measure training img/s side by side (run it alone on "
+                    "the machine) into speed.json beside --out, then print the table; trains nothing")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     settings = {"data": "mnist_seg", "limit": a.limit, "image_size": a.image_size, "epochs": a.epochs,
@@ -128,6 +171,11 @@ def main() -> None:
     runs = stored(a.out, settings)
     ds = datamod.load("mnist_seg", root=a.root, limit=a.limit, image_size=a.image_size, seed=0)
     a.out.parent.mkdir(parents=True, exist_ok=True)
+    speed_file = a.out.with_name("speed.json")
+    if a.speed:
+        speed_file.write_text(json.dumps(speeds(ds, a.threads), indent=1) + "\n")
+        print(table(runs, json.loads(speed_file.read_text())))
+        return
     for seed in range(a.seeds):
         todo = [n for n in MODELS if (n, seed) not in runs]
         if not todo:
@@ -152,7 +200,7 @@ def main() -> None:
             runs[(name, seed)] = rec
             print(f"{name} seed {seed}: test fg mIoU {100 * res.test_score:.2f}% "
                   f"({rec['params']:,} params, {rec['train_img_s']:.0f} img/s)", flush=True)
-    print(table(runs))
+    print(table(runs, json.loads(speed_file.read_text()) if speed_file.is_file() else None))
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ['params', 'macs', 'autocast', 'train_memory', 'train_memory_bytes', 'latency', 'memory_of',
-           'too_big']
+__all__ = ['params', 'macs', 'autocast', 'train_memory', 'train_memory_bytes', 'latency', 'train_speeds',
+           'memory_of', 'too_big']
 
 
 def params(model: torch.nn.Module) -> int:
@@ -253,6 +253,23 @@ def latency(model: torch.nn.Module, input_shape, repeats: int = 10, warmup: int 
         step = _train_step(m, opt, x, device, autocast_dtype)
         out["train_step_ms"] = _median_ms(step, repeats, warmup, device)
         out["train_images_per_s"] = b / (out["train_step_ms"] / 1e3)
+    return out
+
+
+def train_speeds(models: dict, input_shape, rounds: int = 5, repeats: int = 5, channels_last: bool = False,
+                 autocast_dtype: torch.dtype | None = None, progress=None) -> dict:
+    """Training images/s of several models measured side by side: ``rounds`` rounds, each timing every
+    model in turn (``latency``'s full SGD step, median of ``repeats``), so a slow moment of the machine
+    hits every model alike.  Returns {name: [img/s per round]}; compare medians, and their ratios
+    rather than absolute values when the machine was shared.  ``progress(round)`` after each round."""
+    out: dict = {name: [] for name in models}
+    for r in range(rounds):
+        for name, model in models.items():
+            lat = latency(model, input_shape, repeats=repeats, warmup=2 if r == 0 else 1,
+                          channels_last=channels_last, inference=False, autocast_dtype=autocast_dtype)
+            out[name].append(lat["train_images_per_s"])
+        if progress is not None:
+            progress(r + 1)
     return out
 
 

@@ -195,6 +195,46 @@ def test_compare_rows_can_name_a_decoders_merge_mode():
     assert merges(summed) == {"sum"} and "sum" not in merges(plain)
 
 
+def test_compare_takes_a_decoder_from_a_spec_file(tmp_path):
+    """``decoders=nasfpn@best/trial7.spec.json``: a searched NAS-FPN cell is a row beside the hand-designed
+    necks, named by the file (no path in run folders), with the file's cells and the decoder's default
+    width; bad entries are one line naming the entry."""
+    from dlasearch.analysis.compare import CompareError, make_spec, parse_decoders
+    from dlasearch.analysis.compare.options import parse_options
+    from dlasearch.analysis.compare.statistics import figure
+    from dlasearch.patterns import build
+
+    cells = [[0, 3, 1, "gpa"], [4, 1, 0, "sum"], [5, 2, 2, "sum"], [6, 3, 3, "sum"]]
+    best = tmp_path / "best" / "trial7.spec.json"
+    best.parent.mkdir()
+    best.write_text(json.dumps({"pattern": "dla", "task": "segment", "decoder": "nasfpn", "decoder_channels": 16,
+                                "cells": cells}))
+    entries = parse_decoders(f"fpn,nasfpn,nasfpn@{best}")
+    assert entries == ["fpn", "nasfpn", f"nasfpn@{best}"]
+    o = parse_options("dla", "mnist_seg", 2, 1e5, task="segment", decoders=f"fpn,nasfpn@{best}", log=lambda m: None)
+    assert [k for k, _, _ in o.rows()] == ["chain+none", "dla+fpn", "dla+nasfpn@trial7"]
+    assert figure("dla+nasfpn@trial7") == "fig2"
+    widths = (8, 16, 16, 32, 64)
+    searched, paper = (make_spec("dla", widths, (2, 2, 2), 1, 11, d) for d in entries[2:0:-1])
+    assert searched["cells"] == cells and "decoder_channels" not in searched and "cells" not in paper
+    cells_of = lambda spec: sorted(n.rpartition(".")[2] for n, d in build(spec).nodes(data=True)  # noqa: E731
+                                   if d.get("kind") == "aggregate" and ".stack0.cell" in n)
+    assert cells_of(searched) == ["cell0", "cell0_gpa", "cell1", "cell2", "cell3"]  # cell0's op is gpa
+    assert len([c for c in cells_of(paper) if not c.endswith("_gpa")]) == 7
+    other = tmp_path / "fpn.yaml"
+    other.write_text("pattern: dla\ntask: segment\ndecoder: fpn\n")
+    for bad, needle in ((f"nasfpn@{tmp_path}/nope.json", "is not a file"),
+                        (f"fpn@{best}", "has decoder 'nasfpn', not 'fpn'"),
+                        (f"fpn@{other}", "sets none of cells"),
+                        (f"nasfpn.sum@{best}", "expected decoder@spec-file")):
+        with pytest.raises(CompareError, match="decoders=.*" + needle):
+            parse_decoders(bad)
+    twin = tmp_path / "trial7.yaml"
+    twin.write_text(f"pattern: dla\ntask: segment\ndecoder: nasfpn\ncells: {json.dumps(cells)}\n")
+    with pytest.raises(CompareError, match="would both be row 'nasfpn@trial7'"):
+        parse_decoders(f"nasfpn@{best},nasfpn@{twin}")
+
+
 def test_compare_takes_the_boundary_task(capsys):
     """``data.task=boundary`` reaches compare (it was refused as an unknown option)."""
     assert main(["compare", "task=segment", "data=mnist_seg", "data.task=boundary", "decoders=none,ida_up",

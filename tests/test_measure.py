@@ -104,6 +104,21 @@ def test_macs_and_params_match_the_reference():
     assert measure.macs(m, (1, 3, 224, 224)) == DLA34_MACS_224
 
 
+def test_train_speeds_times_every_model_in_each_round_and_leaves_them_untouched():
+    """Benchmarks compare models side by side (bench/fusion_cost.py, bench/seg_vs_smp.py): one img/s per
+    round per model, in the order given, progress after each round, the models' weights unchanged."""
+    models = {"a": torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(3)),
+              "b": torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.LazyLinear(3))}
+    for m in models.values():
+        m(torch.zeros(1, 1, 8, 8))
+    before = {k: [p.clone() for p in m.parameters()] for k, m in models.items()}
+    seen = []
+    out = measure.train_speeds(models, (2, 1, 8, 8), rounds=3, repeats=1, progress=seen.append)
+    assert list(out) == ["a", "b"] and all(len(v) == 3 and min(v) > 0 for v in out.values())
+    assert seen == [1, 2, 3]
+    assert all(torch.equal(p, q) for k, m in models.items() for p, q in zip(m.parameters(), before[k]))
+
+
 def test_latency_reports_medians_and_throughput():
     m = zoo.create("dla46_c", 10)
     lat = measure.latency(m, (4, 3, 32, 32), repeats=3, warmup=1, channels_last=True)

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from dlasearch.analysis.compare.sizing import DEFAULT_BLOCKS, STAGE_CHANNELS
+from dlasearch.analysis.compare.sizing import DEFAULT_BLOCKS, STAGE_CHANNELS, decoder_fields, decoder_label, decoder_parts
 from dlasearch.analysis.compare.statistics import DENSE_REFERENCE, REFERENCE
 from dlasearch.decoders import DECODER_MODES, DECODERS, NECKS
 from dlasearch.errors import CompareError, did_you_mean, pick
@@ -41,13 +41,39 @@ def parse_patterns(value) -> list[str]:
 
 
 def parse_decoders(value) -> list[str]:
-    """``"none,fpn"`` or a list -> decoder names in order, without repeats (task=segment's rows); a
-    decoder with another merge is ``name.mode`` (``ida_up.sum``: its ``decoder_mode``)."""
+    """``"none,fpn"`` or a list -> decoder entries in order, without repeats (task=segment's rows); a
+    decoder with another merge is ``name.mode`` (``ida_up.sum``: its ``decoder_mode``), and one with
+    the structure of a spec file is ``name@file`` (``nasfpn@results/<study>/best/trial7.spec.json``:
+    a searched cell against the hand-designed necks, row ``nasfpn@trial7``)."""
     if value is None:
         return list(DEFAULT_DECODERS)
+    items = [str(i).strip() for i in (value.split(",") if isinstance(value, str) else
+                                      value if isinstance(value, (list, tuple)) else [value])]
     moded = [f"{d}.{m}" for d in DECODERS for m in DECODER_MODES[d]]
-    return pick(value, [*DECODERS, *moded], "decoders", CompareError, example="none,fpn,ida_up,ida_up.sum",
-                note=" (a decoder.mode merges that decoder's aggregation nodes by the mode)")
+    named = [i for i in items if "@" not in i]
+    if named or not items:
+        named = pick(named or value, [*DECODERS, *moded], "decoders", CompareError,
+                     example="none,fpn,ida_up,ida_up.sum",
+                     note=" (a decoder.mode merges that decoder's aggregation nodes by the mode; "
+                          "decoder@spec-file takes its structure from the file)")
+    labels: dict = {}
+    out = []
+    for item in items:
+        if "@" in item:
+            name, mode, file = decoder_parts(item)
+            if name not in DECODERS or mode or not file:
+                raise CompareError(f"decoders={item!r}: expected decoder@spec-file with a decoder among "
+                                   f"{', '.join(DECODERS)}, e.g. nasfpn@results/<study>/best/trial7.spec.json")
+            decoder_fields(item)  # read and checked now, before anything trains
+        elif item not in named:
+            continue
+        label = decoder_label(item)
+        if labels.setdefault(label, item) != item:
+            raise CompareError(f"decoders: {labels[label]!r} and {item!r} would both be row {label!r}; "
+                               f"rename one of the files")
+        if item not in out:
+            out.append(item)
+    return out
 
 
 def parse_seeds(value) -> list[int]:
@@ -169,7 +195,7 @@ class CompareOptions:
         classification; for segment every pattern x decoder (``dla+fpn``), plus ``chain+none``."""
         if self.task == "classify":
             return [(p, p, None) for p in self.patterns]
-        cells = [(f"{p}+{d}", p, d) for p in self.patterns for d in self.decoders]
+        cells = [(f"{p}+{decoder_label(d)}", p, d) for p in self.patterns for d in self.decoders]
         ref = (DENSE_REFERENCE, *DENSE_REFERENCE.split("+"))
         return [ref] + [c for c in cells if c[0] != DENSE_REFERENCE]
 

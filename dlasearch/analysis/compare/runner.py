@@ -12,7 +12,8 @@ from dlasearch import files, stats as dstats
 from dlasearch.analysis.compare.options import (_NOT_TRAIN_OPTIONS, DEFAULT_BASELINE, OPTIONS, CompareOptions,
                                                 baseline_key, parse_options)
 from dlasearch.analysis.compare.plots import curves, plots
-from dlasearch.analysis.compare.sizing import CONV_STAGES, DEFAULT_BLOCKS, STAGE_CHANNELS, STEM, Sized, size
+from dlasearch.analysis.compare.sizing import (CONV_STAGES, DEFAULT_BLOCKS, STAGE_CHANNELS, STEM, Sized,
+                                               decoder_fields, decoder_label, decoder_parts, size)
 from dlasearch.analysis.compare.statistics import (ACCURACY, Metric, chance_of, markdown_table, metric_for,
                                                    size_correlation, summarize)
 from dlasearch import weights as checkpoint
@@ -253,6 +254,9 @@ def _report(o: CompareOptions, rows, archs, records, ds, chance, t_start: float,
     table = markdown_table(summary, metric)
     notes = _notes(summary, rho, rho_p, rho_n, o.budget, o.tolerance, o.seeds, ds, o.config, o.baselines, metric)
     notes += _honesty_notes(summary, o.seeds, chance, metric)
+    notes += [f"{p}+{decoder_label(d)}: {decoder_parts(d)[0]} with the "
+              f"{', '.join(k for k, _ in decoder_fields(d))} of {decoder_parts(d)[2]} (its width is the "
+              f"decoder's default, as on every row)" for p in o.patterns for d in o.decoders if "@" in d]
     histories = {r.pattern: [(_read_json(run_path(folder, r.pattern, s)) or {}).get("history") or []
                              for s in o.seeds] for r in summary.itertuples()}
     written = _write_outputs(folder, summary, runs, table, notes, metric, histories)

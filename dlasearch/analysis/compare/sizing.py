@@ -1,15 +1,18 @@
 """Sizing: one backbone per pattern, widened or narrowed until it lands on the parameter budget."""
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
-from dlasearch.errors import CompareError
+from dlasearch.arch import read_arch
+from dlasearch.errors import CompareError, DLASearchError, IRError
 from dlasearch.ir import to_module
 from dlasearch.patterns import build
 from dlasearch.measure import params
 
-__all__ = ['widths_at', 'make_spec', 'Sized', 'size']
+__all__ = ['widths_at', 'make_spec', 'Sized', 'size', 'decoder_parts', 'decoder_label', 'decoder_fields']
 
 STEM = {"channels": 16, "kernel": 3}
 
@@ -42,19 +45,69 @@ def widths_at(multiplier: float, divisor: int) -> tuple[int, ...]:
     return tuple(max(MIN_WIDTH, divisor * round(c * multiplier / divisor)) for c in BASE_WIDTHS)
 
 
+# What a decoder row takes from a spec file (``nasfpn@best.spec.json``): the decoder's structure, not its
+# width, which stays the decoder's default as on every other row.
+FILE_FIELDS = ("cells", "neck_repeats", "decoder_mode")
+
+
+def decoder_parts(entry: str) -> tuple[str, str, str]:
+    """A ``decoders=`` entry -> (decoder, mode, file): ``ida_up.sum`` -> ("ida_up", "sum", ""),
+    ``nasfpn@results/x/best/trial7.spec.json`` -> ("nasfpn", "", that path)."""
+    head, _, file = entry.partition("@")
+    name, _, mode = head.partition(".")
+    return name, mode, file
+
+
+def decoder_label(entry: str) -> str:
+    """The row name of a ``decoders=`` entry: a file entry is named by the file's stem
+    (``nasfpn@trial7``), so run folders hold no path."""
+    name, mode, file = decoder_parts(entry)
+    return entry if not file else f"{name}@{Path(file).name.split('.')[0]}"
+
+
+@functools.lru_cache(maxsize=None)
+def decoder_fields(entry: str) -> tuple:
+    """The ``FILE_FIELDS`` a ``name@file`` entry takes from its spec file (a study's
+    ``best/trial<N>.spec.json``, or any spec .json/.yaml), as sorted (field, value) pairs; () for
+    other entries.  Raises ``CompareError`` naming the entry."""
+    name, _, file = decoder_parts(entry)
+    if not file:
+        return ()
+    if not Path(file).expanduser().is_file():
+        raise CompareError(f"decoders={entry!r}: {file} is not a file; expected a spec .json/.yaml such as a "
+                           f"study's best/trial<N>.spec.json")
+    try:
+        kind, spec = read_arch(file)
+    except DLASearchError as e:
+        raise CompareError(f"decoders={entry!r}: {e}") from None
+    if kind != "spec":
+        raise CompareError(f"decoders={entry!r}: {file} is {'a zoo name' if kind == 'zoo' else 'an IR'}; "
+                           f"expected a spec file (a study's best/trial<N>.spec.json)")
+    if spec.get("decoder", name) != name:
+        raise CompareError(f"decoders={entry!r}: {file} has decoder {spec['decoder']!r}, not {name!r}; "
+                           f"write {spec['decoder']}@{file}")
+    fields = {k: spec[k] for k in FILE_FIELDS if spec.get(k) is not None}
+    if not fields:
+        raise CompareError(f"decoders={entry!r}: {file} sets none of {', '.join(FILE_FIELDS)}, so the row "
+                           f"would be plain {name}; name it {name}")
+    return tuple(sorted((k, tuple(map(tuple, v)) if k == "cells" else v) for k, v in fields.items()))
+
+
 def make_spec(pattern: str, widths, blocks, in_channels: int, num_classes: int, decoder: str | None = None) -> dict:
     """The comparison backbone with ``pattern`` and per-stage ``widths`` (conv stages first); with a
     ``decoder``, a ``task: segment`` network whose decoder keeps its own default width (the multiplier
     scales the encoder, and through it ida_up's stage widths).  ``decoder`` may name a merge mode,
-    ``ida_up.sum`` (``decoders.DECODER_MODES``)."""
+    ``ida_up.sum`` (``decoders.DECODER_MODES``), or a spec file whose structure it takes,
+    ``nasfpn@best.spec.json`` (``decoder_fields``)."""
     nconv = len(CONV_STAGES)
     spec = {"pattern": pattern, "in_channels": in_channels, "num_classes": num_classes, "stem": dict(STEM),
             "conv_stages": [{"convs": 1, "channels": w, "stride": s}
                             for w, (_, s) in zip(widths[:nconv], CONV_STAGES)],
             "stages": [{"blocks": b, "channels": w, "stride": 2} for b, w in zip(blocks, widths[nconv:])]}
     if decoder is not None:  # "ida_up.sum": ida_up whose aggregation nodes merge by sum (decoder_mode)
-        name, _, mode = decoder.partition(".")
-        spec.update(task="segment", decoder=name, **({"decoder_mode": mode} if mode else {}))
+        name, mode, _ = decoder_parts(decoder)
+        spec.update(task="segment", decoder=name, **({"decoder_mode": mode} if mode else {}),
+                    **{k: [list(c) for c in v] if k == "cells" else v for k, v in decoder_fields(decoder)})
     return spec
 
 
@@ -122,9 +175,12 @@ def size(pattern: str, budget: float, tolerance: float = 0.05, blocks=DEFAULT_BL
     Raises ``CompareError`` when no width fits.  ``decoder``: size the dense network of ``pattern`` with it.
     """
     count = _Counter(pattern, tuple(blocks), in_channels, num_classes, decoder)
-    name = pattern if decoder is None else f"{pattern}+{decoder}"
+    name = pattern if decoder is None else f"{pattern}+{decoder_label(decoder)}"
     hi_limit = budget * (1 + tolerance)
-    narrowest = count(widths_at(0.0, 1))
+    try:
+        narrowest = count(widths_at(0.0, 1))
+    except IRError as e:  # a spec file's cells that this encoder's levels cannot take
+        raise CompareError(f"decoders={decoder!r} on {pattern}: {e}") from None
     if narrowest > hi_limit:
         raise CompareError(
             f"budget.params={budget:,.0f} is too small for pattern {name!r}: even its narrowest form "

@@ -153,7 +153,8 @@ def figure(key: str) -> str:
     if key in PATTERNS:
         return PATTERNS[key]
     pattern, plus, decoder = key.partition("+")
-    return PATTERNS[pattern] if plus and pattern in PATTERNS and decoder.partition(".")[0] in DECODERS else "baseline"
+    return PATTERNS[pattern] if plus and pattern in PATTERNS and decoder.partition("@")[0].partition(".")[0] in DECODERS \
+        else "baseline"
 
 
 def size_correlation(runs, keys, column: str = "test_accuracy") -> tuple[float, float, int]:

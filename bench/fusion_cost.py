@@ -1,0 +1,96 @@
+"""What each fusion costs: params, MACs and training images/s of every row of a dense comparison.
+
+Why: a merge mode or neck that scores the same as another is worth choosing for what it costs to
+train, and MACs do not say that on a CPU (a weighted sum or a global-pooling attention is almost no
+MACs but is memory traffic).  This reads the networks a comparison trained (``archs/<row>.json``,
+the exact specs) and times a full training step of each (forward, loss, backward, SGD update:
+``measure.latency``) at the comparison's batch and image size, in the precision and memory format
+its trainer picks on this machine, with the CPU lowering of small maps the trainer applies.  Rows
+are timed in interleaved rounds (row 1, 2, ..., then again) and each row's median over rounds is
+printed with the spread, so a slow moment of the machine hits every row alike; run it alone.
+
+Usage: ``python bench/fusion_cost.py [results/compare/mnist_seg-fusion] [--rounds 5] [--threads 2]``
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from tabulate import tabulate  # noqa: E402
+
+from dlasearch import measure  # noqa: E402
+from dlasearch.ir import to_module  # noqa: E402
+from dlasearch.patterns import build  # noqa: E402
+from dlasearch.train.precision import choose_precision  # noqa: E402
+from dlasearch.train.compiling import cpu_small_maps  # noqa: E402
+
+
+def rows_of(folder: Path) -> dict:
+    """Row name -> its architecture record (spec, params, MACs), from a comparison folder."""
+    archs = {}
+    for path in sorted((folder / "archs").glob("*.json")):
+        if path.name.endswith(".ir.json"):
+            continue
+        rec = json.loads(path.read_text())
+        archs[rec["pattern"]] = rec
+    if not archs:
+        raise SystemExit(f"{folder}: no archs/*.json; give a comparison folder (results/compare/<name>)")
+    return archs
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("folder", nargs="?", default=str(ROOT / "results" / "compare" / "mnist_seg-fusion"))
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=5, help="timed steps per row and round (median)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    folder = Path(a.folder)
+    archs = rows_of(folder)
+    settings = json.loads((folder / "settings.json").read_text())
+    batch = settings["train"]["batch_size"]
+    summary = settings["data_summary"]
+    shape = (batch, summary["channels"], *summary["image_size"])
+    device = torch.device("cpu")
+    prec = choose_precision(a.precision, None, device)
+    models = {}
+    for key, rec in archs.items():
+        model = to_module(build(rec["spec"], name=key))
+        if prec.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        models[key], _ = cpu_small_maps(model, shape[1:], device)
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    times = measure.train_speeds(models, shape, a.rounds, a.repeats, prec.channels_last, prec.amp,
+                                 progress=lambda r: print(f"round {r}/{a.rounds} done", file=sys.stderr))
+    share = (time.process_time() - cpu0) / (time.perf_counter() - wall0) / torch.get_num_threads()
+    base = statistics.median(times[next(iter(times))])
+    table = []
+    for key, ips in times.items():
+        med = statistics.median(ips)
+        rec = archs[key]
+        table.append([key, rec.get("decoder") or "", f"{rec['params']:,}", f"{rec['macs'] / 1e6:.2f}",
+                      f"{med:.0f}", f"{min(ips):.0f}-{max(ips):.0f}", f"{med / base:.2f}"])
+    print(f"{folder.name}: training step at batch {batch}, {'x'.join(map(str, shape[1:]))}; CPU "
+          f"{torch.get_num_threads()} threads, precision {prec.to_dict()['precision']}, channels_last "
+          f"{prec.channels_last}, torch {torch.__version__}; median of {a.rounds} interleaved rounds of "
+          f"{a.repeats} steps")
+    if share < 0.8:
+        print(f"warning: this process got {share:.0%} of its threads' CPU time; something else ran, so the "
+              f"absolute numbers understate this machine (the ratios are measured side by side)")
+    print(tabulate(table, headers=["row", "decoder", "params", "MMACs/img", "train img/s", "range",
+                                   f"vs {next(iter(times))}"], tablefmt="github"))
+
+
+if __name__ == "__main__":
+    main()
