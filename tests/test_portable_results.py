@@ -59,7 +59,10 @@ def _copy(src: Path, dst: Path) -> None:
 
 COMPARISONS = {"fashion_mnist-100k": (Path("FashionMNIST"), 24), "cifar10_subset-1m": (CIFAR, 40),
                "cifar10_subset-1m-90ep": (CIFAR, 30), "mnist_seg-boundary-500k": (Path("MNIST"), 12),
-               "mnist_seg-500k": (Path("MNIST"), 55)}
+               "mnist_seg-500k": (Path("MNIST"), 55), "mnist_seg-fusion": (Path("MNIST"), 40)}
+# What a documented command reads besides its folder and data: the fusion comparison's searched NAS-FPN
+# cell is a decoders=nasfpn@<spec file> row, the committed study's best trial.
+READS = {"mnist_seg-fusion": [Path("search") / "nasfpn-mnist_seg" / "best" / "trial35.spec.json"]}
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason=f"no shared data folder at {SHARED}")
@@ -69,6 +72,8 @@ def test_each_committed_comparison_reruns_from_a_clone_at_another_path(name, clo
     data, runs = COMPARISONS[name]
     _copy(RESULTS / "compare" / name, project / "results" / "compare" / name)
     _copy(SHARED / data, shared / data)
+    for extra in READS.get(name, []):
+        _copy(RESULTS / extra, project / "results" / extra)
     [command] = [c for c in documented("dlasearch compare") if f"name={name}" in c
                  or (name == "fashion_mnist-100k" and "data=fashion_mnist" in c)]
     assert main(command + ["threads=1"] * ("threads=1" not in command)) == 0
@@ -97,6 +102,21 @@ def test_the_committed_benchmark_rebuilds_and_reports_from_a_clone_at_another_pa
         assert (folder / f).read_text() == (RESULTS / "bench" / "cifar5k" / f).read_text(), f
     assert (folder / "README.md").read_text().startswith("# Benchmark `cifar5k`\n\n" + (
         RESULTS / "bench" / "cifar5k" / "NOTES.md").read_text().strip())
+
+
+@pytest.mark.skipif(not (SHARED / "MNIST").is_dir(), reason=f"no MNIST under {SHARED}")
+def test_the_committed_nasfpn_search_resumes_from_a_clone_and_trains_nothing(clone, capsys):
+    """The 50-trial `space=nasfpn` study and its confirmation: the documented command, rerun at another
+    path, finds every trial and every confirming run done, and reprints the same confirmed table."""
+    project, shared = clone
+    _copy(RESULTS / "search" / "nasfpn-mnist_seg", project / "results" / "search" / "nasfpn-mnist_seg")
+    _copy(SHARED / "MNIST", shared / "MNIST")
+    [command] = documented("dlasearch run space=nasfpn")
+    assert main(command) == 0
+    out = capsys.readouterr().out
+    assert "50 trials in 'nasfpn-mnist_seg'" in out and "trial #" not in out and "confirm 1/" not in out
+    assert (project / "results" / "search" / "nasfpn-mnist_seg" / "confirmed.csv").read_text() == \
+        (RESULTS / "search" / "nasfpn-mnist_seg" / "confirmed.csv").read_text()
 
 
 def _study(project: Path, name: str) -> optuna.Study:

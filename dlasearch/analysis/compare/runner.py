@@ -250,7 +250,10 @@ def _report(o: CompareOptions, rows, archs, records, ds, chance, t_start: float,
     runs = pd.DataFrame(records)
     metric = metric_for(ds)
     summary = summarize(runs, archs, rows, chance, metric)
-    rho, rho_p, rho_n = size_correlation(runs, [k for k, _, _ in o.rows()], metric.column)
+    # dense: rows without a decoder are a floor (a 1x1 map upsampled), not a competitor of the size-matched
+    # decoders; with them in, the correlation would only say that they are the smallest and the worst
+    decoded = [k for k, _, d in o.rows() if d is None or decoder_parts(d)[0] != "none"]
+    rho, rho_p, rho_n = size_correlation(runs, decoded, metric.column)
     table = markdown_table(summary, metric)
     notes = _notes(summary, rho, rho_p, rho_n, o.budget, o.tolerance, o.seeds, ds, o.config, o.baselines, metric)
     notes += _honesty_notes(summary, o.seeds, chance, metric)
@@ -361,8 +364,8 @@ def _notes(summary, rho, rho_p, rho_n, budget, tolerance, seeds, ds, config, mul
              f"the data split is fixed).",
              f"Every {'pattern+decoder row' if dense else 'pattern'} is within ±{tolerance:.0%} of {budget:,.0f} "
              f"parameters (one width multiplier on all stage channels"
-             + ("; each decoder keeps its default width: fpn and unet 32 channels, ida_up the stage widths, none and "
-                "fcn class scores" if dense else "")
+             + ("; each decoder keeps its default width: fpn, unet, bifpn and nasfpn 32 channels, ida_up and "
+                "hrnet_fuse the stage widths, none and fcn class scores" if dense else "")
              + f"). {what[0].upper() + what[1:]} is on the held-out test split; CIs use the t-distribution over "
              f"seeds; Δ is against {ref} with Welch's t-test, p Holm adjusts for the {len(summary) - 1} "
              f"comparisons with {ref}."]
@@ -377,7 +380,7 @@ def _notes(summary, rho, rho_p, rho_n, budget, tolerance, seeds, ds, config, mul
                      f"and schedule; set each pattern's Δ beside it.")
     if math.isfinite(rho):
         notes.append(f"Spearman rank correlation of params and {what} over the {rho_n} budget-matched "
-                     f"runs: rho = {rho:+.2f} (p = {rho_p:.2g}); near 0 means the remaining size differences "
+                     f"runs{' with a decoder' if dense else ''}: rho = {rho:+.2f} (p = {rho_p:.2g}); near 0 means the remaining size differences "
                      f"(within ±{tolerance:.0%}) do not explain the ranking.")
     else:
         notes.append(f"Spearman rank correlation of params and {what}: {dstats.DASH} (needs at least "
