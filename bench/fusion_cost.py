@@ -8,6 +8,8 @@ the exact specs) and times a full training step of each (forward, loss, backward
 its trainer picks on this machine, with the CPU lowering of small maps the trainer applies.  Rows
 are timed in interleaved rounds (row 1, 2, ..., then again) and each row's median over rounds is
 printed with the spread, so a slow moment of the machine hits every row alike; run it alone.
+``--modes`` adds, untrained, every merge mode the ``--against`` row's decoder allows that no row has
+(``dla+ida_up.gpa``), on that row's exact encoder: the cost of each mode on one structure.
 
 Usage: ``python bench/fusion_cost.py [results/compare/mnist_seg-fusion] [--rounds 5] [--threads 2]``
 """
@@ -27,6 +29,7 @@ import torch  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
 from dlasearch import measure  # noqa: E402
+from dlasearch.decoders import DECODER_MODES  # noqa: E402
 from dlasearch.ir import to_module  # noqa: E402
 from dlasearch.patterns import build  # noqa: E402
 from dlasearch.train.precision import choose_precision  # noqa: E402
@@ -46,6 +49,23 @@ def rows_of(folder: Path) -> dict:
     return archs
 
 
+def other_modes(archs: dict, against: str, image_shape) -> dict:
+    """The ``against`` row's network with each merge mode its decoder allows and no row has, as records
+    with params and MACs counted here (``dla+ida_up.gpa``; marked untrained)."""
+    rec = archs[against]
+    spec = rec["spec"]
+    pattern, _, decoder = against.partition("+")
+    out = {}
+    for mode in DECODER_MODES.get(spec.get("decoder"), ()):
+        key = f"{pattern}+{spec['decoder']}.{mode}"
+        if key in archs or mode == (spec.get("decoder_mode") or "concat"):
+            continue
+        model = to_module(build({**spec, "decoder_mode": mode}, name=key))
+        out[key + " (untrained)"] = {"spec": {**spec, "decoder_mode": mode}, "params": measure.params(model),
+                                     "macs": measure.macs(model, (1, *image_shape))}
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("folder", nargs="?", default=str(ROOT / "results" / "compare" / "mnist_seg-fusion"))
@@ -55,6 +75,8 @@ def main() -> None:
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     p.add_argument("--against", default="dla+ida_up", help="the row the ratios are against (default dla+ida_up, "
                    "DLA's own decoder; the first row when absent)")
+    p.add_argument("--modes", action="store_true", help="add the --against row's decoder with each merge mode it "
+                   "allows that no row has (not trained: cost only)")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -66,6 +88,8 @@ def main() -> None:
     shape = (batch, summary["channels"], *summary["image_size"])
     device = torch.device("cpu")
     prec = choose_precision(a.precision, None, device)
+    if a.modes and a.against in archs:
+        archs.update(other_modes(archs, a.against, shape[1:]))
     models = {}
     for key, rec in archs.items():
         model = to_module(build(rec["spec"], name=key))

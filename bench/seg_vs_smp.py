@@ -156,6 +156,8 @@ def table(runs: dict, speed: dict | None = None) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=None, help="train only this seed (a second process on another "
+                    "core can take one; both append to --out)")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--limit", type=int, default=2000)
     ap.add_argument("--image-size", type=int, default=32)
@@ -176,12 +178,15 @@ def main() -> None:
         speed_file.write_text(json.dumps(speeds(ds, a.threads), indent=1) + "\n")
         print(table(runs, json.loads(speed_file.read_text())))
         return
-    for seed in range(a.seeds):
+    for seed in range(a.seeds) if a.seed is None else [a.seed]:
         todo = [n for n in MODELS if (n, seed) not in runs]
         if not todo:
             continue
         built = models(ds, seed)
         for name in todo:
+            runs.update(stored(a.out, settings))  # another process (--seed) may have finished it meanwhile
+            if (name, seed) in runs:
+                continue
             model = built[name]
             config = trainmod.TrainConfig(epochs=a.epochs, batch_size=32, lr=0.1, seed=seed, threads=a.threads,
                                           progress=False)
