@@ -156,6 +156,7 @@ def table(runs: dict, speed: dict | None = None) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), help="train only these")
     ap.add_argument("--seed", type=int, default=None, help="train only this seed (a second process on another "
                     "core can take one; both append to --out)")
     ap.add_argument("--epochs", type=int, default=30)
@@ -179,7 +180,7 @@ def main() -> None:
         print(table(runs, json.loads(speed_file.read_text())))
         return
     for seed in range(a.seeds) if a.seed is None else [a.seed]:
-        todo = [n for n in MODELS if (n, seed) not in runs]
+        todo = [n for n in MODELS if n in a.models and (n, seed) not in runs]
         if not todo:
             continue
         built = models(ds, seed)
