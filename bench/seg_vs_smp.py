@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -136,12 +135,10 @@ def table(runs: dict, speed: dict | None = None) -> str:
         if not rs:
             continue
         scores = [100 * r["test_miou_fg"] for r in rs]
-        mean = sum(scores) / len(scores)
-        sd = math.sqrt(sum((s - mean) ** 2 for s in scores) / (len(scores) - 1)) if len(scores) > 1 else math.nan
-        lo, hi = mean_ci([s / 100 for s in scores])[1:] if len(scores) > 1 else (math.nan, math.nan)
+        mean, sd, lo, hi = mean_ci(scores)
         speeds_ = sorted(r["train_img_s"] for r in rs)
         ips = speed["img_s"][name] if speed and name in speed["img_s"] else speeds_[len(speeds_) // 2]
-        spread = (f"{mean:.2f} ± {sd:.2f} | [{100 * lo:.2f}, {100 * hi:.2f}]" if len(scores) > 1
+        spread = (f"{mean:.2f} ± {sd:.2f} | [{lo:.2f}, {hi:.2f}]" if len(scores) > 1
                   else f"{mean:.2f} | – (one seed)")
         rows.append(f"| {name} | {rs[0]['params']:,} | {rs[0]['macs'] / 1e6:.1f}M | {ips:.0f} | "
                     f"{spread} | {len(rs)} |")
