@@ -51,6 +51,7 @@ from dlasearch.analysis.compare.statistics import mean_ci  # noqa: E402
 from dlasearch.arch import resolve_arch  # noqa: E402
 from dlasearch.ir import to_module  # noqa: E402
 from dlasearch.patterns import build  # noqa: E402
+from dlasearch.search.bench import machine  # noqa: E402
 from dlasearch.train import data as datamod  # noqa: E402
 from dlasearch.train.compiling import cpu_small_maps  # noqa: E402
 from dlasearch.train.precision import choose_precision  # noqa: E402
@@ -113,17 +114,7 @@ def speeds(ds, threads: int, rounds: int = 5) -> dict:
     share = (time.process_time() - cpu0) / (time.perf_counter() - wall0) / threads
     return {"img_s": {n: sorted(v)[len(v) // 2] for n, v in runs.items()}, "rounds": runs, "threads": threads,
             "cpu_share": round(share, 3), "precision": prec.to_dict(), "batch": 32, "torch": torch.__version__,
-            "cpu": cpu_model(), "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
+            "cpu": machine()["cpu"], "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 def table(runs: dict, speed: dict | None = None) -> str:

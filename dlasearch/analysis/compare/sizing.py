@@ -61,7 +61,7 @@ def decoder_parts(entry: str) -> tuple[str, str, str]:
 def decoder_label(entry: str) -> str:
     """The row name of a ``decoders=`` entry: a file entry is named by the file's stem
     (``nasfpn@trial7``), so run folders hold no path."""
-    name, mode, file = decoder_parts(entry)
+    name, _, file = decoder_parts(entry)
     return entry if not file else f"{name}@{Path(file).name.split('.')[0]}"
 
 

@@ -6,6 +6,7 @@ import warnings
 from dataclasses import dataclass
 
 from dlasearch import stats as dstats
+from dlasearch.analysis.compare.sizing import decoder_parts
 from dlasearch.decoders import DECODERS
 from dlasearch.patterns import PATTERNS
 from dlasearch.train import dense
@@ -153,8 +154,7 @@ def figure(key: str) -> str:
     if key in PATTERNS:
         return PATTERNS[key]
     pattern, plus, decoder = key.partition("+")
-    return PATTERNS[pattern] if plus and pattern in PATTERNS and decoder.partition("@")[0].partition(".")[0] in DECODERS \
-        else "baseline"
+    return PATTERNS[pattern] if plus and pattern in PATTERNS and decoder_parts(decoder)[0] in DECODERS else "baseline"
 
 
 def size_correlation(runs, keys, column: str = "test_accuracy") -> tuple[float, float, int]:
