@@ -352,3 +352,45 @@ def test_a_study_resumes_with_its_data_file_named_from_another_folder(tmp_path, 
     search.open_study({**sp, "data": {**sp["data"], "path": "x.npz"}})
     with pytest.raises(search.SearchError, match="data.path"):
         search.open_study({**sp, "data": {**sp["data"], "path": "y.npz"}})
+
+
+def _comparison(folder: Path, accs: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{"pattern": p, "figure": "baseline" if p.endswith("_2x") else "x", "test_acc_mean": a}
+            for p, a in accs.items()]
+    pd.DataFrame(rows).to_csv(folder / "comparison.csv", index=False)
+    return folder
+
+
+def test_rank_agreement_ranks_the_chain_at_zero_and_leaves_baseline_rows_out(tmp_path):
+    effects = pd.DataFrame({"pattern": ["skip", "ida", "tree"], "delta_pp": [2.0, -1.0, 1.0]})
+    same = benchmark.comparison_scores(_comparison(tmp_path / "a", {"chain": 0.60, "skip": 0.70, "ida": 0.50,
+                                                                    "tree": 0.65, "chain_2x": 0.99}))
+    assert "chain_2x" not in same.index and same["skip"] == pytest.approx(70.0)
+    a = benchmark.rank_agreement(effects, same)
+    assert a["n"] == 4 and a["spearman"] == pytest.approx(1.0)
+    flipped = benchmark.comparison_scores(_comparison(tmp_path / "b", {"chain": 0.60, "skip": 0.50, "ida": 0.70,
+                                                                       "tree": 0.55}))
+    assert benchmark.rank_agreement(effects, flipped)["spearman"] == pytest.approx(-1.0)
+    assert benchmark.rank_agreement(effects.iloc[:1], flipped)["spearman"] is None  # chain and skip only
+
+
+def test_bench_report_against_a_comparison_is_kept_and_a_bad_folder_is_one_line(built, capsys, monkeypatch):
+    tmp, folder = built
+    monkeypatch.chdir(tmp.parent)
+    cmp = _comparison(tmp / "cmp", {"chain": 0.6, "skip": 0.7, "chain_2x": 0.9})
+    meta = json.loads((folder / "meta.json").read_text())
+    assert main(["bench", "report", f"name={folder}", "reps=0", "against=nowhere/at-all"]) == 2
+    err = capsys.readouterr().err
+    assert "against=nowhere/at-all" in err and "comparison.csv" in err and "Traceback" not in err
+    assert json.loads((folder / "meta.json").read_text()) == meta  # nothing recorded for a bad folder
+    try:
+        assert main(["bench", "report", f"name={folder}", "reps=0", f"against={cmp}"]) == 0
+        assert main(["bench", "report", f"name={folder}", "reps=0"]) == 0  # kept for a later report
+        text = (folder / "README.md").read_text()
+        assert f"`{cmp}`: only 2 pattern(s) in common" in text
+        assert json.loads((folder / "analysis.json").read_text())["rank_agreement"][str(cmp)]["n"] == 2
+    finally:
+        assert main(["bench", "report", f"name={folder}", "reps=0", "against=none"]) == 0
+    assert "carry over" not in (folder / "README.md").read_text() and json.loads(
+        (folder / "meta.json").read_text()).get("against") == []

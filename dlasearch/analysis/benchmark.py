@@ -25,8 +25,8 @@ from dlasearch.search.screen import screen
 from dlasearch.search.study import make_sampler, quiet_optuna
 from dlasearch.analysis.compare.statistics import holm
 
-__all__ = ["PROXY_COLUMNS", "STRATEGIES", "relu_layers", "noise", "pattern_effects", "correlations", "simulate",
-           "regret_summary", "report"]
+__all__ = ["PROXY_COLUMNS", "STRATEGIES", "relu_layers", "noise", "pattern_effects", "comparison_scores",
+           "rank_agreement", "correlations", "simulate", "regret_summary", "report"]
 
 PROXY_COLUMNS = ("params", "macs", "synflow", "snip", "grad_norm", "naswot", "zen", "zico")
 DEPTH = "depth"  # ReLU layers of each architecture (``relu_layers``): a predictor every proxy is read against
@@ -112,6 +112,35 @@ def pattern_effects(df: pd.DataFrame, grid: pd.DataFrame, reference: str = "chai
         out["p_holm"] = out.pattern.map(holm(dict(zip(out.pattern, out.p))))
         out = out.sort_values("delta_pp", ascending=False)
     return out
+
+
+def comparison_scores(folder: Path) -> pd.Series:
+    """Mean test accuracy per pattern of a classification ``compare`` folder, its params-only baseline rows
+    (``chain_2x`` ...) left out: the budget-matched ranking a benchmark's pattern effects should agree with."""
+    path = Path(folder) / "comparison.csv"
+    try:
+        df = pd.read_csv(path)
+    except (OSError, ValueError) as e:
+        raise BenchError(f"against={folder}: {path} cannot be read ({type(e).__name__}); give the folder of a "
+                         f"finished `dlasearch compare` run, e.g. results/compare/cifar10_subset-1m") from None
+    if not {"pattern", "figure", "test_acc_mean"} <= set(df.columns) or "decoder" in df.columns:
+        raise BenchError(f"against={folder}: {path} is not a classification comparison (needs pattern, figure and "
+                         f"test_acc_mean columns, no decoder); give a `dlasearch compare` folder of task=classify")
+    rows = df[df.figure != "baseline"].dropna(subset=["test_acc_mean"])
+    return rows.set_index("pattern").test_acc_mean * 100
+
+
+def rank_agreement(effects: pd.DataFrame, scores: pd.Series, reference: str = "chain") -> dict:
+    """Spearman ρ between the benchmark's pattern ranking (``reference`` at 0, every other pattern at its paired
+    Δ) and ``scores`` (a comparison's accuracy per pattern), over the patterns both hold."""
+    from scipy import stats
+
+    mine = pd.Series({reference: 0.0, **dict(zip(effects.get("pattern", []), effects.get("delta_pp", [])))})
+    common = [p for p in mine.index if p in scores.index]
+    if len(common) < 3:
+        return {"n": len(common), "spearman": None, "p": None, "patterns": common}
+    r = stats.spearmanr(mine[common], scores[common])
+    return {"n": len(common), "spearman": float(r.statistic), "p": float(r.pvalue), "patterns": common}
 
 
 def _partial(x, y, controls) -> float:
@@ -285,15 +314,25 @@ def _md(df: pd.DataFrame, fmt: str = ".3f") -> str:
 
 
 def report(folder: Path, simulate_reps: int = 30, trials: int = 50, k: int = 10, proxy: str | None = None,
-           command: str = "", log=print) -> Path:
-    """Analyse ``folder`` (a bench export): write analysis.json, regret.csv, plots and README.md."""
+           command: str = "", against: list[str] | None = None, log=print) -> Path:
+    """Analyse ``folder`` (a bench export): write analysis.json, regret.csv, plots and README.md.
+
+    ``against``: comparison folders whose pattern ranking the benchmark's is checked against (kept in
+    meta.json, so a later report without it checks the same ones; ``[]`` forgets them)."""
     bench = Bench(folder)
+    against = [str(a) for a in (bench.meta.get("against", []) if against is None else against)]
+    scores = {a: comparison_scores(Path(a)) for a in against}  # a bad folder fails before anything is written
+    keep = {"against": against} if against != bench.meta.get("against", []) else {}
     if command and not bench.meta.get("command"):  # the first build's command line, kept for later reports
-        files.write_atomic(folder / "meta.json", json.dumps({**bench.meta, "command": command}, indent=1))
+        keep["command"] = command
+    if keep:
+        bench.meta.update(keep)
+        files.write_atomic(folder / "meta.json", json.dumps(bench.meta, indent=1))
     command = bench.meta.get("command") or command
     df = _with_depth(bench)
     ok = _ok(df)
     ceiling, effects, corr = noise(df), pattern_effects(df, bench.grid), correlations(df)
+    agreement = {a: rank_agreement(effects, s) for a, s in scores.items()}
     zero_cost = corr[~corr.proxy.isin(["params", "macs", DEPTH])]
     chosen = proxy or (zero_cost.sort_values("spearman", ascending=False).proxy.iloc[0] if len(zero_cost) else "params")
     complete = len(bench.grid) >= bench.meta["grid"]
@@ -319,12 +358,12 @@ def report(folder: Path, simulate_reps: int = 30, trials: int = 50, k: int = 10,
     analysis = {"noise": ceiling, "screen_proxy": chosen, "top_accuracy": top,
                 "top_two_seed_accuracy": float(_two_seed(df).max()) if len(ok) else None,
                 "median_trial_s": {k: c.get("median_trial_s") for k, c in bench.meta["cost"].items() if c},
-                "pattern_effects": effects.to_dict("records"),
+                "pattern_effects": effects.to_dict("records"), "rank_agreement": agreement,
                 "correlations": corr.astype(object).where(corr.notna(), None).to_dict("records"),
                 "regret": regret.to_dict("records")}
     files.write_atomic(folder / "analysis.json", json.dumps(analysis, indent=1, default=float))
     files.write_atomic(folder / "README.md", _readme(bench, ok, ceiling, effects, corr, regret, chosen, k,
-                                                     simulate_reps, trials, complete, command))
+                                                     simulate_reps, trials, complete, command, agreement))
     log(f"wrote {folder / 'README.md'}")
     return folder
 
@@ -337,7 +376,20 @@ def _machine_text(machine: dict) -> str:
     return f"{cpu}{cores}, torch {machine.get('torch', '?')}"
 
 
-def _readme(bench: Bench, ok, ceiling, effects, corr, regret, proxy, k, reps, trials, complete, command) -> str:
+def _agreement_lines(agreement: dict) -> list[str]:
+    """One line per comparison the pattern ranking is checked against."""
+    lines = []
+    for folder, a in agreement.items():
+        if a["spearman"] is None:
+            lines.append(f"- `{folder}`: only {a['n']} pattern(s) in common, too few to rank.")
+        else:
+            lines.append(f"- `{folder}`: Spearman ρ **{a['spearman']:+.2f}** (p {a['p']:.2g}) over {a['n']} patterns "
+                         f"({', '.join(a['patterns'])}).")
+    return lines
+
+
+def _readme(bench: Bench, ok, ceiling, effects, corr, regret, proxy, k, reps, trials, complete, command,
+            agreement=None) -> str:
     m, name = bench.meta, bench.meta["name"]
     sp = spacemod.load(str(bench.space_path))
     cost = m["cost"]
@@ -382,6 +434,10 @@ def _readme(bench: Bench, ok, ceiling, effects, corr, regret, proxy, k, reps, tr
               "Each pattern's accuracy minus the chain's on the same depth, width and block (paired over backbone "
               "cells), in percentage points, with its 95% CI, paired t-test p and Holm-corrected p.", "",
               _md(effects.rename(columns={"delta_pp": "Δ pp", "ci_low": "CI low", "ci_high": "CI high"}), ".3g"), ""]
+    if agreement:
+        lines += ["Does this ranking carry over to networks trained at a matched parameter budget? The patterns ranked "
+                  "by Δ above (chain at 0) against each comparison's mean test accuracy per pattern (its params-only "
+                  "baseline rows left out):", "", *_agreement_lines(agreement), ""]
     overall = corr[[c for c in corr.columns if not c.startswith("spearman_")]]
     lines += ["## Zero-cost proxies against accuracy", "",
               "Spearman ρ and Kendall τ of each proxy with seed-0 accuracy over all architectures; `partial_params` "

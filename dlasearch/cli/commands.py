@@ -144,7 +144,7 @@ def cmd_bench(args: dict) -> int:
                              f"`dlasearch bench build name=cifar5k space=bench`")
     _ints_at_least("bench", args, n=1, repeat=0, reps=0, trials=1, k=2, top=1)
     sim = {"simulate_reps": args.pop("reps", 30), "trials": args.pop("trials", 50), "k": args.pop("k", 10),
-           "proxy": args.pop("proxy", None)}
+           "proxy": args.pop("proxy", None), "against": _folders(args.pop("against", None))}
     if action == "lookup":
         return _bench_lookup(bench.Bench.load(name), args)
     if action == "report":
@@ -158,6 +158,15 @@ def cmd_bench(args: dict) -> int:
 
 
 BENCH_ACTIONS = ("build", "lookup", "report")
+
+
+def _folders(value) -> list[str] | None:
+    """``against=a,b`` (or a YAML list) as a list of folders; ``against=none`` as []; absent: None (keep)."""
+    if value is None:
+        return None
+    items = value if isinstance(value, list) else str(value).split(",")
+    items = [str(i).strip() for i in items if str(i).strip()]
+    return [] if items in ([], ["none"]) else items
 
 
 def cmd_storage(args: dict) -> int:
