@@ -60,7 +60,8 @@ def _copy(src: Path, dst: Path) -> None:
 COMPARISONS = {"fashion_mnist-100k": (Path("FashionMNIST"), 24), "cifar10_subset-1m": (CIFAR, 40),
                "cifar10_subset-1m-90ep": (CIFAR, 30), "mnist_seg-boundary-500k": (Path("MNIST"), 12),
                "mnist_seg-500k": (Path("MNIST"), 55), "mnist_seg-fusion": (Path("MNIST"), 40),
-               "mnist_seg-500k-60ep": (Path("MNIST"), 18)}
+               "mnist_seg-500k-60ep": (Path("MNIST"), 18),
+               "cifar10_subset-1m-5ep": (CIFAR, 35)}
 # What a documented command reads besides its folder and data: the fusion comparison's searched NAS-FPN
 # cell is a decoders=nasfpn@<spec file> row, the committed study's best trial.
 READS = {"mnist_seg-fusion": [Path("search") / "nasfpn-mnist_seg" / "best" / "trial35.spec.json"]}
@@ -77,32 +78,42 @@ def test_each_committed_comparison_reruns_from_a_clone_at_another_path(name, clo
         _copy(RESULTS / extra, project / "results" / extra)
     [command] = [c for c in documented("dlasearch compare") if f"name={name}" in c
                  or (name == "fashion_mnist-100k" and "data=fashion_mnist" in c)]
-    assert main(command + ["threads=1"] * ("threads=1" not in command)) == 0
+    assert main([c for c in command if not c.startswith("threads=")] + ["threads=1"]) == 0
     out = capsys.readouterr().out
     assert f"0 run(s) trained, {runs} reused" in out
 
 
+BENCHMARKS = [b.name for b in sorted((RESULTS / "bench").iterdir()) if (b / "meta.json").is_file()]
+
+
 @pytest.mark.skipif(not (SHARED / CIFAR).is_file(), reason=f"no CIFAR-10 subset at {SHARED / CIFAR}")
-def test_the_committed_benchmark_rebuilds_and_reports_from_a_clone_at_another_path(clone, capsys):
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_each_committed_benchmark_rebuilds_and_reports_from_a_clone_at_another_path(name, clone, capsys):
     """`bench build` (both studies resumed, nothing trained: workers find them finished) and `bench report`
-    rewrite exactly the committed table, analysis and README (NOTES.md first; the regret replay cached)."""
+    rewrite exactly the committed table, analysis and README (NOTES.md first; the regret replay cached; the
+    comparisons its pattern ranking is checked against copied beside it, as a clone has them)."""
     project, shared = clone
-    for part in ("bench-cifar5k", "bench-cifar5k-seed1", "bench/cifar5k"):
+    committed = RESULTS / "bench" / name
+    studies = (f"bench-{name}", f"bench-{name}-seed1")
+    against = json.loads((committed / "meta.json").read_text()).get("against", [])
+    for part in (*studies, f"bench/{name}", *(str(Path(a).relative_to("results")) for a in against)):
         _copy(RESULTS / part, project / "results" / part)
     _copy(SHARED / CIFAR, shared / CIFAR)
-    [build] = documented("dlasearch bench build")
-    [report] = documented("dlasearch bench report")
-    trials = {s: len(_study(project, s).trials) for s in ("bench-cifar5k", "bench-cifar5k-seed1")}
+    [build] = [c for c in documented("dlasearch bench build") if f"name={name}" in c]
+    [report] = [c for c in documented("dlasearch bench report") if f"name={name}" in c]
+    trials = {s: len(_study(project, s).trials) for s in studies if (project / "results" / s).is_dir()}
     assert main(build) == 0
     assert main(report) == 0
     out = capsys.readouterr().out
     assert "created" not in out and "trial #" not in out and "replayed" not in out
     assert {s: len(_study(project, s).trials) for s in trials} == trials
-    folder = project / "results" / "bench" / "cifar5k"
+    folder = project / "results" / "bench" / name
     for f in ("bench.csv", "meta.json", "analysis.json", "regret.csv", "README.md"):
-        assert (folder / f).read_text() == (RESULTS / "bench" / "cifar5k" / f).read_text(), f
-    assert (folder / "README.md").read_text().startswith("# Benchmark `cifar5k`\n\n" + (
-        RESULTS / "bench" / "cifar5k" / "NOTES.md").read_text().strip())
+        if (committed / f).is_file():
+            assert (folder / f).read_text() == (committed / f).read_text(), f
+    if (committed / "NOTES.md").is_file():
+        assert (folder / "README.md").read_text().startswith(f"# Benchmark `{name}`\n\n" + (
+            committed / "NOTES.md").read_text().strip())
 
 
 @pytest.mark.skipif(not (SHARED / "MNIST").is_dir(), reason=f"no MNIST under {SHARED}")

@@ -323,7 +323,7 @@ def report(folder: Path, simulate_reps: int = 30, trials: int = 50, k: int = 10,
     against = [str(a) for a in (bench.meta.get("against", []) if against is None else against)]
     scores = {a: comparison_scores(Path(a)) for a in against}  # a bad folder fails before anything is written
     keep = {"against": against} if against != bench.meta.get("against", []) else {}
-    if command and not bench.meta.get("command"):  # the first build's command line, kept for later reports
+    if command and command != bench.meta.get("command"):  # the latest build's command line, kept for reports
         keep["command"] = command
     if keep:
         bench.meta.update(keep)

@@ -6,12 +6,13 @@ are the only flags.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from importlib import metadata
 
 from dlasearch import __version__
 from dlasearch.cli import options as optmod
-from dlasearch.cli.commands import COMMANDS
+from dlasearch.cli.commands import COMMAND_LINE, COMMANDS
 from dlasearch.errors import DLASearchError, did_you_mean
 from dlasearch.search import guard
 from dlasearch.search.space import SHORTCUTS as RUN_SHORTCUTS
@@ -148,6 +149,7 @@ def _main(argv: list[str]) -> int:
             options[0] = f"{POSITIONAL[command]}={options[0]}"  # `render figure1`
         args = parse_overrides(list(options), SHORTCUTS.get(command))
         optmod.check(command, args)
+        COMMAND_LINE.set(" ".join(["dlasearch"] + [shlex.quote(a) for a in argv]))
         return COMMANDS[command][0](args) or 0
     except DLASearchError as e:
         print(f"dlasearch {command}: error: {e}", file=sys.stderr)

@@ -3,8 +3,8 @@ drives, so a command is a few lines; ``COMMANDS`` names them with their one-line
 """
 from __future__ import annotations
 
-import shlex
 import sys
+from contextvars import ContextVar
 
 from tabulate import tabulate
 
@@ -19,6 +19,11 @@ from dlasearch.zoo import table as zoo_table
 
 __all__ = ['cmd_zoo', 'cmd_train', 'cmd_render', 'cmd_run', 'cmd_worker', 'cmd_compare', 'cmd_export', 'cmd_predict',
            'cmd_report', 'cmd_rank', 'cmd_bench', 'cmd_storage', 'print_config']
+
+
+# The command line being run (``dlasearch bench build ...``) as the user typed it, set by ``cli.main`` for
+# the commands that record how their results were made; ``main(argv)`` from Python sets it too.
+COMMAND_LINE: ContextVar[str] = ContextVar("command_line", default="")
 
 
 def _ints_at_least(command: str, args: dict, **lows: int) -> None:
@@ -153,7 +158,7 @@ def cmd_bench(args: dict) -> int:
     n, repeat = args.pop("n", None), args.pop("repeat", 30)
     sp = spacemod.load(str(args.pop("space", "bench")), args)
     folder = bench.build(name, sp, n=n, repeat=repeat)
-    benchmark.report(folder, **sim, command="dlasearch bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]))
+    benchmark.report(folder, **sim, command=COMMAND_LINE.get())
     return 0
 
 

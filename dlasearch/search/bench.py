@@ -251,11 +251,11 @@ def export(name: str, s0: dict, s1: dict | None, log=print) -> Path:
             "num_classes": json.loads(first.trials[0].user_attrs[attrs.SPEC])["num_classes"],
             "cost": {"first": _cost(first), **({"second": _cost(second)} if second is not None else {})},
             "machine": machine()}
-    try:  # the first export's machine and command say how the table was built; a re-export keeps them
+    try:  # the first export's machine, the build's command and the report's comparisons: a re-export keeps them
         before = json.loads((folder / "meta.json").read_text())
     except (OSError, json.JSONDecodeError):
         before = {}
-    meta.update({k: before[k] for k in ("machine", "command") if k in before})
+    meta.update({k: before[k] for k in ("machine", "command", "against") if k in before})
     files.write_atomic(folder / "meta.json", json.dumps(meta, indent=1))
     log(f"bench {name!r}: {len(df)} architectures ({meta['repeats']} with a second seed) -> {folder}")
     return folder
