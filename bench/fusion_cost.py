@@ -19,7 +19,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,10 +95,9 @@ def main() -> None:
         if prec.channels_last:
             model = model.to(memory_format=torch.channels_last)
         models[key], _ = cpu_small_maps(model, shape[1:], device)
-    wall0, cpu0 = time.perf_counter(), time.process_time()
-    times = measure.train_speeds(models, shape, a.rounds, a.repeats, prec.channels_last, prec.amp,
-                                 progress=lambda r: print(f"round {r}/{a.rounds} done", file=sys.stderr))
-    share = (time.process_time() - cpu0) / (time.perf_counter() - wall0) / torch.get_num_threads()
+    with measure.CPUShare() as cpu:
+        times = measure.train_speeds(models, shape, a.rounds, a.repeats, prec.channels_last, prec.amp,
+                                     progress=lambda r: print(f"round {r}/{a.rounds} done", file=sys.stderr))
     against = a.against if a.against in times else next(iter(times))
     base = statistics.median(times[against])
     table = []
@@ -112,9 +110,8 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, precision {prec.to_dict()['precision']}, channels_last "
           f"{prec.channels_last}, torch {torch.__version__}; median of {a.rounds} interleaved rounds of "
           f"{a.repeats} steps")
-    if share < 0.8:
-        print(f"warning: this process got {share:.0%} of its threads' CPU time; something else ran, so the "
-              f"absolute numbers understate this machine (the ratios are measured side by side)")
+    if cpu.warning():
+        print(cpu.warning())
     print(tabulate(table, headers=["row", "params", "MMACs/img", "train img/s", "range", f"vs {against}"],
                    tablefmt="github"))
 

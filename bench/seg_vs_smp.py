@@ -108,12 +108,11 @@ def speeds(ds, threads: int, rounds: int = 5) -> dict:
     for name, model in models(ds, 0).items():
         model = model.to(memory_format=prec.memory_format)
         built[name], _ = cpu_small_maps(model, shape[1:], device)
-    wall0, cpu0 = time.perf_counter(), time.process_time()
-    runs = measure.train_speeds(built, shape, rounds, 5, prec.channels_last, prec.amp,
-                                progress=lambda r: print(f"speed: round {r}/{rounds}", flush=True))
-    share = (time.process_time() - cpu0) / (time.perf_counter() - wall0) / threads
+    with measure.CPUShare(threads) as cpu:
+        runs = measure.train_speeds(built, shape, rounds, 5, prec.channels_last, prec.amp,
+                                    progress=lambda r: print(f"speed: round {r}/{rounds}", flush=True))
     return {"img_s": {n: sorted(v)[len(v) // 2] for n, v in runs.items()}, "rounds": runs, "threads": threads,
-            "cpu_share": round(share, 3), "precision": prec.to_dict(), "batch": 32, "torch": torch.__version__,
+            "cpu_share": round(cpu.share, 3), "precision": prec.to_dict(), "batch": 32, "torch": torch.__version__,
             "cpu": machine()["cpu"], "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 

@@ -56,19 +56,19 @@ def main() -> None:
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    wall0, cpu0 = time.perf_counter(), time.process_time()
-    peaks = [matmul_gflops()]
-    convs = [conv_gemm_gflops()]
-    rows = []
-    for name in a.models:
-        model = zoo.create(name, 10)
-        macs = measure.macs(model, (1, 3, a.size, a.size))
-        for cl in (False, True):
-            lat = measure.latency(model, (a.batch, 3, a.size, a.size), repeats=a.repeats, warmup=1,
-                                  channels_last=cl, inference=False)
-            rows.append((name, cl, macs, lat["train_step_ms"], lat["train_images_per_s"]))
-    peaks.append(matmul_gflops())  # before and after: the better one, in case the machine was busy once
-    convs.append(conv_gemm_gflops())
+    with measure.CPUShare() as cpu:  # over the whole measurement, the peaks included
+        peaks = [matmul_gflops()]
+        convs = [conv_gemm_gflops()]
+        rows = []
+        for name in a.models:
+            model = zoo.create(name, 10)
+            macs = measure.macs(model, (1, 3, a.size, a.size))
+            for cl in (False, True):
+                lat = measure.latency(model, (a.batch, 3, a.size, a.size), repeats=a.repeats, warmup=1,
+                                      channels_last=cl, inference=False)
+                rows.append((name, cl, macs, lat["train_step_ms"], lat["train_images_per_s"]))
+        peaks.append(matmul_gflops())  # before and after: the better one, in case the machine was busy once
+        convs.append(conv_gemm_gflops())
     peak, conv_peak = max(peaks), max(convs)
     table = []
     for name, cl, macs, ms, ips in rows:
@@ -78,10 +78,8 @@ def main() -> None:
     print(f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}; batch {a.batch}, "
           f"{a.size}x{a.size}; fp32 2048^3 GEMM: matmul {peak:.1f} GFLOP/s, as 1x1 conv {conv_peak:.1f} GFLOP/s "
           f"(runs: {', '.join(f'{g:.1f}' for g in peaks)} / {', '.join(f'{g:.1f}' for g in convs)})")
-    share = (time.process_time() - cpu0) / (time.perf_counter() - wall0) / torch.get_num_threads()
-    if share < 0.8:  # our threads got less than their cores: something else was running
-        print(f"warning: this process used only {share:.0%} of its {torch.get_num_threads()} threads' CPU time; "
-              f"other processes shared the CPU, so these numbers understate this machine")
+    if cpu.warning():
+        print(cpu.warning())
     print(tabulate(table, headers=["model", "channels_last", "fwd MMACs/img", "step ms", "train img/s",
                                    "GFLOP/s", "of matmul", "of 1x1-conv GEMM"], tablefmt="github"))
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ['params', 'macs', 'autocast', 'train_memory', 'train_memory_bytes', 'latency', 'train_speeds',
+__all__ = ['params', 'macs', 'autocast', 'train_memory', 'train_memory_bytes', 'latency', 'train_speeds', 'CPUShare',
            'memory_of', 'too_big']
 
 
@@ -271,6 +271,31 @@ def train_speeds(models: dict, input_shape, rounds: int = 5, repeats: int = 5, c
         if progress is not None:
             progress(r + 1)
     return out
+
+
+class CPUShare:
+    """The share of its threads' CPU time this process got over a ``with`` block (``.share``): near 1 on a
+    quiet machine, lower when other processes took the cores, so speeds timed inside understate the
+    machine (ratios measured side by side still hold).  ``warning()`` says so in one line, or is empty."""
+
+    def __init__(self, threads: int | None = None):
+        self.threads, self.share = threads, None
+
+    def __enter__(self) -> "CPUShare":
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        threads = self.threads or torch.get_num_threads()
+        self.share = (time.process_time() - self._cpu) / max(time.perf_counter() - self._wall, 1e-9) / threads
+        return False
+
+    def warning(self, below: float = 0.8) -> str:
+        if self.share is None or self.share >= below:
+            return ""
+        return (f"warning: this process got {self.share:.0%} of its {self.threads or torch.get_num_threads()} "
+                f"threads' CPU time; something else ran, so the absolute numbers understate this machine (the "
+                f"ratios are measured side by side)")
 
 
 def memory_of(device=None) -> int | None:

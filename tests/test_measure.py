@@ -127,3 +127,20 @@ def test_latency_reports_medians_and_throughput():
     assert lat["train_images_per_s"] == pytest.approx(4 / (lat["train_step_ms"] / 1e3))
     only = measure.latency(m, (4, 3, 32, 32), repeats=1, warmup=0, train=False)
     assert "train_step_ms" not in only and "infer_ms_B" in only
+
+
+def test_cpu_share_reads_a_sleeping_block_as_a_busy_machine_and_a_busy_one_as_quiet():
+    """A block that sleeps got almost none of its threads' CPU time: the bench scripts then warn that their
+    absolute speeds understate the machine; a block that computes on one thread gets most of it."""
+    import time
+
+    from dlasearch.measure import CPUShare
+
+    with CPUShare(threads=1) as idle:
+        time.sleep(0.2)
+    assert idle.share < 0.5 and "understate this machine" in idle.warning() and "1 threads'" in idle.warning()
+    with CPUShare(threads=1) as busy:
+        t = time.process_time()
+        while time.process_time() - t < 0.2:
+            pass
+    assert busy.share > idle.share and CPUShare().warning() == ""  # nothing measured: no warning
