@@ -9,6 +9,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 REFERENCE = Path(__file__).resolve().parent / "reference"
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
+# A suite started in the background by a non-interactive shell (`nohup ./run.sh test &`, a CI runner
+# without job control) inherits SIGINT ignored, and an ignored signal stays ignored across exec: every
+# `dlasearch` child a test interrupts with SIGINT would then run on. Python's handler instead is reset to
+# the default in a child, which then turns SIGINT into KeyboardInterrupt as for a user's Ctrl-C.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 @pytest.fixture(autouse=True)
 def signal_handlers_unchanged(request):
