@@ -276,7 +276,8 @@ BENCH_HELP = {"action": "build, lookup or report (or the first word)", "name": "
               "k": "report: candidates per trial of tpe+screen", "proxy": "report: screening proxy (default: "
               "the best-correlated zero-cost proxy)",
               "against": "build/report: comparison folders (comma list) whose pattern ranking the table's is checked "
-              "against by Spearman ρ, e.g. results/compare/cifar10_subset-1m; kept for later reports (none: forget)", "pattern": "lookup: only this pattern",
+              "against by Spearman ρ, e.g. results/compare/cifar10_subset-1m; kept for later reports (none: forget)",
+              "pattern": "lookup: only this pattern",
               "fingerprint": "lookup: fingerprints starting with this", "sort": "lookup: column to sort by",
               "top": "lookup: rows shown"}
 
