@@ -176,6 +176,30 @@ def test_sigkilled_worker_leaves_no_running_trial(tmp_path):
     assert t[2].user_attrs["retry_of"] == 1 and t[2].state != TrialState.RUNNING
 
 
+def test_a_trial_orphaned_before_its_worker_wrote_a_line_is_trained_again_not_left_running(tmp_path):
+    """A trial created just as the storage went away has no worker and no heartbeat. The study looks
+    full, but the rerun waits for it to go stale (study.grace) and trains it rather than ending with it
+    RUNNING; a trial whose worker beats is left to that worker."""
+    sp = tiny(tmp_path, study={"trials": 1, "grace": 2, "heartbeat": 1})
+    study, data = search.open_study(sp), search.load_data(sp)
+    orphan = study.ask()  # RUNNING, no attributes: what the lost proxy left behind
+    lines = []
+    search.work(study, sp, data=data, log=lines.append)
+    t = study.get_trials(deepcopy=False)
+    assert t[orphan.number].state == TrialState.FAIL and t[orphan.number].user_attrs["stale"]
+    assert [x.state for x in t if x.number != orphan.number] == [TrialState.COMPLETE]
+    assert any("waiting for trial(s) [0]" in ln and "study.grace=2" in ln for ln in lines), lines
+
+    sp = tiny(tmp_path / "live", study={"trials": 1, "grace": 60, "heartbeat": 1})
+    study = search.open_study(sp)
+    live = study.ask()
+    live.set_user_attr("worker", "elsewhere:1")
+    live.set_user_attr("heartbeat", time.time())
+    started = time.time()
+    search.work(study, sp, log=lambda *a: None)
+    assert time.time() - started < 30 and study.get_trials()[0].state == TrialState.RUNNING
+
+
 def test_ctrl_c_stops_cleanly(tmp_path):
     proc = cli(tmp_path, "space=hda", "trials=3", "epochs=3", "seed_published=false")
     assert _wait_running(tmp_path / "hda" / "journal.log")

@@ -30,7 +30,7 @@ from dlasearch.search import attrs
 
 __all__ = ['worker_id', 'trial_id', 'fixed_params', 'set_trial_attr', 'fail_trial', 'quiet_optuna', 'results_dir', 'study_name',
            'storage_url', 'open_storage', 'make_sampler', 'grid_of', 'make_pruner', 'pruner_epochs', 'open_study', 'find_study', 'attach',
-           'fail_stale', 'requeue_interrupted', 'Heartbeat', 'counted', 'duplicates', 'stored_space', 'with_pinned',
+           'fail_stale', 'unattended', 'requeue_interrupted', 'Heartbeat', 'counted', 'duplicates', 'stored_space', 'with_pinned',
            'sampler_seed']
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -426,6 +426,26 @@ def fail_stale(study: optuna.Study, grace: float, retry: bool = True) -> list[in
         if retry and t.params:
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
     return failed
+
+
+def unattended(study: optuna.Study, interval: float) -> list[int]:
+    """Counted RUNNING trials of other workers that show no sign of one: no heartbeat in the last two
+    ``interval``s and no live worker process on this host. One may be an orphan (a trial created just
+    as the storage went away, before its worker wrote a line), which only ``fail_stale`` frees after
+    ``study.grace``: a worker that finds the study full waits for them rather than leaving them RUNNING."""
+    now, host, me = time.time(), socket.gethostname(), worker_id()
+    waiting = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = t.user_attrs.get(attrs.WORKER, "")
+        if worker == me or not guard.counts(t):
+            continue
+        w_host, _, w_pid = worker.rpartition(":")
+        if w_host == host and w_pid.isdigit() and _alive(int(w_pid)):
+            continue
+        beat = t.user_attrs.get(attrs.HEARTBEAT)
+        if beat is None or now - beat > 2 * interval:
+            waiting.append(t.number)
+    return waiting
 
 
 class Heartbeat:

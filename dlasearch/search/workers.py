@@ -23,7 +23,8 @@ from dlasearch.search.screen import screen
 from dlasearch.search.table import TableObjective, is_bench
 from dlasearch.search.space import duplicate_cap
 from dlasearch.search.study import (counted, duplicates, fail_stale, fail_trial, open_study, quiet_optuna,
-                                    requeue_interrupted, results_dir, storage_url, study_name, trial_id, worker_id)
+                                    requeue_interrupted, results_dir, storage_url, study_name, trial_id, unattended,
+                                    worker_id)
 from dlasearch.train import data as datamod, tracking
 from dlasearch.train.progress import Progress
 from dlasearch.search import attrs, storage_proxy
@@ -100,6 +101,7 @@ def work(study: optuna.Study, space: dict, data=None, log=print, train_fn=None) 
 def _trials(study, space: dict, objective: Objective, fn, callbacks, deadline: float, log) -> None:
     """One trial at a time until the study holds ``study.trials`` counted trials or the deadline passes."""
     total, epochs = space["study"]["trials"], space["train"]["epochs"]
+    told = set()
     while time.time() < deadline:
         guard.stop_if_orphaned()
         stale = fail_stale(study, space["study"]["grace"])
@@ -107,7 +109,15 @@ def _trials(study, space: dict, objective: Objective, fn, callbacks, deadline: f
             log(f"failed stale trial(s) {stale} left by a stopped worker; re-queued their parameters")
         k = counted(study)
         if k >= total:
-            return
+            waiting = unattended(study, space["study"]["heartbeat"])
+            if not waiting:
+                return
+            if set(waiting) - told:
+                log(f"waiting for trial(s) {waiting}: RUNNING, but no worker has shown a heartbeat; unless one "
+                    f"does, each is failed as stale after study.grace={space['study']['grace']} s and trained again")
+                told |= set(waiting)
+            time.sleep(min(space["study"]["heartbeat"], 2.0))
+            continue
         stop = cap_reached(study, space)
         if stop:
             log(stop)
