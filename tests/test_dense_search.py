@@ -110,7 +110,7 @@ def test_compare_task_segment_writes_its_table(tmp_path, capsys):
     assert "![miou_fg_curve](miou_fg_curve.svg)" in (tmp_path / "cmp" / "comparison.md").read_text()
     # the params-score correlation leaves the decoder-less floor out: chain+fpn's one run only
     assert "Spearman rank correlation of params and test foreground mIoU: – (needs at least" in capsys.readouterr().out
-    assert "; 1 here)" in (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "with different scores; here 1 run(s) of 1 size(s))" in (tmp_path / "cmp" / "comparison.md").read_text()
     assert main(argv) == 0  # finished runs are kept, not redone
     assert "0 run(s) trained, 2 reused" in capsys.readouterr().out
 

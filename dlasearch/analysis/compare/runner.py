@@ -254,8 +254,10 @@ def _report(o: CompareOptions, rows, archs, records, ds, chance, t_start: float,
     # decoders; with them in, the correlation would only say that they are the smallest and the worst
     decoded = [k for k, _, d in o.rows() if d is None or decoder_parts(d)[0] != "none"]
     rho, rho_p, rho_n = size_correlation(runs, decoded, metric.column)
+    sizes = runs[runs.pattern.isin(decoded) & (runs.status == "ok")].params.nunique() if len(runs) else 0
     table = markdown_table(summary, metric)
-    notes = _notes(summary, rho, rho_p, rho_n, o.budget, o.tolerance, o.seeds, ds, o.config, o.baselines, metric)
+    notes = _notes(summary, (rho, rho_p, rho_n, sizes), o.budget, o.tolerance, o.seeds, ds, o.config, o.baselines,
+                   metric)
     notes += _honesty_notes(summary, o.seeds, chance, metric)
     notes += [f"{p}+{decoder_label(d)}: {decoder_parts(d)[0]} with the "
               f"{', '.join(k for k, _ in decoder_fields(d))} of {decoder_parts(d)[2]} (its width is the "
@@ -355,9 +357,11 @@ def _runs(rows, seed_list, archs, graphs, folder, ds, config, chance, progress, 
     return records
 
 
-def _notes(summary, rho, rho_p, rho_n, budget, tolerance, seeds, ds, config, multiples,
+def _notes(summary, spearman, budget, tolerance, seeds, ds, config, multiples,
            metric: Metric = ACCURACY) -> list[str]:
+    """``spearman``: (rho, p, runs, distinct sizes) of the size correlation."""
     ref, what, dense = metric.reference, metric.label, metric is not ACCURACY
+    rho, rho_p, rho_n, sizes = spearman
     notes = [f"{ds.name}: {len(ds.y_train)} train / {len(ds.y_val)} val / {len(ds.y_test)} test images at "
              f"{ds.image_size[0]}x{ds.image_size[1]}; {config.epochs} epoch(s), batch {config.batch_size}, "
              f"lr {config.lr}; seeds {', '.join(map(str, seeds))} (initial weights, order, augmentation; "
@@ -384,8 +388,9 @@ def _notes(summary, rho, rho_p, rho_n, budget, tolerance, seeds, ds, config, mul
                      f"(within ±{tolerance:.0%}) do not explain the ranking.")
     else:
         notes.append(f"Spearman rank correlation of params and {what}: {dstats.DASH} (needs at least "
-                     f"{dstats.MIN_CORRELATION} finished runs with different params and "
-                     f"{'scores' if dense else 'accuracies'}; {rho_n} here).")
+                     f"{dstats.MIN_CORRELATION} finished runs{' with a decoder' if dense else ''}, of at least two "
+                     f"network sizes, with different {'scores' if dense else 'accuracies'}; here {rho_n} run(s) "
+                     f"of {sizes} size(s)).")
     twins = summary[summary.same_as != ""]
     for r in twins.itertuples():
         notes.append(f"{r.pattern} builds the same network as {r.same_as} (same fingerprint); its runs are "
