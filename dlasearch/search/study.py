@@ -365,6 +365,12 @@ def attach(study: str, storage: str, index: int | None = None) -> tuple[optuna.S
     return opened, space
 
 
+def _pid_here(worker: str) -> int | None:
+    """The pid of a ``host:pid`` worker id when that host is this one, else None."""
+    w_host, _, w_pid = worker.rpartition(":")
+    return int(w_pid) if w_host == socket.gethostname() and w_pid.isdigit() else None
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -409,12 +415,11 @@ def fail_stale(study: optuna.Study, grace: float, retry: bool = True) -> list[in
     """Fail RUNNING trials whose worker is gone and re-queue their parameters; returns their numbers."""
     failed = []
     now = time.time()
-    host = socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = t.user_attrs.get(attrs.WORKER, "")
         beat = t.user_attrs.get(attrs.HEARTBEAT) or (t.datetime_start.timestamp() if t.datetime_start else now)
-        w_host, _, w_pid = worker.rpartition(":")
-        dead_here = w_host == host and w_pid.isdigit() and int(w_pid) != os.getpid() and not _alive(int(w_pid))
+        pid = _pid_here(worker)
+        dead_here = pid is not None and pid != os.getpid() and not _alive(pid)
         if not (dead_here or now - beat > grace):
             continue
         reason = f"stale: worker {worker or '?'} stopped (no heartbeat for {now - beat:.0f}s)"
@@ -433,14 +438,14 @@ def unattended(study: optuna.Study, interval: float) -> list[int]:
     ``interval``s and no live worker process on this host. One may be an orphan (a trial created just
     as the storage went away, before its worker wrote a line), which only ``fail_stale`` frees after
     ``study.grace``: a worker that finds the study full waits for them rather than leaving them RUNNING."""
-    now, host, me = time.time(), socket.gethostname(), worker_id()
+    now, me = time.time(), worker_id()
     waiting = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = t.user_attrs.get(attrs.WORKER, "")
         if worker == me or not guard.counts(t):
             continue
-        w_host, _, w_pid = worker.rpartition(":")
-        if w_host == host and w_pid.isdigit() and _alive(int(w_pid)):
+        pid = _pid_here(worker)
+        if pid is not None and _alive(pid):
             continue
         beat = t.user_attrs.get(attrs.HEARTBEAT)
         if beat is None or now - beat > 2 * interval:
