@@ -61,7 +61,7 @@ COMPARISONS = {"fashion_mnist-100k": (Path("FashionMNIST"), 24), "cifar10_subset
                "cifar10_subset-1m-90ep": (CIFAR, 30), "mnist_seg-boundary-500k": (Path("MNIST"), 12),
                "mnist_seg-500k": (Path("MNIST"), 55), "mnist_seg-fusion": (Path("MNIST"), 40),
                "mnist_seg-500k-60ep": (Path("MNIST"), 18),
-               "cifar10_subset-1m-5ep": (CIFAR, 35), "mnist_seg-500k-120ep": (Path("MNIST"), 25),
+               "cifar10_subset-1m-5ep": (CIFAR, 35), "mnist_seg-500k-120ep": (Path("MNIST"), 30),
                "mnist_seg-500k-120ep-chain": (Path("MNIST"), 10)}
 # What a documented command reads besides its folder and data: the fusion comparison's searched NAS-FPN
 # cell is a decoders=nasfpn@<spec file> row, the committed study's best trial.
