@@ -253,11 +253,10 @@ def _report(o: CompareOptions, rows, archs, records, ds, chance, t_start: float,
     # dense: rows without a decoder are a floor (a 1x1 map upsampled), not a competitor of the size-matched
     # decoders; with them in, the correlation would only say that they are the smallest and the worst
     decoded = [k for k, _, d in o.rows() if d is None or decoder_parts(d)[0] != "none"]
-    rho, rho_p, rho_n = size_correlation(runs, decoded, metric.column)
-    sizes = runs[runs.pattern.isin(decoded) & (runs.status == "ok")].params.nunique() if len(runs) else 0
+    spearman = size_correlation(runs, decoded, metric.column)
+    rho, rho_p, rho_n, _ = spearman
     table = markdown_table(summary, metric)
-    notes = _notes(summary, (rho, rho_p, rho_n, sizes), o.budget, o.tolerance, o.seeds, ds, o.config, o.baselines,
-                   metric)
+    notes = _notes(summary, spearman, o.budget, o.tolerance, o.seeds, ds, o.config, o.baselines, metric)
     notes += _honesty_notes(summary, o.seeds, chance, metric)
     notes += [f"{p}+{decoder_label(d)}: {decoder_parts(d)[0]} with the "
               f"{', '.join(k for k, _ in decoder_fields(d))} of {decoder_parts(d)[2]} (its width is the "

@@ -157,15 +157,17 @@ def figure(key: str) -> str:
     return PATTERNS[pattern] if plus and pattern in PATTERNS and decoder_parts(decoder)[0] in DECODERS else "baseline"
 
 
-def size_correlation(runs, keys, column: str = "test_accuracy") -> tuple[float, float, int]:
-    """Spearman rank correlation of params and ``column`` over the finished runs of ``keys``: (rho, p, n)."""
+def size_correlation(runs, keys, column: str = "test_accuracy") -> tuple[float, float, int, int]:
+    """Spearman rank correlation of params and ``column`` over the finished runs of ``keys``: (rho, p, n,
+    distinct parameter counts among them), rho and p NaN when too few runs or sizes leave it undefined."""
     from scipy import stats
 
     ok = runs[(runs.status == "ok") & runs[column].notna() & runs.pattern.isin(keys)]
-    if len(ok) < dstats.MIN_CORRELATION or ok.params.nunique() < 2 or ok[column].nunique() < 2:
-        return math.nan, math.nan, len(ok)
+    sizes = ok.params.nunique()
+    if len(ok) < dstats.MIN_CORRELATION or sizes < 2 or ok[column].nunique() < 2:
+        return math.nan, math.nan, len(ok), sizes
     r = stats.spearmanr(ok.params, ok[column])
-    return float(r.statistic), float(r.pvalue), len(ok)
+    return float(r.statistic), float(r.pvalue), len(ok), sizes
 
 
 def _num(x, fmt: str, missing: str = dstats.DASH) -> str:
