@@ -110,8 +110,8 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, precision {prec.to_dict()['precision']}, channels_last "
           f"{prec.channels_last}, torch {torch.__version__}; median of {a.rounds} interleaved rounds of "
           f"{a.repeats} steps")
-    if cpu.warning():
-        print(cpu.warning())
+    if warning := cpu.warning():
+        print(warning)
     print(tabulate(table, headers=["row", "params", "MMACs/img", "train img/s", "range", f"vs {against}"],
                    tablefmt="github"))
 

@@ -78,8 +78,8 @@ def main() -> None:
     print(f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}; batch {a.batch}, "
           f"{a.size}x{a.size}; fp32 2048^3 GEMM: matmul {peak:.1f} GFLOP/s, as 1x1 conv {conv_peak:.1f} GFLOP/s "
           f"(runs: {', '.join(f'{g:.1f}' for g in peaks)} / {', '.join(f'{g:.1f}' for g in convs)})")
-    if cpu.warning():
-        print(cpu.warning())
+    if warning := cpu.warning():
+        print(warning)
     print(tabulate(table, headers=["model", "channels_last", "fwd MMACs/img", "step ms", "train img/s",
                                    "GFLOP/s", "of matmul", "of 1x1-conv GEMM"], tablefmt="github"))
 

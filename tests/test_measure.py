@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -132,15 +133,11 @@ def test_latency_reports_medians_and_throughput():
 def test_cpu_share_reads_a_sleeping_block_as_a_busy_machine_and_a_busy_one_as_quiet():
     """A block that sleeps got almost none of its threads' CPU time: the bench scripts then warn that their
     absolute speeds understate the machine; a block that computes on one thread gets most of it."""
-    import time
-
-    from dlasearch.measure import CPUShare
-
-    with CPUShare(threads=1) as idle:
+    with measure.CPUShare(threads=1) as idle:
         time.sleep(0.2)
     assert idle.share < 0.5 and "understate this machine" in idle.warning() and "1 threads'" in idle.warning()
-    with CPUShare(threads=1) as busy:
+    with measure.CPUShare(threads=1) as busy:
         t = time.process_time()
         while time.process_time() - t < 0.2:
             pass
-    assert busy.share > idle.share and CPUShare().warning() == ""  # nothing measured: no warning
+    assert busy.share > idle.share and measure.CPUShare().warning() == ""  # nothing measured: no warning
